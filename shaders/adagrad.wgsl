@@ -1,0 +1,38 @@
+// Adagrad (Duchi, Hazan & Singer 2011), as torch.optim.Adagrad:
+//   g = g + wd * p;   sum = sum + g * g;   p = p - clr * g / (sqrt(sum) + eps)
+// with clr = lr / (1 + (step - 1) * lr_decay).
+
+struct AdagradScalars {
+    // The decayed learning rate of this step.
+    clr: f32,
+    weight_decay: f32,
+    eps: f32,
+    _pad0: u32,
+}
+
+override MAXIMIZE: bool = false;
+
+@group(0) @binding(0) var<uniform> s: AdagradScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> sum: array<V>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var g = grad[i];
+    if (MAXIMIZE) {
+        g = -g;
+    }
+    let p = param[i];
+    if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    let acc = sum[i] + g * g;
+    sum[i] = acc;
+    param[i] = p - s.clr * g / (sqrt(acc) + s.eps);
+}

@@ -1,0 +1,62 @@
+// Adam (Kingma & Ba 2015) with L2 weight decay, and AdamW (Loshchilov & Hutter 2019) with
+// decoupled weight decay, both with AMSGrad (Reddi et al. 2018), as torch.optim.Adam/AdamW:
+//   Adam: g = g + wd * p          AdamW: p = p * (1 - lr * wd)
+//   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g;   amsgrad: vmax = max(vmax, v)
+//   p = p - lr / (1 - b1^t) * m / (sqrt(v or vmax) / sqrt(1 - b2^t) + eps)
+
+struct AdamScalars {
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    // Adam: the L2 coefficient added to the gradient (0 for AdamW).
+    weight_decay: f32,
+    // AdamW: 1 - lr * weight_decay (1 for Adam).
+    decay_factor: f32,
+    // lr / (1 - beta1^t).
+    step_size: f32,
+    // 1 / sqrt(1 - beta2^t).
+    inv_sqrt_bias_correction2: f32,
+}
+
+override AMSGRAD: bool = false;
+override MAXIMIZE: bool = false;
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<uniform> s: AdamScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
+@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<V>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var g = grad[i];
+    if (MAXIMIZE) {
+        g = -g;
+    }
+    var p = param[i];
+    if (DECOUPLED) {
+        p = p * s.decay_factor;
+    } else if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    let m_old = exp_avg[i];
+    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    exp_avg[i] = m;
+    let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
+    exp_avg_sq[i] = v;
+    var v_used = v;
+    if (AMSGRAD) {
+        v_used = max(max_exp_avg_sq[i], v);
+        max_exp_avg_sq[i] = v_used;
+    }
+    let denom = sqrt(v_used) * s.inv_sqrt_bias_correction2 + s.eps;
+    param[i] = p - s.step_size * m / denom;
+}

@@ -1,0 +1,12 @@
+// Shared by every optimizer kernel. The host prepends one line before this file:
+//   alias V = vec4<f32>;   arena segments, whose lengths are multiples of 4 (16-byte loads)
+//   alias V = f32;         user buffers of any length
+// so that each kernel below is written once for both element types.
+
+const WORKGROUP_SIZE: u32 = 256u;
+
+// One thread per element. A 2 GiB segment holds 2^27 vec4s, i.e. 524,288 workgroups, more than
+// the 65,535 one dimension allows: the host spreads them over x and y, and this flattens them.
+fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
+    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+}

@@ -1,0 +1,61 @@
+// NAdam (Dozat 2016), with the momentum-decay schedule of torch.optim.NAdam:
+//   g = g + wd * p  (or, decoupled, p = p * (1 - lr * wd))
+//   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g
+//   denom = sqrt(v / (1 - b2^t)) + eps
+//   p = p - lr (1 - mu_t) / (1 - prod mu_1..t) * g / denom
+//         - lr mu_{t+1} / (1 - prod mu_1..t+1) * m / denom
+// where mu_t = b1 (1 - 0.96^(t psi) / 2), psi the momentum decay; the host computes the products.
+
+struct NadamScalars {
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay_factor: f32,
+    // 1 / (1 - beta2^t).
+    inv_bias_correction2: f32,
+    // lr (1 - mu_t) / (1 - prod mu_1..t).
+    grad_coef: f32,
+    // lr mu_{t+1} / (1 - prod mu_1..t+1).
+    exp_avg_coef: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override MAXIMIZE: bool = false;
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<uniform> s: NadamScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var g = grad[i];
+    if (MAXIMIZE) {
+        g = -g;
+    }
+    var p = param[i];
+    if (DECOUPLED) {
+        p = p * s.decay_factor;
+    } else if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    let m_old = exp_avg[i];
+    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    exp_avg[i] = m;
+    let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
+    exp_avg_sq[i] = v;
+    let denom = sqrt(v * s.inv_bias_correction2) + s.eps;
+    p = p - s.grad_coef * g / denom;
+    param[i] = p - s.exp_avg_coef * m / denom;
+}

@@ -1,0 +1,57 @@
+// RAdam (Liu et al. 2020), as torch.optim.RAdam:
+//   g = g + wd * p  (or, decoupled, p = p * (1 - lr * wd))
+//   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g
+//   rho_t > 5:  p = p - lr r_t sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+//   otherwise:  p = p - lr / (1 - b1^t) * m
+// The host computes rho_t and the rectification r_t, the same for every element of a step.
+
+struct RadamScalars {
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay_factor: f32,
+    // lr r_t sqrt(1 - b2^t) / (1 - b1^t) when rectified, else lr / (1 - b1^t).
+    step_size: f32,
+    // 1 when rho_t > 5 (the variance is tractable and the adaptive step is used).
+    rectified: u32,
+}
+
+override MAXIMIZE: bool = false;
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<uniform> s: RadamScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var g = grad[i];
+    if (MAXIMIZE) {
+        g = -g;
+    }
+    var p = param[i];
+    if (DECOUPLED) {
+        p = p * s.decay_factor;
+    } else if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    let m_old = exp_avg[i];
+    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    exp_avg[i] = m;
+    let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
+    exp_avg_sq[i] = v;
+    if (s.rectified != 0u) {
+        param[i] = p - s.step_size * m / (sqrt(v) + s.eps);
+    } else {
+        param[i] = p - s.step_size * m;
+    }
+}

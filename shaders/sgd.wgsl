@@ -1,0 +1,68 @@
+// SGD with momentum, dampening and Nesterov (torch.optim.SGD), and SGDW: the same momentum on
+// learning-rate-scaled gradients with decoupled weight decay (Loshchilov & Hutter 2019, Alg. 1).
+//
+//   SGD:  d = g + wd * p;   buf = first ? d : mu * buf + (1 - dampening) * d
+//         d = nesterov ? d + mu * buf : buf;                        p = p - lr * d
+//   SGDW: d = lr * g;       (buf, d as above)                        p = p * (1 - lr * wd) - d
+
+struct SgdScalars {
+    lr: f32,
+    momentum: f32,
+    // 1 - dampening.
+    dampening_keep: f32,
+    // SGD: the L2 coefficient added to the gradient (0 for SGDW).
+    weight_decay: f32,
+    // SGDW: 1 - lr * weight_decay, the decoupled decay of the parameter (1 for SGD).
+    decay_factor: f32,
+    // 1 on the first step: the momentum buffer starts as the gradient itself, as in PyTorch.
+    first_step: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override MOMENTUM: bool = false;
+override NESTEROV: bool = false;
+override MAXIMIZE: bool = false;
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<uniform> s: SgdScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var d = grad[i];
+    if (MAXIMIZE) {
+        d = -d;
+    }
+    let p = param[i];
+    if (DECOUPLED) {
+        d = s.lr * d;
+    } else if (s.weight_decay != 0.0) {
+        d = d + s.weight_decay * p;
+    }
+    if (MOMENTUM) {
+        // The old buffer is not read on the first step: it may hold anything.
+        var buf = d;
+        if (s.first_step == 0u) {
+            buf = s.momentum * momentum_buffer[i] + s.dampening_keep * d;
+        }
+        momentum_buffer[i] = buf;
+        if (NESTEROV) {
+            d = d + s.momentum * buf;
+        } else {
+            d = buf;
+        }
+    }
+    if (DECOUPLED) {
+        param[i] = p * s.decay_factor - d;
+    } else {
+        param[i] = p - s.lr * d;
+    }
+}

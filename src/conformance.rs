@@ -1,0 +1,359 @@
+//! Conformance with PyTorch: replays the trajectories of `data/torch-optim.json` (computed by
+//! `torch.optim` in float64; format `optimizer-conformance/1`, see `data/FORMAT.md`) on the GPU
+//! and on the CPU reference, and measures how far each lands from PyTorch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::{AdapterSummary, GpuContext};
+use crate::engine::{Optimizer, TensorId};
+use crate::error::{Error, Result};
+use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::reference::ReferenceGroup;
+
+/// The fixture shipped in the binary (a byte-identical copy of the shared one).
+pub const BUILTIN_FIXTURE: &str = include_str!("../data/torch-optim.json");
+
+/// The whole fixture file.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Fixture {
+    pub format: String,
+    pub source: String,
+    pub tolerance: Tolerance,
+    pub cases: Vec<Case>,
+    pub schedules: Vec<Schedule>,
+}
+
+/// Pass thresholds.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Tolerance {
+    /// Largest relative L2 error of the parameters after any step.
+    pub rel_l2: f64,
+    /// Largest relative error of a scheduled learning rate.
+    pub lr_rel: f64,
+}
+
+/// One trajectory: an optimizer, starting parameters, the gradients of each step and the
+/// parameters PyTorch produced after each step.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub optimizer: String,
+    pub hyper: serde_json::Value,
+    pub shapes: Vec<Vec<u64>>,
+    pub params: Vec<Vec<f64>>,
+    /// `grads[step][tensor]`.
+    pub grads: Vec<Vec<Vec<f64>>>,
+    /// `expected[step][tensor]`.
+    pub expected: Vec<Vec<Vec<f64>>>,
+    /// The learning rate of each step, overriding `hyper.lr`.
+    #[serde(default)]
+    pub lrs: Option<Vec<f64>>,
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    #[serde(default)]
+    pub grad_scale: Option<f64>,
+    #[serde(default)]
+    pub inject_inf: Option<serde_json::Value>,
+}
+
+/// A learning-rate schedule and the rates PyTorch's scheduler produced.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub base_lr: f64,
+    pub schedule: serde_json::Value,
+    pub lrs: Vec<f64>,
+}
+
+/// Outcome of one case or schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Uses a feature this build does not implement yet; never counted as a pass.
+    Unsupported,
+}
+
+/// One row of the conformance table.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub optimizer: String,
+    pub steps: usize,
+    pub status: Status,
+    /// Worst relative L2 error over the steps, GPU (float32) against PyTorch.
+    pub gpu_rel_l2: Option<f64>,
+    /// The same for the CPU reference (float64).
+    pub cpu_rel_l2: Option<f64>,
+    /// Why a case failed or is unsupported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One schedule's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScheduleResult {
+    pub name: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Everything `wgpu-optim conformance --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub adapter: AdapterSummary,
+    pub cases: Vec<CaseResult>,
+    pub schedules: Vec<ScheduleResult>,
+}
+
+impl Report {
+    /// True when no case and no schedule failed.
+    pub fn passed(&self) -> bool {
+        self.cases.iter().all(|c| c.status != Status::Fail)
+            && self.schedules.iter().all(|s| s.status != Status::Fail)
+    }
+}
+
+impl Fixture {
+    /// Parses fixture text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let fixture: Fixture = serde_json::from_str(text).map_err(|e| Error::Fixture {
+            path: origin.into(),
+            reason: e.to_string(),
+        })?;
+        if fixture.format != "optimizer-conformance/1" {
+            return Err(Error::Fixture {
+                path: origin.into(),
+                reason: format!("unknown format `{}`", fixture.format),
+            });
+        }
+        for case in &fixture.cases {
+            case.check_shapes().map_err(|reason| Error::Fixture {
+                path: origin.into(),
+                reason: format!("case {}: {reason}", case.name),
+            })?;
+        }
+        Ok(fixture)
+    }
+
+    /// The fixture built into the binary.
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN_FIXTURE, "built-in torch-optim.json")
+            .expect("the built-in fixture parses")
+    }
+
+    /// Reads and parses a fixture file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Fixture {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// Relative L2 distance of `out` from `expected`, over all tensors together.
+pub fn rel_l2<'a>(
+    out: impl IntoIterator<Item = &'a [f64]>,
+    expected: impl IntoIterator<Item = &'a [f64]>,
+) -> f64 {
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (o, e) in out.into_iter().zip(expected) {
+        assert_eq!(o.len(), e.len());
+        for (a, b) in o.iter().zip(e) {
+            err += (a - b) * (a - b);
+            norm += b * b;
+        }
+    }
+    if norm == 0.0 {
+        err.sqrt()
+    } else {
+        (err / norm).sqrt()
+    }
+}
+
+impl Case {
+    /// Consistency of shapes, parameters, gradients and expectations.
+    fn check_shapes(&self) -> std::result::Result<(), String> {
+        let lens: Vec<usize> = self
+            .shapes
+            .iter()
+            .map(|s| s.iter().product::<u64>() as usize)
+            .collect();
+        let matches = |rows: &[Vec<f64>]| rows.iter().map(Vec::len).eq(lens.iter().copied());
+        if !matches(&self.params) {
+            return Err("params do not match shapes".into());
+        }
+        if self.grads.len() != self.expected.len() {
+            return Err("grads and expected have different step counts".into());
+        }
+        if !self.grads.iter().all(|g| matches(g)) || !self.expected.iter().all(|e| matches(e)) {
+            return Err("a step's grads or expected values do not match shapes".into());
+        }
+        if self
+            .lrs
+            .as_ref()
+            .is_some_and(|l| l.len() != self.grads.len())
+        {
+            return Err("lrs does not have one rate per step".into());
+        }
+        Ok(())
+    }
+
+    /// Steps in the trajectory.
+    pub fn steps(&self) -> usize {
+        self.grads.len()
+    }
+
+    /// The features of this case that the engine does not implement yet.
+    pub fn unsupported_features(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.clip_grad_norm.is_some() {
+            missing.push("clip_grad_norm");
+        }
+        if self.grad_scale.is_some() {
+            missing.push("grad_scale");
+        }
+        if self.inject_inf.is_some() {
+            missing.push("inject_inf");
+        }
+        missing
+    }
+
+    /// The optimizer configuration the case describes.
+    pub fn config(&self) -> Result<OptimizerConfig> {
+        OptimizerConfig::from_hyper(&self.optimizer, &self.hyper)
+    }
+
+    /// The learning rate of step `k` (from 0).
+    fn lr_at(&self, k: usize, config: &OptimizerConfig) -> f64 {
+        self.lrs.as_ref().map_or(config.lr(), |l| l[k])
+    }
+
+    /// Runs the case on the CPU reference; the worst relative L2 error over the steps.
+    pub fn run_cpu(&self) -> Result<f64> {
+        let config = self.config()?;
+        let mut group = ReferenceGroup::new(config.clone(), self.params.clone())?;
+        let mut worst = 0.0f64;
+        for (k, (grads, expected)) in self.grads.iter().zip(&self.expected).enumerate() {
+            group.config.set_lr(self.lr_at(k, &config));
+            group.step(grads)?;
+            let err = rel_l2(
+                group.params.iter().map(Vec::as_slice),
+                expected.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
+        }
+        Ok(worst)
+    }
+
+    /// Runs the case on the GPU in float32; the worst relative L2 error over the steps.
+    pub fn run_gpu(&self, ctx: &GpuContext) -> Result<f64> {
+        let config = self.config()?;
+        let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();
+        let mut opt = Optimizer::builder(ctx)
+            .group(config.clone(), &params)
+            .build()?;
+        let group = opt.group_of(TensorId(0))?;
+        let mut worst = 0.0f64;
+        for (k, (grads, expected)) in self.grads.iter().zip(&self.expected).enumerate() {
+            opt.set_lr(group, self.lr_at(k, &config))?;
+            let grads: Vec<Vec<f32>> = grads.iter().map(|g| to_f32(g)).collect();
+            let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            opt.step_with_grads(&grads)?;
+            let out: Vec<Vec<f64>> = (0..params.len())
+                .map(|t| opt.read_param(TensorId(t)).map(|p| to_f64(&p)))
+                .collect::<Result<_>>()?;
+            let err = rel_l2(
+                out.iter().map(Vec::as_slice),
+                expected.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
+        }
+        Ok(worst)
+    }
+
+    /// Runs the case on both and judges it against `tolerance`.
+    pub fn run(&self, ctx: &GpuContext, tolerance: &Tolerance) -> CaseResult {
+        let mut result = CaseResult {
+            name: self.name.clone(),
+            optimizer: self.optimizer.clone(),
+            steps: self.steps(),
+            status: Status::Unsupported,
+            gpu_rel_l2: None,
+            cpu_rel_l2: None,
+            note: None,
+        };
+        let missing = self.unsupported_features();
+        if !missing.is_empty() {
+            result.note = Some(format!("not implemented yet: {}", missing.join(", ")));
+            return result;
+        }
+        let within = |e: f64| e <= tolerance.rel_l2;
+        match (self.run_gpu(ctx), self.run_cpu()) {
+            (Ok(gpu), Ok(cpu)) => {
+                result.gpu_rel_l2 = Some(gpu);
+                result.cpu_rel_l2 = Some(cpu);
+                result.status = if within(gpu) && within(cpu) {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                };
+            }
+            (gpu, cpu) => {
+                result.gpu_rel_l2 = gpu.as_ref().ok().copied();
+                result.cpu_rel_l2 = cpu.as_ref().ok().copied();
+                result.status = Status::Fail;
+                let errors: Vec<String> = [gpu.err(), cpu.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e.to_string())
+                    .collect();
+                result.note = Some(errors.join("; "));
+            }
+        }
+        result
+    }
+}
+
+/// The larger error, where NaN is worse than anything (`f64::max` would drop it).
+fn worse(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn to_f32(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+fn to_f64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| v as f64).collect()
+}
+
+/// Runs every case and schedule of the fixture on `ctx`.
+pub fn run(ctx: &GpuContext, fixture: &Fixture) -> Report {
+    let cases = fixture
+        .cases
+        .iter()
+        .map(|c| c.run(ctx, &fixture.tolerance))
+        .collect();
+    let schedules = fixture
+        .schedules
+        .iter()
+        .map(|s| ScheduleResult {
+            name: s.name.clone(),
+            status: Status::Unsupported,
+            note: Some("learning-rate schedules are not implemented yet".into()),
+        })
+        .collect();
+    Report {
+        adapter: ctx.summary(),
+        cases,
+        schedules,
+    }
+}

@@ -1,0 +1,241 @@
+//! The GPU the optimizers run on: adapter choice, device creation, and the limits that shape
+//! the arenas.
+//!
+//! Two ways in: [`GpuContext::new`] picks the best adapter itself (discrete GPU, then integrated,
+//! then virtual, then software) and opens a device with the adapter's own limits (wgpu would
+//! otherwise grant only its defaults: 128 MiB bindings, 256 MiB buffers); [`GpuContext::from_device`]
+//! wraps a device and queue the caller already has, so that a framework can hand its own buffers to
+//! the optimizer without copies.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::KernelCache;
+
+/// Vulkan addresses a binding with signed 32-bit offsets: whatever a driver reports, one binding
+/// holds at most 2 GiB - 1 byte.
+pub const VULKAN_MAX_BINDING_BYTES: u64 = i32::MAX as u64;
+
+/// How to choose the adapter and what to ask of it.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Backends to consider; `None` reads `WGPU_BACKEND` (e.g. `vulkan`), else all of them.
+    pub backends: Option<wgpu::Backends>,
+    /// Keep only adapters whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Limits to request instead of the adapter's own (tests lower them to force segmenting).
+    pub limits: Option<wgpu::Limits>,
+}
+
+/// One adapter as `adapters` and the reports show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub vendor: String,
+    pub device_type: String,
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub min_storage_buffer_offset_alignment: u32,
+    pub timestamp_query: bool,
+    pub subgroup_size: u32,
+}
+
+impl AdapterSummary {
+    fn new(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, features: wgpu::Features) -> Self {
+        Self {
+            name: info.name.clone(),
+            vendor: vendor_name(info.vendor),
+            device_type: format!("{:?}", info.device_type),
+            backend: info.backend.to_str().to_string(),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            min_storage_buffer_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_size: info.subgroup_max_size,
+        }
+    }
+}
+
+/// PCI vendor ids of the GPU makers wgpu meets, spelled out; others as hex.
+fn vendor_name(id: u32) -> String {
+    match id {
+        0x10de => "NVIDIA".into(),
+        0x1002 | 0x1022 => "AMD".into(),
+        0x8086 => "Intel".into(),
+        0x106b => "Apple".into(),
+        0x13b5 => "ARM".into(),
+        0x5143 => "Qualcomm".into(),
+        0x10005 => "Mesa".into(),
+        0x1414 => "Microsoft".into(),
+        other => format!("{other:#06x}"),
+    }
+}
+
+/// A device, its queue, what it can do, and the compiled kernels shared by every optimizer on it.
+///
+/// Cheap to clone: every field is reference-counted.
+#[derive(Clone, Debug)]
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub(crate) kernels: Arc<KernelCache>,
+}
+
+/// Ordering of adapters: lower is better.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    // The native APIs before GL, whose compute path is the least capable.
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, backend)
+}
+
+fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(backends) = backends {
+        desc.backends = backends;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu finds on the given backends (or `WGPU_BACKEND`, or all), best first.
+pub fn list_adapters(backends: Option<wgpu::Backends>) -> Vec<AdapterSummary> {
+    sorted_adapters(&instance(backends))
+        .iter()
+        .map(|a| AdapterSummary::new(&a.get_info(), &a.limits(), a.features()))
+        .collect()
+}
+
+fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
+    adapters
+}
+
+/// The features this crate uses when the adapter has them: GPU timestamps for the benchmarks.
+fn wanted_features(available: wgpu::Features) -> wgpu::Features {
+    available
+        & (wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+}
+
+impl GpuContext {
+    /// Opens a device on the best adapter that matches `options`.
+    pub fn new(options: &ContextOptions) -> Result<Self> {
+        let instance = instance(options.backends);
+        let all = sorted_adapters(&instance);
+        let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
+        let adapter = all
+            .iter()
+            .find(|a| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .ok_or_else(|| no_adapter_error(&all, options))?;
+        let info = adapter.get_info();
+        let features = wanted_features(adapter.features());
+        let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpu-optim"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|source| Error::RequestDevice {
+            adapter: info.name.clone(),
+            source,
+        })?;
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            kernels: Arc::default(),
+        })
+    }
+
+    /// Wraps a device the caller already opened (interop with another wgpu-based framework).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self {
+            info: device.adapter_info(),
+            limits: device.limits(),
+            features: device.features(),
+            device,
+            queue,
+            kernels: Arc::default(),
+        }
+    }
+
+    /// The adapter as the reports print it.
+    pub fn summary(&self) -> AdapterSummary {
+        AdapterSummary::new(&self.info, &self.limits, self.features)
+    }
+
+    /// The most bytes one storage binding may cover on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        let mut bytes = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if self.info.backend == wgpu::Backend::Vulkan {
+            bytes = bytes.min(VULKAN_MAX_BINDING_BYTES);
+        }
+        bytes
+    }
+
+    /// Whether GPU timestamps can be written between passes.
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Blocks until the GPU has finished everything submitted so far.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Wait(e.to_string()))
+    }
+}
+
+fn no_adapter_error(seen: &[wgpu::Adapter], options: &ContextOptions) -> Error {
+    match &options.adapter_name {
+        Some(wanted) if !seen.is_empty() => Error::NoMatchingAdapter {
+            wanted: wanted.clone(),
+            available: seen
+                .iter()
+                .map(|a| {
+                    let i = a.get_info();
+                    format!("`{}` ({})", i.name, i.backend.to_str())
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
+        _ => Error::NoAdapter {
+            detail: match options.backends.or_else(wgpu::Backends::from_env) {
+                Some(b) if b != wgpu::Backends::all() => format!(" for backends {b:?}"),
+                _ => String::new(),
+            },
+        },
+    }
+}

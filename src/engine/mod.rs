@@ -1,0 +1,689 @@
+//! The engine: parameter groups in flat GPU arenas, one fused kernel dispatch per segment and
+//! group per step, and the host-side bookkeeping (step counters, per-step uniforms).
+//!
+//! ```text
+//! group 0 (AdamW, lr 1e-3) ── param arena ─┬─ segment 0 buffer ─┐
+//!                          ── grad arena   ├─ segment 0 buffer ─┼─ bind group 0 ── dispatch
+//!                          ── exp_avg      ├─ ...               │
+//!                          ── exp_avg_sq   └─ ...              ─┘
+//! group 1 (AdamW, no decay) ...
+//! ```
+//!
+//! Everything that a step needs is built once, in [`OptimizerBuilder::build`]: buffers, bind
+//! groups, pipelines. A step only writes each group's small uniform (learning rate, bias
+//! corrections, step number) and records the dispatches into one command encoder, submitted once;
+//! it does not wait for the GPU.
+
+pub mod arena;
+mod transfer;
+
+use std::ops::Range;
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{Element, MAX_STATE_SLOTS, workgroups_for};
+use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
+use arena::{ArenaLayout, Piece};
+use transfer::Span;
+
+/// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+/// A parameter group of an [`Optimizer`], numbered in the order groups were added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub usize);
+
+/// The initial contents of a parameter tensor.
+#[derive(Clone, Copy, Debug)]
+pub enum TensorInit<'a> {
+    /// These values.
+    Values(&'a [f32]),
+    /// This many zeros (fill them later with [`Optimizer::write_param`]).
+    Zeros(u64),
+}
+
+impl TensorInit<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            TensorInit::Values(v) => v.len() as u64,
+            TensorInit::Zeros(n) => *n,
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for TensorInit<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        TensorInit::Values(values)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for TensorInit<'a> {
+    fn from(values: &'a Vec<f32>) -> Self {
+        TensorInit::Values(values)
+    }
+}
+
+/// Which buffer of a tensor to read or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role<'a> {
+    Param,
+    Grad,
+    /// An optimizer state by PyTorch's name (`"exp_avg"`, `"momentum_buffer"`, ...).
+    State(&'a str),
+}
+
+/// Collects parameter groups, then allocates everything at once.
+pub struct OptimizerBuilder<'a> {
+    ctx: GpuContext,
+    groups: Vec<(OptimizerConfig, Vec<TensorInit<'a>>)>,
+    max_segment_bytes: Option<u64>,
+}
+
+impl<'a> OptimizerBuilder<'a> {
+    /// Adds a parameter group: an optimizer configuration and its tensors.
+    pub fn group<I, T>(mut self, config: impl Into<OptimizerConfig>, tensors: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<TensorInit<'a>>,
+    {
+        self.groups
+            .push((config.into(), tensors.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Caps the size of one segment buffer (default: the device's binding limit). Smaller
+    /// segments mean more dispatches per step; tests use tiny ones to cross many boundaries.
+    pub fn max_segment_bytes(mut self, bytes: u64) -> Self {
+        self.max_segment_bytes = Some(bytes);
+        self
+    }
+
+    /// Validates every group, then allocates and fills the arenas and builds the pipelines and
+    /// bind groups. On error nothing is left allocated.
+    pub fn build(self) -> Result<Optimizer> {
+        if self.groups.is_empty() {
+            return Err(Error::Empty(
+                "an optimizer needs at least one parameter group".into(),
+            ));
+        }
+        for (g, (config, tensors)) in self.groups.iter().enumerate() {
+            config.validate()?;
+            if tensors.iter().map(TensorInit::len).sum::<u64>() == 0 {
+                return Err(Error::Empty(format!("parameter group {g} has no elements")));
+            }
+        }
+        let binding_bytes = self.ctx.max_binding_bytes();
+        let segment_bytes = self
+            .max_segment_bytes
+            .map_or(binding_bytes, |b| b.min(binding_bytes));
+        if segment_bytes < 16 {
+            return Err(Error::InvalidConfig {
+                optimizer: "optimizer",
+                reason: format!("segments of {segment_bytes} bytes cannot hold one vec4"),
+            });
+        }
+        let ctx = self.ctx;
+        let scope = GpuErrorScope::push(&ctx.device);
+        let placeholders: Vec<wgpu::Buffer> = (0..MAX_STATE_SLOTS)
+            .map(|slot| {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("unused state slot {slot}")),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let mut groups = Vec::with_capacity(self.groups.len());
+        let mut tensors = Vec::new();
+        for (g, (config, inits)) in self.groups.iter().enumerate() {
+            let lens: Vec<u64> = inits.iter().map(TensorInit::len).collect();
+            let layout = ArenaLayout::new(&lens, segment_bytes / 4);
+            tensors.extend((0..lens.len()).map(|local| (g, local)));
+            groups.push(Group::new(&ctx, config.clone(), layout, &placeholders));
+        }
+        scope.pop("the optimizer's buffers")?;
+        let optimizer = Optimizer {
+            ctx,
+            groups,
+            tensors,
+        };
+        for (g, (_, inits)) in self.groups.iter().enumerate() {
+            optimizer.groups[g].initialize(&optimizer.ctx, inits)?;
+        }
+        Ok(optimizer)
+    }
+}
+
+/// Catches wgpu's validation and out-of-memory errors around a block of calls, so that they
+/// become an [`Error`] instead of wgpu's default panic.
+struct GpuErrorScope {
+    memory: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl GpuErrorScope {
+    fn push(device: &wgpu::Device) -> Self {
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        Self { memory, validation }
+    }
+
+    fn pop(self, what: &str) -> Result<()> {
+        let validation = pollster::block_on(self.validation.pop());
+        let memory = pollster::block_on(self.memory.pop());
+        if memory.is_some() {
+            return Err(Error::OutOfMemory { what: what.into() });
+        }
+        match validation {
+            Some(e) => Err(Error::Gpu(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One parameter group on the GPU.
+struct Group {
+    config: OptimizerConfig,
+    counter: StepCounter,
+    layout: ArenaLayout,
+    pipeline: wgpu::ComputePipeline,
+    uniform: wgpu::Buffer,
+    /// One buffer per segment.
+    params: Vec<wgpu::Buffer>,
+    grads: Vec<wgpu::Buffer>,
+    /// Per state slot, one buffer per segment, or `None` for slots this configuration skips.
+    states: Vec<Option<Vec<wgpu::Buffer>>>,
+    /// One per segment.
+    bind_groups: Vec<wgpu::BindGroup>,
+    workgroups: Vec<(u32, u32)>,
+}
+
+impl Group {
+    fn new(
+        ctx: &GpuContext,
+        config: OptimizerConfig,
+        layout: ArenaLayout,
+        placeholders: &[wgpu::Buffer],
+    ) -> Self {
+        let device = &ctx.device;
+        let kernel = config.kernel();
+        let arena = |role: &str| -> Vec<wgpu::Buffer> {
+            layout
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(s, seg)| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(&format!("{} {role} segment {s}", kernel.name)),
+                        size: (seg.end - seg.start) * 4,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_SRC
+                            | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect()
+        };
+        let params = arena("param");
+        let grads = arena("grad");
+        let states: Vec<Option<Vec<wgpu::Buffer>>> = config
+            .initial_states()
+            .iter()
+            .zip(kernel.state_slots)
+            .map(|(init, name)| init.map(|_| arena(name)))
+            .collect();
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("{} uniform", kernel.name)),
+            size: kernel.scalars.size as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind_layout = ctx.kernels.layout(device, kernel.state_slots.len());
+        let bind_groups = (0..layout.segments.len())
+            .map(|s| {
+                let mut entries = vec![
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: uniform.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: params[s].as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: grads[s].as_entire_binding(),
+                    },
+                ];
+                for (slot, state) in states.iter().enumerate() {
+                    let buffer = state.as_ref().map_or(&placeholders[slot], |b| &b[s]);
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 3 + slot as u32,
+                        resource: buffer.as_entire_binding(),
+                    });
+                }
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&format!("{} segment {s}", kernel.name)),
+                    layout: &bind_layout,
+                    entries: &entries,
+                })
+            })
+            .collect();
+        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
+        let workgroups = layout
+            .segments
+            .iter()
+            .map(|seg| workgroups_for((seg.end - seg.start) / Element::Vec4.width(), max_per_dim))
+            .collect();
+        let pipeline = ctx
+            .kernels
+            .pipeline(device, kernel, Element::Vec4, &config.flags());
+        Self {
+            config,
+            counter: StepCounter::default(),
+            layout,
+            pipeline,
+            uniform,
+            params,
+            grads,
+            states,
+            bind_groups,
+            workgroups,
+        }
+    }
+
+    /// Uploads the initial parameters and sets every state to its starting value.
+    fn initialize(&self, ctx: &GpuContext, inits: &[TensorInit]) -> Result<()> {
+        for (t, init) in inits.iter().enumerate() {
+            if let TensorInit::Values(values) = init {
+                let spans = self.spans(&self.params, t, 0..values.len() as u64);
+                transfer::write(ctx, &spans, values)?;
+            }
+        }
+        // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
+        for (buffers, init) in self.states.iter().zip(self.config.initial_states()) {
+            if let (Some(buffers), Some(value)) = (buffers, init)
+                && value != 0.0
+            {
+                let spans: Vec<Span> = buffers
+                    .iter()
+                    .map(|b| Span {
+                        buffer: b,
+                        offset: 0,
+                        len: b.size() / 4,
+                    })
+                    .collect();
+                transfer::fill(ctx, &spans, value as f32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where elements `range` of local tensor `tensor` lie in the segment buffers `buffers`.
+    fn spans<'b>(
+        &self,
+        buffers: &'b [wgpu::Buffer],
+        tensor: usize,
+        range: Range<u64>,
+    ) -> Vec<Span<'b>> {
+        self.layout
+            .pieces(tensor, range)
+            .into_iter()
+            .map(
+                |Piece {
+                     segment,
+                     segment_offset,
+                     len,
+                     ..
+                 }| Span {
+                    buffer: &buffers[segment],
+                    offset: segment_offset * 4,
+                    len,
+                },
+            )
+            .collect()
+    }
+
+    /// The segment buffers of a role.
+    fn buffers(&self, role: Role) -> Result<&[wgpu::Buffer]> {
+        match role {
+            Role::Param => Ok(&self.params),
+            Role::Grad => Ok(&self.grads),
+            Role::State(name) => {
+                let kernel = self.config.kernel();
+                kernel
+                    .state_slots
+                    .iter()
+                    .position(|s| *s == name)
+                    .and_then(|slot| self.states[slot].as_deref())
+                    .ok_or_else(|| Error::UnknownState {
+                        optimizer: self.config.name(),
+                        name: name.to_string(),
+                        available: self.state_names().join(", "),
+                    })
+            }
+        }
+    }
+
+    /// Names of the states this group keeps.
+    fn state_names(&self) -> Vec<&'static str> {
+        let kernel = self.config.kernel();
+        kernel
+            .state_slots
+            .iter()
+            .zip(&self.states)
+            .filter(|(_, s)| s.is_some())
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    /// Records this group's dispatches, one per segment.
+    fn encode(&self, pass: &mut wgpu::ComputePass) {
+        pass.set_pipeline(&self.pipeline);
+        for (bind_group, &(x, y)) in self.bind_groups.iter().zip(&self.workgroups) {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+}
+
+/// Parameter groups on the GPU and the optimizer states that go with them.
+pub struct Optimizer {
+    ctx: GpuContext,
+    groups: Vec<Group>,
+    /// `(group, index within the group)` of every tensor, by [`TensorId`].
+    tensors: Vec<(usize, usize)>,
+}
+
+impl Optimizer {
+    /// Starts an optimizer on `ctx`; add groups to the builder, then `build()`.
+    pub fn builder<'a>(ctx: &GpuContext) -> OptimizerBuilder<'a> {
+        OptimizerBuilder {
+            ctx: ctx.clone(),
+            groups: Vec::new(),
+            max_segment_bytes: None,
+        }
+    }
+
+    /// The device this optimizer runs on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Number of tensors, across groups.
+    pub fn num_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Number of parameter groups.
+    pub fn num_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The tensors of a group, as a range of ids.
+    pub fn group_tensors(&self, group: GroupId) -> Result<Range<usize>> {
+        self.group(group)?;
+        let start = self.tensors.iter().position(|&(g, _)| g == group.0);
+        let count = self.groups[group.0].layout.lens.len();
+        Ok(start.map_or(0..0, |s| s..s + count))
+    }
+
+    /// The group a tensor belongs to.
+    pub fn group_of(&self, tensor: TensorId) -> Result<GroupId> {
+        self.locate(tensor).map(|(g, _)| GroupId(g))
+    }
+
+    /// Elements in a tensor.
+    pub fn tensor_len(&self, tensor: TensorId) -> Result<u64> {
+        let (g, local) = self.locate(tensor)?;
+        Ok(self.groups[g].layout.lens[local])
+    }
+
+    /// Segment buffers (and so dispatches per step) of a group.
+    pub fn num_segments(&self, group: GroupId) -> Result<usize> {
+        Ok(self.group(group)?.layout.segments.len())
+    }
+
+    /// A group's configuration.
+    pub fn config(&self, group: GroupId) -> Result<&OptimizerConfig> {
+        Ok(&self.group(group)?.config)
+    }
+
+    /// The group's step counter (steps applied so far).
+    pub fn counter(&self, group: GroupId) -> Result<StepCounter> {
+        Ok(self.group(group)?.counter)
+    }
+
+    /// Names of the optimizer states a group keeps, in binding order.
+    pub fn state_names(&self, group: GroupId) -> Result<Vec<&'static str>> {
+        Ok(self.group(group)?.state_names())
+    }
+
+    /// Sets a group's learning rate for the following steps.
+    pub fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        let mut config = self.group(group)?.config.clone();
+        config.set_lr(lr);
+        config.validate()?;
+        self.groups[group.0].config = config;
+        Ok(())
+    }
+
+    /// Replaces a group's hyperparameters. The optimizer and the states it keeps must stay the
+    /// same (switching e.g. `amsgrad` on would need a buffer the group does not have); flags
+    /// that change the kernel pick another cached pipeline.
+    pub fn set_config(&mut self, group: GroupId, config: impl Into<OptimizerConfig>) -> Result<()> {
+        let config = config.into();
+        let current = &self.group(group)?.config;
+        config.validate()?;
+        let keeps = |c: &OptimizerConfig| -> Vec<bool> {
+            c.initial_states().iter().map(Option::is_some).collect()
+        };
+        if config.name() != current.name() || keeps(&config) != keeps(current) {
+            return Err(Error::InvalidConfig {
+                optimizer: current.name(),
+                reason: format!(
+                    "group {} was built as {} keeping states [{}]; it cannot become {} keeping [{}]",
+                    group.0,
+                    current.name(),
+                    self.groups[group.0].state_names().join(", "),
+                    config.name(),
+                    config
+                        .kernel()
+                        .state_slots
+                        .iter()
+                        .zip(config.initial_states())
+                        .filter(|(_, s)| s.is_some())
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            });
+        }
+        let g = &mut self.groups[group.0];
+        g.pipeline = self.ctx.kernels.pipeline(
+            &self.ctx.device,
+            config.kernel(),
+            Element::Vec4,
+            &config.flags(),
+        );
+        g.config = config;
+        Ok(())
+    }
+
+    /// Applies one optimizer step to every group, using the gradients now in the gradient
+    /// arenas. Queues the work and returns without waiting for the GPU.
+    pub fn step(&mut self) -> Result<()> {
+        let counters: Vec<StepCounter> = self
+            .groups
+            .iter()
+            .map(|g| g.config.advance(&g.counter))
+            .collect();
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("optimizer step"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("optimizer step"),
+                timestamp_writes: None,
+            });
+            for (group, counter) in self.groups.iter().zip(&counters) {
+                let scalars = group.config.scalars(counter, group.config.lr());
+                self.ctx.queue.write_buffer(&group.uniform, 0, &scalars);
+                group.encode(&mut pass);
+            }
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        for (group, counter) in self.groups.iter_mut().zip(counters) {
+            group.counter = counter;
+        }
+        Ok(())
+    }
+
+    /// Uploads one gradient per tensor (in [`TensorId`] order), then steps. Every length is
+    /// checked before anything is written.
+    pub fn step_with_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
+        if grads.len() != self.tensors.len() {
+            return Err(Error::LengthMismatch {
+                what: "the gradient list",
+                tensor: grads.len(),
+                expected: self.tensors.len() as u64,
+                got: grads.len() as u64,
+            });
+        }
+        for (t, grad) in grads.iter().enumerate() {
+            self.check_full(TensorId(t), "gradient", grad.len())?;
+        }
+        for (t, grad) in grads.iter().enumerate() {
+            self.write(TensorId(t), Role::Grad, 0, grad)?;
+        }
+        self.step()
+    }
+
+    /// Blocks until the GPU has finished every step queued so far.
+    pub fn wait(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+
+    /// Writes `data` into a tensor's buffer of the given role, from element `offset`.
+    pub fn write(&mut self, tensor: TensorId, role: Role, offset: u64, data: &[f32]) -> Result<()> {
+        let what = match role {
+            Role::Param => "parameter data",
+            Role::Grad => "gradient",
+            Role::State(_) => "state data",
+        };
+        self.check_len(tensor, what, offset, data.len())?;
+        let (g, local) = self.locate(tensor)?;
+        let group = &self.groups[g];
+        let buffers = group.buffers(role)?;
+        let spans = group.spans(buffers, local, offset..offset + data.len() as u64);
+        transfer::write(&self.ctx, &spans, data)
+    }
+
+    /// Writes a whole tensor's parameters.
+    pub fn write_param(&mut self, tensor: TensorId, data: &[f32]) -> Result<()> {
+        self.check_full(tensor, "parameter data", data.len())?;
+        self.write(tensor, Role::Param, 0, data)
+    }
+
+    /// Writes a whole tensor's gradient.
+    pub fn write_grad(&mut self, tensor: TensorId, data: &[f32]) -> Result<()> {
+        self.check_full(tensor, "gradient", data.len())?;
+        self.write(tensor, Role::Grad, 0, data)
+    }
+
+    /// Reads elements `range` of a tensor's buffer of the given role (waits for the GPU).
+    pub fn read(&self, tensor: TensorId, role: Role, range: Range<u64>) -> Result<Vec<f32>> {
+        let len = self.tensor_len(tensor)?;
+        if range.start > range.end || range.end > len {
+            return Err(Error::LengthMismatch {
+                what: "the range to read",
+                tensor: tensor.0,
+                expected: len,
+                got: range.end,
+            });
+        }
+        let (g, local) = self.locate(tensor)?;
+        let group = &self.groups[g];
+        let spans = group.spans(group.buffers(role)?, local, range);
+        transfer::read(&self.ctx, &spans)
+    }
+
+    /// A tensor's parameters (waits for the GPU).
+    pub fn read_param(&self, tensor: TensorId) -> Result<Vec<f32>> {
+        self.read(tensor, Role::Param, 0..self.tensor_len(tensor)?)
+    }
+
+    /// A tensor's current gradient (waits for the GPU).
+    pub fn read_grad(&self, tensor: TensorId) -> Result<Vec<f32>> {
+        self.read(tensor, Role::Grad, 0..self.tensor_len(tensor)?)
+    }
+
+    /// One optimizer state of a tensor, by PyTorch's name (waits for the GPU).
+    pub fn read_state(&self, tensor: TensorId, name: &str) -> Result<Vec<f32>> {
+        self.read(tensor, Role::State(name), 0..self.tensor_len(tensor)?)
+    }
+
+    /// Replaces one optimizer state of a tensor.
+    pub fn write_state(&mut self, tensor: TensorId, name: &str, data: &[f32]) -> Result<()> {
+        self.check_full(tensor, "state data", data.len())?;
+        self.write(tensor, Role::State(name), 0, data)
+    }
+
+    fn group(&self, group: GroupId) -> Result<&Group> {
+        self.groups.get(group.0).ok_or(Error::UnknownHandle {
+            what: "group",
+            index: group.0,
+            count: self.groups.len(),
+        })
+    }
+
+    fn locate(&self, tensor: TensorId) -> Result<(usize, usize)> {
+        self.tensors
+            .get(tensor.0)
+            .copied()
+            .ok_or(Error::UnknownHandle {
+                what: "tensor",
+                index: tensor.0,
+                count: self.tensors.len(),
+            })
+    }
+
+    /// `len` elements from `offset` must fit in the tensor.
+    fn check_len(
+        &self,
+        tensor: TensorId,
+        what: &'static str,
+        offset: u64,
+        len: usize,
+    ) -> Result<()> {
+        let expected = self.tensor_len(tensor)?;
+        if offset + len as u64 > expected {
+            return Err(Error::LengthMismatch {
+                what,
+                tensor: tensor.0,
+                expected,
+                got: offset + len as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// `len` must be the tensor's whole length.
+    fn check_full(&self, tensor: TensorId, what: &'static str, len: usize) -> Result<()> {
+        let expected = self.tensor_len(tensor)?;
+        if len as u64 != expected {
+            return Err(Error::LengthMismatch {
+                what,
+                tensor: tensor.0,
+                expected,
+                got: len as u64,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! The library's one error type.
+//!
+//! Every fallible call checks its input before it touches the GPU, so an `Err` means that nothing
+//! was changed: no buffer written, no step applied, no step counted.
+
+/// The Debian/Ubuntu packages that give a machine without a GPU a software Vulkan adapter.
+pub const SOFTWARE_ADAPTER_HINT: &str = "install a Vulkan driver; on a machine without a GPU, Mesa's lavapipe \
+     (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)";
+
+/// Everything that can go wrong in `wgpu_optim`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter matched the request (or none exists at all).
+    #[error("no GPU adapter found{detail}: {SOFTWARE_ADAPTER_HINT}")]
+    NoAdapter {
+        /// What was asked for, e.g. " for backend gl", or the adapters that were seen.
+        detail: String,
+    },
+
+    /// Adapters exist, but none has the requested name.
+    #[error("no adapter's name contains `{wanted}`; the adapters are: {available}")]
+    NoMatchingAdapter { wanted: String, available: String },
+
+    /// The adapter refused to open a device with the features and limits asked for.
+    #[error("could not open a device on adapter `{adapter}`: {source}")]
+    RequestDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+
+    /// A hyperparameter outside its domain (negative, NaN, a beta outside [0, 1), ...).
+    #[error("invalid {optimizer} hyperparameter {name} = {value}: {reason}")]
+    InvalidHyperparameter {
+        optimizer: &'static str,
+        name: &'static str,
+        value: f64,
+        reason: &'static str,
+    },
+
+    /// Two options that cannot be combined (nesterov with dampening, ...).
+    #[error("invalid {optimizer} configuration: {reason}")]
+    InvalidConfig {
+        optimizer: &'static str,
+        reason: String,
+    },
+
+    /// Data whose length does not match the tensor it is meant for.
+    #[error("{what} has {got} elements but tensor {tensor} has {expected}")]
+    LengthMismatch {
+        what: &'static str,
+        tensor: usize,
+        expected: u64,
+        got: u64,
+    },
+
+    /// A tensor or group handle that this optimizer does not own.
+    #[error("unknown {what} {index} (this optimizer has {count})")]
+    UnknownHandle {
+        what: &'static str,
+        index: usize,
+        count: usize,
+    },
+
+    /// A state name the group's optimizer does not keep.
+    #[error("{optimizer} keeps no state `{name}` with this configuration (it keeps: {available})")]
+    UnknownState {
+        optimizer: &'static str,
+        name: String,
+        available: String,
+    },
+
+    /// A user buffer that cannot serve in the role it was given.
+    #[error("buffer for {role} of tensor {tensor} {problem}")]
+    BadBuffer {
+        role: &'static str,
+        tensor: usize,
+        problem: String,
+    },
+
+    /// An optimizer with no tensors, or a tensor with no elements.
+    #[error("{0}")]
+    Empty(String),
+
+    /// wgpu reported a validation error for work this crate built (a bug, or a foreign buffer).
+    #[error("GPU validation error: {0}")]
+    Gpu(String),
+
+    /// The device ran out of memory while allocating.
+    #[error("GPU out of memory while allocating {what}")]
+    OutOfMemory { what: String },
+
+    /// Waiting for the GPU or mapping a buffer failed (device lost, timeout).
+    #[error("GPU wait failed: {0}")]
+    Wait(String),
+
+    /// The conformance fixture could not be read or parsed.
+    #[error("conformance fixture {path}: {reason}")]
+    Fixture { path: String, reason: String },
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

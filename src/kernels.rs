@@ -1,0 +1,259 @@
+//! The WGSL kernels: their sources, how they are assembled, and a cache of compiled pipelines.
+//!
+//! Each optimizer family has one file in `shaders/` with one entry point, `main`. Its bindings
+//! are always the same shape: `@binding(0)` the per-step uniform, `@binding(1)` the parameters
+//! (read-write), `@binding(2)` the gradients (read), `@binding(3..)` the optimizer states
+//! (read-write), one per slot of [`Kernel::state_slots`]. A slot the configuration does not use
+//! is bound to a tiny placeholder buffer that the kernel never touches: its flags are
+//! pipeline-overridable constants, so the untaken branches compile away.
+//!
+//! The element type is chosen at assembly: the host prepends `alias V = vec4<f32>;` for arena
+//! segments (whose lengths are multiples of 4, so every load is 16 bytes wide) or
+//! `alias V = f32;` for user buffers of any length.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Shared helpers prepended to every kernel.
+pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
+
+/// Threads per workgroup of every optimizer kernel (`WORKGROUP_SIZE` in `common.wgsl`).
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// The most state buffers any kernel binds (RMSprop: square_avg, grad_avg, momentum_buffer).
+pub const MAX_STATE_SLOTS: usize = 3;
+
+/// The element type a kernel is assembled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Element {
+    /// `vec4<f32>`: 16-byte loads and stores; lengths must be multiples of 4.
+    Vec4,
+    /// `f32`: any length.
+    Scalar,
+}
+
+impl Element {
+    /// f32 values per element.
+    pub fn width(self) -> u64 {
+        match self {
+            Element::Vec4 => 4,
+            Element::Scalar => 1,
+        }
+    }
+
+    fn wgsl(self) -> &'static str {
+        match self {
+            Element::Vec4 => "vec4<f32>",
+            Element::Scalar => "f32",
+        }
+    }
+}
+
+/// Byte offset of each member of a `#[repr(C)]` struct that mirrors a WGSL struct.
+#[derive(Debug)]
+pub struct StructLayout {
+    /// The struct's name, the same in Rust and in WGSL.
+    pub name: &'static str,
+    /// Size in bytes.
+    pub size: usize,
+    /// `(member name, byte offset)` in declaration order.
+    pub fields: &'static [(&'static str, usize)],
+}
+
+/// Declares a `#[repr(C)]`, `Pod` struct that mirrors a WGSL uniform struct of the same name,
+/// together with its [`StructLayout`] (checked against the WGSL by a naga test).
+macro_rules! shader_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)* }
+
+        impl $name {
+            /// Where each member sits, for the WGSL layout test.
+            pub const LAYOUT: $crate::kernels::StructLayout = $crate::kernels::StructLayout {
+                name: stringify!($name),
+                size: std::mem::size_of::<$name>(),
+                fields: &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*],
+            };
+        }
+    };
+}
+pub(crate) use shader_struct;
+
+/// One optimizer family's kernel.
+#[derive(Debug)]
+pub struct Kernel {
+    /// Short name, also the shader file's stem.
+    pub name: &'static str,
+    /// WGSL source of the family (without the common prelude).
+    pub source: &'static str,
+    /// Names of the state buffers bound at `@binding(3)`, `@binding(4)`, ...
+    pub state_slots: &'static [&'static str],
+    /// The boolean `override` constants the source declares.
+    pub flags: &'static [&'static str],
+    /// The uniform struct at `@binding(0)`.
+    pub scalars: &'static StructLayout,
+}
+
+impl Kernel {
+    /// The complete WGSL for one element type.
+    pub fn assemble(&self, element: Element) -> String {
+        format!(
+            "alias V = {};\n{COMMON_WGSL}\n{}",
+            element.wgsl(),
+            self.source
+        )
+    }
+}
+
+/// Identifies one compiled pipeline: the kernel, its element type and its flag values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    kernel: &'static str,
+    element: Element,
+    flags: Vec<(&'static str, bool)>,
+}
+
+/// Compiled pipelines and bind-group layouts, shared by every optimizer of a [`GpuContext`].
+///
+/// [`GpuContext`]: crate::GpuContext
+#[derive(Debug, Default)]
+pub(crate) struct KernelCache {
+    layouts: Mutex<HashMap<usize, wgpu::BindGroupLayout>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl KernelCache {
+    /// The bind-group layout shared by every kernel with `states` state slots.
+    pub(crate) fn layout(&self, device: &wgpu::Device, states: usize) -> wgpu::BindGroupLayout {
+        let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
+        layouts
+            .entry(states)
+            .or_insert_with(|| {
+                let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                };
+                let mut entries = vec![
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    },
+                    storage(1, false),
+                    storage(2, true),
+                ];
+                entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
+                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(&format!("optimizer layout, {states} states")),
+                    entries: &entries,
+                })
+            })
+            .clone()
+    }
+
+    /// The pipeline for `kernel` with the given element type and flags, compiled on first use.
+    pub(crate) fn pipeline(
+        &self,
+        device: &wgpu::Device,
+        kernel: &'static Kernel,
+        element: Element,
+        flags: &[(&'static str, bool)],
+    ) -> wgpu::ComputePipeline {
+        let key = PipelineKey {
+            kernel: kernel.name,
+            element,
+            flags: flags.to_vec(),
+        };
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .expect("kernel cache poisoned")
+            .get(&key)
+        {
+            return p.clone();
+        }
+        let layout = self.layout(device, kernel.state_slots.len());
+        let label = format!("{} {:?} {:?}", kernel.name, element, flags);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element).into()),
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants: Vec<(&str, f64)> = flags
+            .iter()
+            .map(|&(name, on)| (name, if on { 1.0 } else { 0.0 }))
+            .collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        self.pipelines
+            .lock()
+            .expect("kernel cache poisoned")
+            .insert(key, pipeline.clone());
+        pipeline
+    }
+}
+
+/// Workgroup counts `(x, y)` that cover `elements` with one element per thread, spread over two
+/// dimensions when one would exceed `max_per_dimension`.
+pub fn workgroups_for(elements: u64, max_per_dimension: u32) -> (u32, u32) {
+    let groups = elements.div_ceil(WORKGROUP_SIZE as u64).max(1);
+    let x = groups.min(max_per_dimension as u64);
+    let y = groups.div_ceil(x);
+    assert!(
+        y <= max_per_dimension as u64,
+        "{elements} elements need more than {max_per_dimension}^2 workgroups"
+    );
+    (x as u32, y as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workgroups_cover_every_element_once() {
+        for (n, max) in [
+            (1u64, 65535u32),
+            (256, 65535),
+            (257, 65535),
+            (1 << 27, 65535),
+            (1000, 2),
+        ] {
+            let (x, y) = workgroups_for(n, max);
+            assert!(x <= max && y <= max);
+            let threads = x as u64 * y as u64 * WORKGROUP_SIZE as u64;
+            assert!(threads >= n, "{n}: {x}x{y}");
+            // No whole row of workgroups is wasted.
+            assert!(
+                threads - n < x as u64 * WORKGROUP_SIZE as u64,
+                "{n}: {x}x{y}"
+            );
+        }
+    }
+}

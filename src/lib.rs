@@ -1,0 +1,35 @@
+//! Fused GPU optimizer steps for very large parameter vectors, on any GPU that wgpu reaches
+//! (Vulkan, Metal, DX12, GL).
+//!
+//! Each optimizer (SGD, SGDW, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, Adamax) is
+//! one WGSL kernel that reads and writes every element once per step, with PyTorch's semantics,
+//! argument names and defaults, and a float64 CPU reference beside it.
+//!
+//! ```no_run
+//! use wgpu_optim::{ContextOptions, GpuContext, Optimizer, TensorId, optim::AdamW};
+//!
+//! let ctx = GpuContext::new(&ContextOptions::default())?;
+//! let weights = vec![0.5f32; 1000];
+//! let bias = vec![0.0f32; 10];
+//! let mut opt = Optimizer::builder(&ctx)
+//!     .group(AdamW { lr: 1e-3, ..Default::default() }, [&weights, &bias])
+//!     .build()?;
+//! opt.step_with_grads(&[&vec![0.1; 1000], &vec![-0.2; 10]])?;
+//! let updated = opt.read_param(TensorId(0))?;
+//! assert_eq!(updated.len(), 1000);
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
+
+pub mod conformance;
+pub mod context;
+pub mod engine;
+pub mod error;
+pub mod kernels;
+pub mod optim;
+pub mod reference;
+
+pub use context::{ContextOptions, GpuContext};
+pub use engine::{GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit};
+pub use error::{Error, Result};
+pub use optim::{OptimizerConfig, StepCounter, UpdateRule};
+pub use reference::ReferenceGroup;

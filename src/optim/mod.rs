@@ -1,0 +1,311 @@
+//! The optimizers: one module each, holding the hyperparameters with PyTorch's names and
+//! defaults, the validation PyTorch does, the per-step uniform its kernel reads, and a plain
+//! float64 CPU reference of the update rule.
+//!
+//! | name | module | kernel |
+//! | --- | --- | --- |
+//! | `sgd` | [`sgd`] | `shaders/sgd.wgsl` |
+//! | `sgdw` | [`sgdw`] | `shaders/sgd.wgsl` (decoupled) |
+//! | `adagrad` | [`adagrad`] | `shaders/adagrad.wgsl` |
+//! | `rmsprop` | [`rmsprop`] | `shaders/rmsprop.wgsl` |
+//! | `adadelta` | [`adadelta`] | `shaders/adadelta.wgsl` |
+//! | `adam` | [`adam`] | `shaders/adam.wgsl` |
+//! | `adamw` | [`adamw`] | `shaders/adam.wgsl` (decoupled) |
+//! | `nadam` | [`nadam`] | `shaders/nadam.wgsl` |
+//! | `radam` | [`radam`] | `shaders/radam.wgsl` |
+//! | `adamax` | [`adamax`] | `shaders/adamax.wgsl` |
+
+pub mod adadelta;
+pub mod adagrad;
+pub mod adam;
+pub mod adamax;
+pub mod adamw;
+pub mod nadam;
+pub mod radam;
+pub mod rmsprop;
+pub mod sgd;
+pub mod sgdw;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kernels::Kernel;
+
+pub use adadelta::Adadelta;
+pub use adagrad::Adagrad;
+pub use adam::Adam;
+pub use adamax::Adamax;
+pub use adamw::AdamW;
+pub use nadam::NAdam;
+pub use radam::RAdam;
+pub use rmsprop::RmsProp;
+pub use sgd::Sgd;
+pub use sgdw::Sgdw;
+
+/// The per-group scalar state that advances with every applied step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepCounter {
+    /// Steps applied so far; the step being computed is numbered from 1, as in PyTorch.
+    pub step: u64,
+    /// NAdam's running product of its momentum coefficients mu_1 ... mu_step (1 elsewhere).
+    pub mu_product: f64,
+}
+
+impl Default for StepCounter {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            mu_product: 1.0,
+        }
+    }
+}
+
+/// One optimizer algorithm with its hyperparameters: all that the engine and the reference need.
+pub trait UpdateRule {
+    /// The name the fixture, the command line and the reports use (`"adamw"`).
+    fn name(&self) -> &'static str;
+    /// The kernel family that runs it.
+    fn kernel(&self) -> &'static Kernel;
+    /// PyTorch's argument checks, plus NaN and infinity everywhere.
+    fn validate(&self) -> Result<()>;
+    /// The learning rate.
+    fn lr(&self) -> f64;
+    /// Replaces the learning rate (a schedule's, or `lrs` of a fixture case).
+    fn set_lr(&mut self, lr: f64);
+    /// Values of the kernel's `override` flags, in [`Kernel::flags`] order.
+    fn flags(&self) -> Vec<(&'static str, bool)>;
+    /// One entry per state slot of the kernel: the initial value of each state this
+    /// configuration keeps, `None` for slots it does not use.
+    fn initial_states(&self) -> Vec<Option<f64>>;
+    /// The counter after one more step.
+    fn advance(&self, counter: &StepCounter) -> StepCounter {
+        StepCounter {
+            step: counter.step + 1,
+            ..*counter
+        }
+    }
+    /// The kernel's uniform (its `…Scalars` struct, as bytes) for the step `counter.step`, which
+    /// [`advance`](Self::advance) has already produced.
+    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8>;
+    /// The same step in float64 on the CPU. `states` has one vector per state slot (empty for
+    /// unused slots), each as long as `param`.
+    fn reference_step(
+        &self,
+        counter: &StepCounter,
+        lr: f64,
+        param: &mut [f64],
+        grad: &[f64],
+        states: &mut [Vec<f64>],
+    );
+    /// The fewest bytes one step must move per f32 element: read and write the parameter, read
+    /// the gradient, read and write every state.
+    fn bytes_per_element(&self) -> u64 {
+        let states = self.initial_states().iter().flatten().count() as u64;
+        4 * (2 + 1 + 2 * states)
+    }
+}
+
+/// Any of the optimizers, as a value (what a parameter group holds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "optimizer", content = "hyper", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    Sgd(Sgd),
+    Sgdw(Sgdw),
+    Adagrad(Adagrad),
+    #[serde(rename = "rmsprop")]
+    RmsProp(RmsProp),
+    Adadelta(Adadelta),
+    Adam(Adam),
+    #[serde(rename = "adamw")]
+    AdamW(AdamW),
+    #[serde(rename = "nadam")]
+    NAdam(NAdam),
+    #[serde(rename = "radam")]
+    RAdam(RAdam),
+    Adamax(Adamax),
+}
+
+/// Every optimizer name, in the order the tables list them.
+pub const OPTIMIZER_NAMES: [&str; 10] = [
+    "sgd", "sgdw", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
+];
+
+/// Forwards a method call to whichever optimizer the enum holds.
+macro_rules! each_config {
+    ($value:expr, $c:ident => $body:expr) => {
+        match $value {
+            OptimizerConfig::Sgd($c) => $body,
+            OptimizerConfig::Sgdw($c) => $body,
+            OptimizerConfig::Adagrad($c) => $body,
+            OptimizerConfig::RmsProp($c) => $body,
+            OptimizerConfig::Adadelta($c) => $body,
+            OptimizerConfig::Adam($c) => $body,
+            OptimizerConfig::AdamW($c) => $body,
+            OptimizerConfig::NAdam($c) => $body,
+            OptimizerConfig::RAdam($c) => $body,
+            OptimizerConfig::Adamax($c) => $body,
+        }
+    };
+}
+
+impl OptimizerConfig {
+    /// The optimizer called `name` with PyTorch's default hyperparameters.
+    pub fn default_for(name: &str) -> Result<Self> {
+        Self::from_hyper(name, &serde_json::Value::Object(Default::default()))
+    }
+
+    /// The optimizer called `name` with the hyperparameters of a JSON object in PyTorch's
+    /// argument names (`betas` split into `beta1`, `beta2`); missing keys take the defaults.
+    pub fn from_hyper(name: &str, hyper: &serde_json::Value) -> Result<Self> {
+        if !OPTIMIZER_NAMES.contains(&name) {
+            return Err(Error::InvalidConfig {
+                optimizer: "optimizer",
+                reason: format!(
+                    "unknown optimizer `{name}`; the optimizers are: {}",
+                    OPTIMIZER_NAMES.join(", ")
+                ),
+            });
+        }
+        let tagged = serde_json::json!({ "optimizer": name, "hyper": hyper });
+        serde_json::from_value(tagged).map_err(|e| Error::InvalidConfig {
+            optimizer: OPTIMIZER_NAMES
+                .iter()
+                .find(|n| **n == name)
+                .copied()
+                .unwrap_or("optimizer"),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl UpdateRule for OptimizerConfig {
+    fn name(&self) -> &'static str {
+        each_config!(self, c => c.name())
+    }
+    fn kernel(&self) -> &'static Kernel {
+        each_config!(self, c => c.kernel())
+    }
+    fn validate(&self) -> Result<()> {
+        each_config!(self, c => c.validate())
+    }
+    fn lr(&self) -> f64 {
+        each_config!(self, c => c.lr())
+    }
+    fn set_lr(&mut self, lr: f64) {
+        each_config!(self, c => c.set_lr(lr))
+    }
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        each_config!(self, c => c.flags())
+    }
+    fn initial_states(&self) -> Vec<Option<f64>> {
+        each_config!(self, c => c.initial_states())
+    }
+    fn advance(&self, counter: &StepCounter) -> StepCounter {
+        each_config!(self, c => c.advance(counter))
+    }
+    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+        each_config!(self, c => c.scalars(counter, lr))
+    }
+    fn reference_step(
+        &self,
+        counter: &StepCounter,
+        lr: f64,
+        param: &mut [f64],
+        grad: &[f64],
+        states: &mut [Vec<f64>],
+    ) {
+        each_config!(self, c => c.reference_step(counter, lr, param, grad, states))
+    }
+}
+
+macro_rules! impl_from_config {
+    ($($variant:ident($ty:ty)),*) => {
+        $(impl From<$ty> for OptimizerConfig {
+            fn from(c: $ty) -> Self {
+                OptimizerConfig::$variant(c)
+            }
+        })*
+    };
+}
+impl_from_config!(
+    Sgd(Sgd),
+    Sgdw(Sgdw),
+    Adagrad(Adagrad),
+    RmsProp(RmsProp),
+    Adadelta(Adadelta),
+    Adam(Adam),
+    AdamW(AdamW),
+    NAdam(NAdam),
+    RAdam(RAdam),
+    Adamax(Adamax)
+);
+
+/// Every kernel family, for the shader tests.
+pub fn all_kernels() -> [&'static Kernel; 8] {
+    [
+        &sgd::KERNEL,
+        &adagrad::KERNEL,
+        &rmsprop::KERNEL,
+        &adadelta::KERNEL,
+        &adam::KERNEL,
+        &nadam::KERNEL,
+        &radam::KERNEL,
+        &adamax::KERNEL,
+    ]
+}
+
+/// Checks shared by the optimizers' `validate`.
+pub(crate) mod check {
+    use crate::error::{Error, Result};
+
+    /// A finite value >= 0 (learning rates, eps, weight decay, momentum, ...).
+    pub fn non_negative(optimizer: &'static str, name: &'static str, value: f64) -> Result<()> {
+        if value.is_nan() {
+            return Err(invalid(optimizer, name, value, "must not be NaN"));
+        }
+        if !value.is_finite() {
+            return Err(invalid(optimizer, name, value, "must be finite"));
+        }
+        if value < 0.0 {
+            return Err(invalid(optimizer, name, value, "must be >= 0"));
+        }
+        Ok(())
+    }
+
+    /// A value in [0, 1) (betas, rho, alpha).
+    pub fn unit_interval(optimizer: &'static str, name: &'static str, value: f64) -> Result<()> {
+        if value.is_nan() {
+            return Err(invalid(optimizer, name, value, "must not be NaN"));
+        }
+        if !(0.0..1.0).contains(&value) {
+            return Err(invalid(optimizer, name, value, "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+
+    fn invalid(
+        optimizer: &'static str,
+        name: &'static str,
+        value: f64,
+        reason: &'static str,
+    ) -> Error {
+        Error::InvalidHyperparameter {
+            optimizer,
+            name,
+            value,
+            reason,
+        }
+    }
+}
+
+/// `values` as little-endian bytes of `T`, the uniform's layout.
+pub(crate) fn uniform_bytes<T: bytemuck::Pod>(value: &T) -> Vec<u8> {
+    bytemuck::bytes_of(value).to_vec()
+}
+
+/// Splits the reference's state slots into `N` mutable vectors.
+pub(crate) fn slots<const N: usize>(states: &mut [Vec<f64>]) -> &mut [Vec<f64>; N] {
+    states
+        .try_into()
+        .unwrap_or_else(|_| panic!("expected {N} state slots"))
+}

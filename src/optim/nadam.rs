@@ -1,0 +1,177 @@
+//! NAdam, Adam with Nesterov momentum (Dozat, "Incorporating Nesterov Momentum into Adam",
+//! ICLR 2016 workshop), with the momentum-decay schedule of `torch.optim.NAdam`:
+//! mu_t = beta1 (1 - 0.96^(t psi) / 2), psi = `momentum_decay`.
+
+use serde::{Deserialize, Serialize};
+
+use super::adam::validate_adam_like;
+use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
+use crate::error::Result;
+use crate::kernels::{Kernel, shader_struct};
+
+/// `torch.optim.NAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NAdam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// psi in mu_t = beta1 (1 - 0.96^(t psi) / 2).
+    pub momentum_decay: f64,
+    /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
+    pub decoupled_weight_decay: bool,
+    pub maximize: bool,
+}
+
+impl Default for NAdam {
+    fn default() -> Self {
+        Self {
+            lr: 2e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum_decay: 4e-3,
+            decoupled_weight_decay: false,
+            maximize: false,
+        }
+    }
+}
+
+shader_struct! {
+    /// The uniform of `shaders/nadam.wgsl`.
+    pub struct NadamScalars {
+        pub one_minus_beta1: f32,
+        pub beta2: f32,
+        pub one_minus_beta2: f32,
+        pub eps: f32,
+        pub weight_decay: f32,
+        pub decay_factor: f32,
+        pub inv_bias_correction2: f32,
+        pub grad_coef: f32,
+        pub exp_avg_coef: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+/// NAdam's kernel.
+pub static KERNEL: Kernel = Kernel {
+    name: "nadam",
+    source: include_str!("../../shaders/nadam.wgsl"),
+    state_slots: &["exp_avg", "exp_avg_sq"],
+    flags: &["MAXIMIZE", "DECOUPLED"],
+    scalars: &NadamScalars::LAYOUT,
+};
+
+impl NAdam {
+    /// The momentum coefficient mu_t.
+    fn mu(&self, t: u64) -> f64 {
+        self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
+    }
+
+    /// (lr (1 - mu_t) / (1 - prod mu_1..t), lr mu_{t+1} / (1 - prod mu_1..t+1)): the weights of
+    /// the gradient and of the first moment in step t.
+    fn coefficients(&self, counter: &StepCounter, lr: f64) -> (f64, f64) {
+        let mu = self.mu(counter.step);
+        let mu_next = self.mu(counter.step + 1);
+        (
+            lr * (1.0 - mu) / (1.0 - counter.mu_product),
+            lr * mu_next / (1.0 - counter.mu_product * mu_next),
+        )
+    }
+}
+
+impl UpdateRule for NAdam {
+    fn name(&self) -> &'static str {
+        "nadam"
+    }
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
+    }
+    fn validate(&self) -> Result<()> {
+        validate_adam_like(
+            "nadam",
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+        )?;
+        check::non_negative("nadam", "momentum_decay", self.momentum_decay)
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("MAXIMIZE", self.maximize),
+            ("DECOUPLED", self.decoupled_weight_decay),
+        ]
+    }
+    fn initial_states(&self) -> Vec<Option<f64>> {
+        vec![Some(0.0), Some(0.0)]
+    }
+    fn advance(&self, counter: &StepCounter) -> StepCounter {
+        let step = counter.step + 1;
+        StepCounter {
+            step,
+            mu_product: counter.mu_product * self.mu(step),
+        }
+    }
+    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+        let (grad_coef, exp_avg_coef) = self.coefficients(counter, lr);
+        let decoupled = self.decoupled_weight_decay;
+        uniform_bytes(&NadamScalars {
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            eps: self.eps as f32,
+            weight_decay: if decoupled {
+                0.0
+            } else {
+                self.weight_decay as f32
+            },
+            decay_factor: if decoupled {
+                (1.0 - lr * self.weight_decay) as f32
+            } else {
+                1.0
+            },
+            inv_bias_correction2: (1.0 / (1.0 - self.beta2.powf(counter.step as f64))) as f32,
+            grad_coef: grad_coef as f32,
+            exp_avg_coef: exp_avg_coef as f32,
+            ..Default::default()
+        })
+    }
+    fn reference_step(
+        &self,
+        counter: &StepCounter,
+        lr: f64,
+        param: &mut [f64],
+        grad: &[f64],
+        states: &mut [Vec<f64>],
+    ) {
+        let [exp_avg, exp_avg_sq] = slots(states);
+        let bias_correction2 = 1.0 - self.beta2.powf(counter.step as f64);
+        let (grad_coef, exp_avg_coef) = self.coefficients(counter, lr);
+        for i in 0..param.len() {
+            let mut g = if self.maximize { -grad[i] } else { grad[i] };
+            if self.decoupled_weight_decay {
+                param[i] *= 1.0 - lr * self.weight_decay;
+            } else if self.weight_decay != 0.0 {
+                g += self.weight_decay * param[i];
+            }
+            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
+            let denom = (exp_avg_sq[i] / bias_correction2).sqrt() + self.eps;
+            param[i] -= grad_coef * g / denom;
+            param[i] -= exp_avg_coef * exp_avg[i] / denom;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! RAdam, Adam with a rectified adaptive learning rate (Liu et al., "On the Variance of the
+//! Adaptive Learning Rate and Beyond", ICLR 2020), as `torch.optim.RAdam`.
+
+use serde::{Deserialize, Serialize};
+
+use super::adam::validate_adam_like;
+use super::{StepCounter, UpdateRule, slots, uniform_bytes};
+use crate::error::Result;
+use crate::kernels::{Kernel, shader_struct};
+
+/// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RAdam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
+    pub decoupled_weight_decay: bool,
+    pub maximize: bool,
+}
+
+impl Default for RAdam {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+            maximize: false,
+        }
+    }
+}
+
+shader_struct! {
+    /// The uniform of `shaders/radam.wgsl`.
+    pub struct RadamScalars {
+        pub one_minus_beta1: f32,
+        pub beta2: f32,
+        pub one_minus_beta2: f32,
+        pub eps: f32,
+        pub weight_decay: f32,
+        pub decay_factor: f32,
+        pub step_size: f32,
+        pub rectified: u32,
+    }
+}
+
+/// RAdam's kernel.
+pub static KERNEL: Kernel = Kernel {
+    name: "radam",
+    source: include_str!("../../shaders/radam.wgsl"),
+    state_slots: &["exp_avg", "exp_avg_sq"],
+    flags: &["MAXIMIZE", "DECOUPLED"],
+    scalars: &RadamScalars::LAYOUT,
+};
+
+impl RAdam {
+    /// The variance rectification r_t of step t, or `None` while rho_t <= 5 (too few steps for
+    /// the second moment to be trusted: the step is plain momentum SGD).
+    fn rectification(&self, t: u64) -> Option<f64> {
+        let t = t as f64;
+        let beta2_t = self.beta2.powf(t);
+        let rho_inf = 2.0 / (1.0 - self.beta2) - 1.0;
+        let rho_t = rho_inf - 2.0 * t * beta2_t / (1.0 - beta2_t);
+        (rho_t > 5.0).then(|| {
+            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                .sqrt()
+        })
+    }
+}
+
+impl UpdateRule for RAdam {
+    fn name(&self) -> &'static str {
+        "radam"
+    }
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
+    }
+    fn validate(&self) -> Result<()> {
+        validate_adam_like(
+            "radam",
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+        )
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("MAXIMIZE", self.maximize),
+            ("DECOUPLED", self.decoupled_weight_decay),
+        ]
+    }
+    fn initial_states(&self) -> Vec<Option<f64>> {
+        vec![Some(0.0), Some(0.0)]
+    }
+    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+        let t = counter.step as f64;
+        let bias_correction1 = 1.0 - self.beta1.powf(t);
+        let bias_correction2 = 1.0 - self.beta2.powf(t);
+        let rect = self.rectification(counter.step);
+        let step_size = match rect {
+            Some(r) => lr * r * bias_correction2.sqrt() / bias_correction1,
+            None => lr / bias_correction1,
+        };
+        let decoupled = self.decoupled_weight_decay;
+        uniform_bytes(&RadamScalars {
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            eps: self.eps as f32,
+            weight_decay: if decoupled {
+                0.0
+            } else {
+                self.weight_decay as f32
+            },
+            decay_factor: if decoupled {
+                (1.0 - lr * self.weight_decay) as f32
+            } else {
+                1.0
+            },
+            step_size: step_size as f32,
+            rectified: rect.is_some() as u32,
+        })
+    }
+    fn reference_step(
+        &self,
+        counter: &StepCounter,
+        lr: f64,
+        param: &mut [f64],
+        grad: &[f64],
+        states: &mut [Vec<f64>],
+    ) {
+        let [exp_avg, exp_avg_sq] = slots(states);
+        let t = counter.step as f64;
+        let bias_correction1 = 1.0 - self.beta1.powf(t);
+        let bias_correction2 = 1.0 - self.beta2.powf(t);
+        let rect = self.rectification(counter.step);
+        for i in 0..param.len() {
+            let mut g = if self.maximize { -grad[i] } else { grad[i] };
+            if self.decoupled_weight_decay {
+                param[i] *= 1.0 - lr * self.weight_decay;
+            } else if self.weight_decay != 0.0 {
+                g += self.weight_decay * param[i];
+            }
+            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
+            let corrected = exp_avg[i] / bias_correction1;
+            param[i] -= match rect {
+                Some(r) => {
+                    let adaptive = bias_correction2.sqrt() / (exp_avg_sq[i].sqrt() + self.eps);
+                    corrected * lr * adaptive * r
+                }
+                None => corrected * lr,
+            };
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! wraps a device and queue the caller already has, so that a framework can hand its own buffers to
 //! the optimizer without copies.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::KernelCache;
@@ -108,12 +109,26 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (kind, backend)
 }
 
+/// One wgpu instance per set of backends for the whole process.
+///
+/// wgpu numbers buffers per instance: a buffer of another instance's device handed to this
+/// one's is not an error wgpu can report (it panics, or worse, finds another buffer). With one
+/// shared instance, every device this crate opens can tell a foreign buffer and report it as a
+/// validation error, which [`Optimizer`](crate::Optimizer) turns into [`Error::BadBuffer`].
 fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    static INSTANCES: OnceLock<Mutex<HashMap<u64, wgpu::Instance>>> = OnceLock::new();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if let Some(backends) = backends {
         desc.backends = backends;
     }
-    wgpu::Instance::new(desc)
+    let key = desc.backends.bits() as u64;
+    INSTANCES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("instance cache poisoned")
+        .entry(key)
+        .or_insert_with(|| wgpu::Instance::new(desc))
+        .clone()
 }
 
 /// Every adapter wgpu finds on the given backends (or `WGPU_BACKEND`, or all), best first.

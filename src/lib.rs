@@ -33,3 +33,8 @@ pub use engine::{GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorIni
 pub use error::{Error, Result};
 pub use optim::{OptimizerConfig, StepCounter, UpdateRule};
 pub use reference::ReferenceGroup;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

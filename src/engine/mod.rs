@@ -15,16 +15,16 @@
 //! it does not wait for the GPU.
 
 pub mod arena;
+mod group;
 mod transfer;
 
 use std::ops::Range;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Element, MAX_STATE_SLOTS, workgroups_for};
+use crate::kernels::MAX_STATE_SLOTS;
 use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
-use arena::{ArenaLayout, Piece};
-use transfer::Span;
+use group::Group;
 
 /// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,13 +34,50 @@ pub struct TensorId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub usize);
 
+/// A tensor whose parameters and gradients stay in the caller's own buffers (for example those
+/// of another wgpu-based framework), updated in place without copies. The optimizer keeps only
+/// the states. Both buffers need `BufferUsages::STORAGE` (plus `COPY_SRC` to read them back and
+/// `COPY_DST` to write them through the optimizer), and offsets aligned to the device's
+/// `min_storage_buffer_offset_alignment`. Lengths that are multiples of 4 at 16-byte offsets get
+/// the `vec4` kernel; others the scalar one.
+///
+/// The buffers must belong to the optimizer's device. A buffer of another device of the same
+/// `wgpu::Instance` is reported as [`Error::BadBuffer`]; one of another instance cannot be told
+/// apart by wgpu (its ids are per instance), so keep one instance per process.
+#[derive(Clone, Debug)]
+pub struct ExternalTensor {
+    pub param: wgpu::Buffer,
+    /// Byte offset of the first parameter in `param`.
+    pub param_offset: u64,
+    pub grad: wgpu::Buffer,
+    /// Byte offset of the first gradient in `grad`.
+    pub grad_offset: u64,
+    /// Elements (f32).
+    pub len: u64,
+}
+
+impl ExternalTensor {
+    /// `len` elements at the start of each buffer.
+    pub fn new(param: &wgpu::Buffer, grad: &wgpu::Buffer, len: u64) -> Self {
+        Self {
+            param: param.clone(),
+            param_offset: 0,
+            grad: grad.clone(),
+            grad_offset: 0,
+            len,
+        }
+    }
+}
+
 /// The initial contents of a parameter tensor.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum TensorInit<'a> {
-    /// These values.
+    /// These values, copied into the optimizer's arena.
     Values(&'a [f32]),
     /// This many zeros (fill them later with [`Optimizer::write_param`]).
     Zeros(u64),
+    /// The caller's buffers, used in place.
+    External(ExternalTensor),
 }
 
 impl TensorInit<'_> {
@@ -48,7 +85,14 @@ impl TensorInit<'_> {
         match self {
             TensorInit::Values(v) => v.len() as u64,
             TensorInit::Zeros(n) => *n,
+            TensorInit::External(e) => e.len,
         }
+    }
+}
+
+impl From<ExternalTensor> for TensorInit<'_> {
+    fn from(tensor: ExternalTensor) -> Self {
+        TensorInit::External(tensor)
     }
 }
 
@@ -138,10 +182,15 @@ impl<'a> OptimizerBuilder<'a> {
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut tensors = Vec::new();
         for (g, (config, inits)) in self.groups.iter().enumerate() {
-            let lens: Vec<u64> = inits.iter().map(TensorInit::len).collect();
-            let layout = ArenaLayout::new(&lens, segment_bytes / 4);
-            tensors.extend((0..lens.len()).map(|local| (g, local)));
-            groups.push(Group::new(&ctx, config.clone(), layout, &placeholders));
+            groups.push(Group::new(
+                &ctx,
+                config.clone(),
+                inits,
+                tensors.len(),
+                segment_bytes,
+                &placeholders,
+            )?);
+            tensors.extend((0..inits.len()).map(|local| (g, local)));
         }
         scope.pop("the optimizer's buffers")?;
         let optimizer = Optimizer {
@@ -158,16 +207,19 @@ impl<'a> OptimizerBuilder<'a> {
 
 /// Catches wgpu's validation and out-of-memory errors around a block of calls, so that they
 /// become an [`Error`] instead of wgpu's default panic.
+///
+/// Fields drop in declaration order, which pops the inner (validation) scope first, as the
+/// scope stack requires when an early return drops the guard unpopped.
 struct GpuErrorScope {
-    memory: wgpu::ErrorScopeGuard,
     validation: wgpu::ErrorScopeGuard,
+    memory: wgpu::ErrorScopeGuard,
 }
 
 impl GpuErrorScope {
     fn push(device: &wgpu::Device) -> Self {
         let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        Self { memory, validation }
+        Self { validation, memory }
     }
 
     fn pop(self, what: &str) -> Result<()> {
@@ -177,216 +229,25 @@ impl GpuErrorScope {
             return Err(Error::OutOfMemory { what: what.into() });
         }
         match validation {
-            Some(e) => Err(Error::Gpu(e.to_string())),
+            Some(e) => Err(Error::Gpu(error_chain(&e))),
             None => Ok(()),
         }
     }
 }
 
-/// One parameter group on the GPU.
-struct Group {
-    config: OptimizerConfig,
-    counter: StepCounter,
-    layout: ArenaLayout,
-    pipeline: wgpu::ComputePipeline,
-    uniform: wgpu::Buffer,
-    /// One buffer per segment.
-    params: Vec<wgpu::Buffer>,
-    grads: Vec<wgpu::Buffer>,
-    /// Per state slot, one buffer per segment, or `None` for slots this configuration skips.
-    states: Vec<Option<Vec<wgpu::Buffer>>>,
-    /// One per segment.
-    bind_groups: Vec<wgpu::BindGroup>,
-    workgroups: Vec<(u32, u32)>,
-}
-
-impl Group {
-    fn new(
-        ctx: &GpuContext,
-        config: OptimizerConfig,
-        layout: ArenaLayout,
-        placeholders: &[wgpu::Buffer],
-    ) -> Self {
-        let device = &ctx.device;
-        let kernel = config.kernel();
-        let arena = |role: &str| -> Vec<wgpu::Buffer> {
-            layout
-                .segments
-                .iter()
-                .enumerate()
-                .map(|(s, seg)| {
-                    device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some(&format!("{} {role} segment {s}", kernel.name)),
-                        size: (seg.end - seg.start) * 4,
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_SRC
-                            | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
-                })
-                .collect()
-        };
-        let params = arena("param");
-        let grads = arena("grad");
-        let states: Vec<Option<Vec<wgpu::Buffer>>> = config
-            .initial_states()
-            .iter()
-            .zip(kernel.state_slots)
-            .map(|(init, name)| init.map(|_| arena(name)))
-            .collect();
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("{} uniform", kernel.name)),
-            size: kernel.scalars.size as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let bind_layout = ctx.kernels.layout(device, kernel.state_slots.len());
-        let bind_groups = (0..layout.segments.len())
-            .map(|s| {
-                let mut entries = vec![
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: uniform.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: params[s].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: grads[s].as_entire_binding(),
-                    },
-                ];
-                for (slot, state) in states.iter().enumerate() {
-                    let buffer = state.as_ref().map_or(&placeholders[slot], |b| &b[s]);
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: 3 + slot as u32,
-                        resource: buffer.as_entire_binding(),
-                    });
-                }
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&format!("{} segment {s}", kernel.name)),
-                    layout: &bind_layout,
-                    entries: &entries,
-                })
-            })
-            .collect();
-        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
-        let workgroups = layout
-            .segments
-            .iter()
-            .map(|seg| workgroups_for((seg.end - seg.start) / Element::Vec4.width(), max_per_dim))
-            .collect();
-        let pipeline = ctx
-            .kernels
-            .pipeline(device, kernel, Element::Vec4, &config.flags());
-        Self {
-            config,
-            counter: StepCounter::default(),
-            layout,
-            pipeline,
-            uniform,
-            params,
-            grads,
-            states,
-            bind_groups,
-            workgroups,
+/// An error and its causes on one line ("a: b: c"); wgpu keeps the useful part in the causes.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
         }
+        cause = c.source();
     }
-
-    /// Uploads the initial parameters and sets every state to its starting value.
-    fn initialize(&self, ctx: &GpuContext, inits: &[TensorInit]) -> Result<()> {
-        for (t, init) in inits.iter().enumerate() {
-            if let TensorInit::Values(values) = init {
-                let spans = self.spans(&self.params, t, 0..values.len() as u64);
-                transfer::write(ctx, &spans, values)?;
-            }
-        }
-        // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
-        for (buffers, init) in self.states.iter().zip(self.config.initial_states()) {
-            if let (Some(buffers), Some(value)) = (buffers, init)
-                && value != 0.0
-            {
-                let spans: Vec<Span> = buffers
-                    .iter()
-                    .map(|b| Span {
-                        buffer: b,
-                        offset: 0,
-                        len: b.size() / 4,
-                    })
-                    .collect();
-                transfer::fill(ctx, &spans, value as f32)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Where elements `range` of local tensor `tensor` lie in the segment buffers `buffers`.
-    fn spans<'b>(
-        &self,
-        buffers: &'b [wgpu::Buffer],
-        tensor: usize,
-        range: Range<u64>,
-    ) -> Vec<Span<'b>> {
-        self.layout
-            .pieces(tensor, range)
-            .into_iter()
-            .map(
-                |Piece {
-                     segment,
-                     segment_offset,
-                     len,
-                     ..
-                 }| Span {
-                    buffer: &buffers[segment],
-                    offset: segment_offset * 4,
-                    len,
-                },
-            )
-            .collect()
-    }
-
-    /// The segment buffers of a role.
-    fn buffers(&self, role: Role) -> Result<&[wgpu::Buffer]> {
-        match role {
-            Role::Param => Ok(&self.params),
-            Role::Grad => Ok(&self.grads),
-            Role::State(name) => {
-                let kernel = self.config.kernel();
-                kernel
-                    .state_slots
-                    .iter()
-                    .position(|s| *s == name)
-                    .and_then(|slot| self.states[slot].as_deref())
-                    .ok_or_else(|| Error::UnknownState {
-                        optimizer: self.config.name(),
-                        name: name.to_string(),
-                        available: self.state_names().join(", "),
-                    })
-            }
-        }
-    }
-
-    /// Names of the states this group keeps.
-    fn state_names(&self) -> Vec<&'static str> {
-        let kernel = self.config.kernel();
-        kernel
-            .state_slots
-            .iter()
-            .zip(&self.states)
-            .filter(|(_, s)| s.is_some())
-            .map(|(name, _)| *name)
-            .collect()
-    }
-
-    /// Records this group's dispatches, one per segment.
-    fn encode(&self, pass: &mut wgpu::ComputePass) {
-        pass.set_pipeline(&self.pipeline);
-        for (bind_group, &(x, y)) in self.bind_groups.iter().zip(&self.workgroups) {
-            pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Parameter groups on the GPU and the optimizer states that go with them.
@@ -395,6 +256,23 @@ pub struct Optimizer {
     groups: Vec<Group>,
     /// `(group, index within the group)` of every tensor, by [`TensorId`].
     tensors: Vec<(usize, usize)>,
+}
+
+impl std::fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for g in &self.groups {
+            list.entry(&format_args!(
+                "{} (lr {}): {} tensors, {} segments, step {}",
+                g.config.name(),
+                g.config.lr(),
+                g.tensors.len(),
+                g.segments.len(),
+                g.counter.step
+            ));
+        }
+        list.finish()
+    }
 }
 
 impl Optimizer {
@@ -426,7 +304,7 @@ impl Optimizer {
     pub fn group_tensors(&self, group: GroupId) -> Result<Range<usize>> {
         self.group(group)?;
         let start = self.tensors.iter().position(|&(g, _)| g == group.0);
-        let count = self.groups[group.0].layout.lens.len();
+        let count = self.groups[group.0].tensors.len();
         Ok(start.map_or(0..0, |s| s..s + count))
     }
 
@@ -438,12 +316,18 @@ impl Optimizer {
     /// Elements in a tensor.
     pub fn tensor_len(&self, tensor: TensorId) -> Result<u64> {
         let (g, local) = self.locate(tensor)?;
-        Ok(self.groups[g].layout.lens[local])
+        Ok(self.groups[g].tensors[local].len)
     }
 
-    /// Segment buffers (and so dispatches per step) of a group.
+    /// Whether a tensor's parameters and gradients are the caller's buffers.
+    pub fn is_external(&self, tensor: TensorId) -> Result<bool> {
+        let (g, local) = self.locate(tensor)?;
+        Ok(self.groups[g].tensors[local].external)
+    }
+
+    /// Segments (and so dispatches per step) of a group.
     pub fn num_segments(&self, group: GroupId) -> Result<usize> {
-        Ok(self.group(group)?.layout.segments.len())
+        Ok(self.group(group)?.segments.len())
     }
 
     /// A group's configuration.
@@ -502,13 +386,8 @@ impl Optimizer {
             });
         }
         let g = &mut self.groups[group.0];
-        g.pipeline = self.ctx.kernels.pipeline(
-            &self.ctx.device,
-            config.kernel(),
-            Element::Vec4,
-            &config.flags(),
-        );
         g.config = config;
+        g.refresh_pipelines(&self.ctx);
         Ok(())
     }
 
@@ -578,9 +457,8 @@ impl Optimizer {
         };
         self.check_len(tensor, what, offset, data.len())?;
         let (g, local) = self.locate(tensor)?;
-        let group = &self.groups[g];
-        let buffers = group.buffers(role)?;
-        let spans = group.spans(buffers, local, offset..offset + data.len() as u64);
+        let spans = self.groups[g].spans(role, local, offset..offset + data.len() as u64)?;
+        check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_DST)?;
         transfer::write(&self.ctx, &spans, data)
     }
 
@@ -608,8 +486,8 @@ impl Optimizer {
             });
         }
         let (g, local) = self.locate(tensor)?;
-        let group = &self.groups[g];
-        let spans = group.spans(group.buffers(role)?, local, range);
+        let spans = self.groups[g].spans(role, local, range)?;
+        check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_SRC)?;
         transfer::read(&self.ctx, &spans)
     }
 
@@ -685,5 +563,30 @@ impl Optimizer {
             });
         }
         Ok(())
+    }
+}
+
+/// Reading needs `COPY_SRC` and writing `COPY_DST` on every buffer involved; only a caller's
+/// buffers can lack them.
+fn check_usage(
+    spans: &[transfer::Span],
+    tensor: TensorId,
+    role: Role,
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
+    match spans.iter().find(|s| !s.buffer.usage().contains(usage)) {
+        None => Ok(()),
+        Some(span) => Err(Error::BadBuffer {
+            role: match role {
+                Role::Param => "parameters",
+                Role::Grad => "gradients",
+                Role::State(_) => "state",
+            },
+            tensor: tensor.0,
+            problem: format!(
+                "lacks BufferUsages::{usage:?} (it has {:?})",
+                span.buffer.usage()
+            ),
+        }),
     }
 }

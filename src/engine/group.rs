@@ -1,0 +1,452 @@
+//! One parameter group on the GPU: its segments (one dispatch each), where each tensor lies in
+//! them, and the pipelines and uniform its kernel uses.
+//!
+//! A segment binds a *view* (buffer, byte offset, length) for every role. Arena tensors share
+//! segments cut from the group's own flat buffers; an external tensor (the caller's parameter
+//! and gradient buffers, used in place) gets segments of its own whose parameter and gradient
+//! views point into the caller's buffers and whose states are ours. Either way a step is one
+//! dispatch per segment, and reads and writes go through the same views.
+
+use std::ops::Range;
+
+use super::arena::{ArenaLayout, Piece};
+use super::transfer::{self, Span};
+use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{Element, workgroups_for};
+use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
+
+/// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl View {
+    fn whole(buffer: wgpu::Buffer) -> Self {
+        let len = buffer.size() / 4;
+        Self {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.len * 4),
+        })
+    }
+}
+
+/// One dispatch's worth of elements.
+pub(crate) struct Segment {
+    pub element: Element,
+    pub param: View,
+    pub grad: View,
+    /// One per state slot of the kernel; `None` where the configuration keeps no such state.
+    pub states: Vec<Option<View>>,
+    pub bind_group: Option<wgpu::BindGroup>,
+    pub workgroups: (u32, u32),
+    /// The group-local index of the external tensor this segment belongs to, if any.
+    pub external_tensor: Option<usize>,
+}
+
+impl Segment {
+    fn view(&self, role: Role, slot: Option<usize>) -> &View {
+        match role {
+            Role::Param => &self.param,
+            Role::Grad => &self.grad,
+            Role::State(_) => self.states[slot.expect("state slot resolved")]
+                .as_ref()
+                .expect("state kept"),
+        }
+    }
+}
+
+/// Where one tensor's elements lie: runs in segments.
+pub(crate) struct TensorPlace {
+    pub len: u64,
+    pub pieces: Vec<Piece>,
+    /// Parameters and gradients live in the caller's buffers.
+    pub external: bool,
+}
+
+/// One parameter group on the GPU.
+pub(crate) struct Group {
+    pub config: OptimizerConfig,
+    pub counter: StepCounter,
+    pub uniform: wgpu::Buffer,
+    pub segments: Vec<Segment>,
+    pub tensors: Vec<TensorPlace>,
+    /// Compiled pipelines for the element types the segments use.
+    pub pipelines: Vec<(Element, wgpu::ComputePipeline)>,
+}
+
+/// Usage every arena buffer gets: bound as storage, copied to and from.
+const ARENA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+fn create_buffer(ctx: &GpuContext, label: &str, elems: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: elems * 4,
+        usage: ARENA_USAGE,
+        mapped_at_creation: false,
+    })
+}
+
+/// Checks an external tensor's buffers against what binding them requires.
+fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Result<()> {
+    let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
+    for (role, buffer, offset) in [
+        ("parameters", &ext.param, ext.param_offset),
+        ("gradients", &ext.grad, ext.grad_offset),
+    ] {
+        let bad = |problem: String| Error::BadBuffer {
+            role,
+            tensor,
+            problem,
+        };
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(bad(format!(
+                "lacks BufferUsages::STORAGE (it has {:?})",
+                buffer.usage()
+            )));
+        }
+        if offset % align != 0 {
+            return Err(bad(format!(
+                "starts at byte {offset}, not a multiple of the device's \
+                 min_storage_buffer_offset_alignment ({align})"
+            )));
+        }
+        let end = offset + ext.len * 4;
+        if end > buffer.size() {
+            return Err(bad(format!(
+                "holds {} bytes, fewer than the {} elements from byte {offset} need ({end})",
+                buffer.size(),
+                ext.len
+            )));
+        }
+    }
+    if ext.len == 0 {
+        return Err(Error::Empty(format!(
+            "external tensor {tensor} has no elements"
+        )));
+    }
+    if ext.param == ext.grad {
+        let (p, g) = (ext.param_offset, ext.grad_offset);
+        if p < g + ext.len * 4 && g < p + ext.len * 4 {
+            return Err(Error::BadBuffer {
+                role: "gradients",
+                tensor,
+                problem: "overlaps the parameters in the same buffer".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Group {
+    /// Allocates the group's arenas and state buffers, lays out its tensors and builds one bind
+    /// group per segment. `first_tensor` numbers the group's tensors in errors.
+    pub fn new(
+        ctx: &GpuContext,
+        config: OptimizerConfig,
+        inits: &[TensorInit],
+        first_tensor: usize,
+        segment_bytes: u64,
+        placeholders: &[wgpu::Buffer],
+    ) -> Result<Self> {
+        for (t, init) in inits.iter().enumerate() {
+            if let TensorInit::External(ext) = init {
+                check_external(ctx, first_tensor + t, ext)?;
+            }
+        }
+        let kernel = config.kernel();
+        let keeps: Vec<Option<f64>> = config.initial_states();
+        let mut segments = Vec::new();
+        let mut tensors: Vec<TensorPlace> = Vec::with_capacity(inits.len());
+
+        // The arena: every non-external tensor, flat, cut into segments.
+        let arena_lens: Vec<u64> = inits
+            .iter()
+            .map(|i| match i {
+                TensorInit::External(_) => 0,
+                other => other.len(),
+            })
+            .collect();
+        let layout = ArenaLayout::new(&arena_lens, segment_bytes / 4);
+        for (s, range) in layout.segments.iter().enumerate() {
+            let elems = range.end - range.start;
+            let label = |role: &str| format!("{} {role} segment {s}", kernel.name);
+            segments.push(Segment {
+                element: Element::Vec4,
+                param: View::whole(create_buffer(ctx, &label("param"), elems)),
+                grad: View::whole(create_buffer(ctx, &label("grad"), elems)),
+                states: kernel
+                    .state_slots
+                    .iter()
+                    .zip(&keeps)
+                    .map(|(name, keep)| {
+                        keep.map(|_| View::whole(create_buffer(ctx, &label(name), elems)))
+                    })
+                    .collect(),
+                bind_group: None,
+                workgroups: (0, 0),
+                external_tensor: None,
+            });
+        }
+
+        for (t, init) in inits.iter().enumerate() {
+            let TensorInit::External(ext) = init else {
+                tensors.push(TensorPlace {
+                    len: init.len(),
+                    pieces: layout.pieces(t, 0..init.len()),
+                    external: false,
+                });
+                continue;
+            };
+            // An external tensor: segments of its own, each within one binding, whose
+            // boundaries keep the binding offsets aligned.
+            let element =
+                if ext.len % 4 == 0 && ext.param_offset % 16 == 0 && ext.grad_offset % 16 == 0 {
+                    Element::Vec4
+                } else {
+                    Element::Scalar
+                };
+            let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+            let piece_elems = (segment_bytes / align * align / 4).max(align / 4);
+            let mut pieces = Vec::new();
+            for first in (0..ext.len).step_by(piece_elems as usize) {
+                let len = (ext.len - first).min(piece_elems);
+                let label = |role: &str| {
+                    format!(
+                        "{} {role} of external tensor {}",
+                        kernel.name,
+                        first_tensor + t
+                    )
+                };
+                pieces.push(Piece {
+                    segment: segments.len(),
+                    segment_offset: 0,
+                    tensor_offset: first,
+                    len,
+                });
+                segments.push(Segment {
+                    element,
+                    param: View {
+                        buffer: ext.param.clone(),
+                        offset: ext.param_offset + first * 4,
+                        len,
+                    },
+                    grad: View {
+                        buffer: ext.grad.clone(),
+                        offset: ext.grad_offset + first * 4,
+                        len,
+                    },
+                    states: kernel
+                        .state_slots
+                        .iter()
+                        .zip(&keeps)
+                        .map(|(name, keep)| {
+                            keep.map(|_| View::whole(create_buffer(ctx, &label(name), len)))
+                        })
+                        .collect(),
+                    bind_group: None,
+                    workgroups: (0, 0),
+                    external_tensor: Some(t),
+                });
+            }
+            tensors.push(TensorPlace {
+                len: ext.len,
+                pieces,
+                external: true,
+            });
+        }
+
+        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("{} uniform", kernel.name)),
+            size: kernel.scalars.size as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind_layout = ctx.kernels.layout(&ctx.device, kernel.state_slots.len());
+        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
+        for (s, segment) in segments.iter_mut().enumerate() {
+            let mut entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: uniform.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: segment.param.binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: segment.grad.binding(),
+                },
+            ];
+            for (slot, state) in segment.states.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 3 + slot as u32,
+                    resource: state
+                        .as_ref()
+                        .map_or_else(|| placeholders[slot].as_entire_binding(), View::binding),
+                });
+            }
+            // A caller's buffer from another device is caught here, as an error, not a panic.
+            let scope = GpuErrorScope::push(&ctx.device);
+            segment.bind_group = Some(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&format!("{} segment {s}", kernel.name)),
+                layout: &bind_layout,
+                entries: &entries,
+            }));
+            scope
+                .pop("a bind group")
+                .map_err(|e| match (e, segment.external_tensor) {
+                    (Error::Gpu(message), Some(t)) => Error::BadBuffer {
+                        role: "parameters or gradients",
+                        tensor: first_tensor + t,
+                        problem: format!("cannot be bound: {message}"),
+                    },
+                    (other, _) => other,
+                })?;
+            segment.workgroups =
+                workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
+        }
+
+        let mut elements: Vec<Element> = Vec::new();
+        for segment in &segments {
+            if !elements.contains(&segment.element) {
+                elements.push(segment.element);
+            }
+        }
+        let pipelines = elements
+            .into_iter()
+            .map(|e| {
+                (
+                    e,
+                    ctx.kernels
+                        .pipeline(&ctx.device, kernel, e, &config.flags()),
+                )
+            })
+            .collect();
+        Ok(Self {
+            config,
+            counter: StepCounter::default(),
+            uniform,
+            segments,
+            tensors,
+            pipelines,
+        })
+    }
+
+    /// Uploads the initial parameters and sets every state to its starting value.
+    pub fn initialize(&self, ctx: &GpuContext, inits: &[TensorInit]) -> Result<()> {
+        for (t, init) in inits.iter().enumerate() {
+            if let TensorInit::Values(values) = init {
+                let spans = self.spans(Role::Param, t, 0..values.len() as u64)?;
+                transfer::write(ctx, &spans, values)?;
+            }
+        }
+        // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
+        for (slot, init) in self.config.initial_states().into_iter().enumerate() {
+            if let Some(value) = init.filter(|v| *v != 0.0) {
+                let spans: Vec<Span> = self
+                    .segments
+                    .iter()
+                    .filter_map(|s| s.states[slot].as_ref())
+                    .map(|v| Span {
+                        buffer: &v.buffer,
+                        offset: v.offset,
+                        len: v.len,
+                    })
+                    .collect();
+                transfer::fill(ctx, &spans, value as f32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The state slot a name refers to, if this configuration keeps it.
+    fn slot(&self, name: &str) -> Result<usize> {
+        let kernel = self.config.kernel();
+        kernel
+            .state_slots
+            .iter()
+            .position(|s| *s == name)
+            .filter(|&slot| self.config.initial_states()[slot].is_some())
+            .ok_or_else(|| Error::UnknownState {
+                optimizer: self.config.name(),
+                name: name.to_string(),
+                available: self.state_names().join(", "),
+            })
+    }
+
+    /// Where elements `range` of local tensor `tensor` lie for `role`.
+    pub fn spans(&self, role: Role, tensor: usize, range: Range<u64>) -> Result<Vec<Span<'_>>> {
+        let slot = match role {
+            Role::State(name) => Some(self.slot(name)?),
+            _ => None,
+        };
+        let place = &self.tensors[tensor];
+        Ok(place
+            .pieces
+            .iter()
+            .filter_map(|p| {
+                // Clip the piece to the requested range of the tensor.
+                let start = p.tensor_offset.max(range.start);
+                let end = (p.tensor_offset + p.len).min(range.end);
+                (start < end).then(|| {
+                    let view = self.segments[p.segment].view(role, slot);
+                    Span {
+                        buffer: &view.buffer,
+                        offset: view.offset + (p.segment_offset + start - p.tensor_offset) * 4,
+                        len: end - start,
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// Names of the states this group keeps.
+    pub fn state_names(&self) -> Vec<&'static str> {
+        self.config
+            .kernel()
+            .state_slots
+            .iter()
+            .zip(self.config.initial_states())
+            .filter(|(_, s)| s.is_some())
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    /// Recompiles (or fetches from the cache) the pipelines after a configuration change.
+    pub fn refresh_pipelines(&mut self, ctx: &GpuContext) {
+        let kernel = self.config.kernel();
+        let flags = self.config.flags();
+        for (element, pipeline) in &mut self.pipelines {
+            *pipeline = ctx.kernels.pipeline(&ctx.device, kernel, *element, &flags);
+        }
+    }
+
+    /// Records this group's dispatches, one per segment.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass) {
+        for (element, pipeline) in &self.pipelines {
+            pass.set_pipeline(pipeline);
+            for segment in self.segments.iter().filter(|s| s.element == *element) {
+                let (x, y) = segment.workgroups;
+                pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::rngs::SmallRng as StdRng;
+use rand::{Rng, SeedableRng};
+use wgpu_optim::{ContextOptions, GpuContext};
+
+/// The sizes every optimizer is checked at: tails of every length modulo 4, workgroup
+/// boundaries (256), and sizes past one dispatch dimension's worth of small workgroups.
+pub const AWKWARD_SIZES: [usize; 9] = [1, 3, 4, 5, 255, 256, 257, 65_537, 1_000_003];
+
+/// One device for the whole test binary: opening lavapipe costs ~100 ms per device.
+/// With no adapter at all this fails, naming the package to install; it never skips.
+pub fn context() -> GpuContext {
+    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| {
+            GpuContext::new(&ContextOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
+}
+
+/// A device whose limits are lowered to `binding_bytes` per storage binding and buffer, so
+/// that small vectors cross many segment boundaries.
+pub fn context_with_binding_limit(binding_bytes: u32) -> GpuContext {
+    let probe = context();
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: binding_bytes as u64,
+        max_buffer_size: binding_bytes as u64,
+        ..probe.limits.clone()
+    };
+    GpuContext::new(&ContextOptions {
+        limits: Some(limits),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Parameters in [-2, 2), never exactly zero.
+pub fn params(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let v: f32 = rng.random_range(-2.0..2.0);
+            if v == 0.0 { 0.5 } else { v }
+        })
+        .collect()
+}
+
+/// A magnitude per element, log-uniform over [1e-2, 10): gradients of very different sizes
+/// side by side, as in a real model.
+pub fn grad_scales(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| 10f32.powf(rng.random_range(-2.0..1.0)))
+        .collect()
+}
+
+/// One step's gradients: roughly normal values times each element's scale, about 1 in 100
+/// exactly zero (as in PyTorch's own fixtures).
+pub fn grads(rng: &mut StdRng, scales: &[f32]) -> Vec<f32> {
+    scales
+        .iter()
+        .map(|&s| {
+            if rng.random_range(0..100) == 0 {
+                0.0
+            } else {
+                // Sum of three uniforms: bell-shaped, unbounded enough, cheap.
+                let n: f32 = (0..3).map(|_| rng.random_range(-1.0f32..1.0)).sum();
+                s * n
+            }
+        })
+        .collect()
+}
+
+pub fn to_f64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| v as f64).collect()
+}
+
+/// Element-wise comparison of a float32 GPU result with the float64 reference:
+/// |gpu - ref| <= rtol * scale + 2 * slack, where, per element, `scale` is the size of the terms
+/// that made the value (so values that cancel towards zero are judged against the size of what
+/// cancelled) and `slack` how far the reference itself moves when its inputs are perturbed by
+/// a little more than float32 rounding (non-zero only where the update is ill-conditioned, e.g.
+/// Adam's first step g / |g| when the gradient cancels against the weight decay). Returns the
+/// worst ratio error / bound, or a message naming the first offending element.
+pub fn compare(
+    what: &str,
+    gpu: &[f32],
+    reference: &[f64],
+    scale: &[f64],
+    slack: &[f64],
+    rtol: f64,
+) -> Result<f64, String> {
+    assert_eq!(gpu.len(), reference.len(), "{what}: lengths differ");
+    let mut worst = 0.0f64;
+    for (i, (((&g, &r), &s), &k)) in gpu.iter().zip(reference).zip(scale).zip(slack).enumerate() {
+        if !g.is_finite() {
+            return Err(format!("{what}[{i}] = {g} (reference {r})"));
+        }
+        let bound = (rtol * s + 2.0 * k).max(f64::MIN_POSITIVE);
+        let ratio = (g as f64 - r).abs() / bound;
+        if ratio > 1.0 {
+            return Err(format!(
+                "{what}[{i}] = {g:e}, reference {r:e}: off by {:e}, allowed {bound:e}",
+                (g as f64 - r).abs()
+            ));
+        }
+        worst = worst.max(ratio);
+    }
+    Ok(worst)
+}

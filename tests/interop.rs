@@ -1,0 +1,205 @@
+//! A caller who already has a wgpu device and parameter/gradient buffers hands them to the
+//! optimizer, which updates them in place: no copies, and nothing outside the tensors touched.
+
+mod common;
+
+use common::*;
+use wgpu_optim::engine::ExternalTensor;
+use wgpu_optim::optim::{AdamW, Sgd};
+use wgpu_optim::{GpuContext, Optimizer, OptimizerConfig, ReferenceGroup, TensorId, TensorInit};
+
+/// The caller's own device, opened with plain wgpu (not through this crate).
+fn callers_device() -> (wgpu::Device, wgpu::Queue) {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("an adapter (install mesa-vulkan-drivers for lavapipe)");
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
+/// A caller's buffer holding `values` at byte `offset`, NaN everywhere else.
+fn poisoned_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    offset: u64,
+    values: &[f32],
+    tail: u64,
+) -> wgpu::Buffer {
+    let total = offset / 4 + values.len() as u64 + tail;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller's tensor"),
+        size: total * 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut contents = vec![f32::NAN; total as usize];
+    contents[(offset / 4) as usize..][..values.len()].copy_from_slice(values);
+    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&contents));
+    buffer
+}
+
+/// The whole buffer, read the caller's way.
+fn read_all(device: &wgpu::Device, queue: &wgpu::Queue, buffer: &wgpu::Buffer) -> Vec<f32> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    queue.submit([encoder.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec()
+}
+
+#[test]
+fn callers_buffers_are_updated_in_place_and_nothing_around_them_is_touched() {
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
+    let mut rng = rng(11);
+    // 1000: vec4 kernel; 1001: scalar kernel; with 1 KiB segments all are split in pieces.
+    let lens = [1000usize, 1001, 4099];
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
+    let param_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(&device, &queue, 2 * align, p, 5))
+        .collect();
+    let grad_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(&device, &queue, align, &vec![0.0; p.len()], 3))
+        .collect();
+    // Plus one tensor in the optimizer's own arena, in the same group.
+    let own = common::params(&mut rng, 77);
+    let mut inits: Vec<TensorInit> = (0..lens.len())
+        .map(|t| {
+            ExternalTensor {
+                param: param_buffers[t].clone(),
+                param_offset: 2 * align,
+                grad: grad_buffers[t].clone(),
+                grad_offset: align,
+                len: lens[t] as u64,
+            }
+            .into()
+        })
+        .collect();
+    inits.push(TensorInit::Values(&own));
+    let config: OptimizerConfig = AdamW {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into();
+    let mut opt = Optimizer::builder(&ctx)
+        .group(config.clone(), inits)
+        .max_segment_bytes(1024)
+        .build()
+        .unwrap();
+    assert!(opt.is_external(TensorId(0)).unwrap() && !opt.is_external(TensorId(3)).unwrap());
+    // 256-element segments: 4 + 4 + 17 pieces for the external tensors, 1 for the arena.
+    assert_eq!(
+        opt.num_segments(wgpu_optim::GroupId(0)).unwrap(),
+        4 + 4 + 17 + 1
+    );
+
+    let mut all_params = params.clone();
+    all_params.push(own.clone());
+    let mut reference =
+        ReferenceGroup::new(config, all_params.iter().map(|p| to_f64(p)).collect()).unwrap();
+    for _ in 0..5 {
+        let grads: Vec<Vec<f32>> = all_params
+            .iter()
+            .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
+            .collect();
+        // The caller writes gradients straight into their own buffers ...
+        for (buffer, g) in grad_buffers.iter().zip(&grads) {
+            queue.write_buffer(buffer, align, bytemuck::cast_slice(g));
+        }
+        // ... and the arena tensor's through the optimizer.
+        opt.write_grad(TensorId(3), &grads[3]).unwrap();
+        opt.step().unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    for (t, buffer) in param_buffers.iter().enumerate() {
+        let contents = read_all(&device, &queue, buffer);
+        let start = (2 * align / 4) as usize;
+        let (front, rest) = contents.split_at(start);
+        let (tensor, back) = rest.split_at(lens[t]);
+        assert!(
+            front.iter().chain(back).all(|v| v.is_nan()),
+            "tensor {t}: poison around it overwritten"
+        );
+        let scale = vec![2.0; lens[t]];
+        compare(
+            &format!("external tensor {t}"),
+            tensor,
+            &reference.params[t],
+            &scale,
+            &vec![0.0; lens[t]],
+            1e-5,
+        )
+        .unwrap();
+        assert_eq!(opt.read_param(TensorId(t)).unwrap(), tensor);
+        let m = opt.read_state(TensorId(t), "exp_avg").unwrap();
+        compare(
+            &format!("external tensor {t} exp_avg"),
+            &m,
+            reference.state(t, "exp_avg").unwrap(),
+            &vec![1.0; lens[t]],
+            &vec![0.0; lens[t]],
+            1e-5,
+        )
+        .unwrap();
+    }
+    let gpu = opt.read_param(TensorId(3)).unwrap();
+    compare(
+        "arena tensor",
+        &gpu,
+        &reference.params[3],
+        &vec![2.0; 77],
+        &vec![0.0; 77],
+        1e-5,
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_first_step_overwrites_a_poisoned_momentum_buffer() {
+    // PyTorch starts SGD's momentum buffer as the first gradient: whatever the buffer held
+    // before must not leak in, in the scalar kernel as in the vec4 one.
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let values = vec![1.0f32; 7];
+    let param = poisoned_buffer(&device, &queue, 0, &values, 0);
+    let grad = poisoned_buffer(&device, &queue, 0, &[0.5; 7], 0);
+    let config = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::builder(&ctx)
+        .group(
+            config,
+            [TensorInit::External(ExternalTensor::new(&param, &grad, 7))],
+        )
+        .build()
+        .unwrap();
+    opt.write_state(TensorId(0), "momentum_buffer", &[f32::NAN; 7])
+        .unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.read_param(TensorId(0)).unwrap(), vec![0.95; 7]);
+    assert_eq!(
+        opt.read_state(TensorId(0), "momentum_buffer").unwrap(),
+        vec![0.5; 7]
+    );
+}

@@ -1,0 +1,140 @@
+//! Every kernel checked by naga, with no GPU: it parses and validates for both element types,
+//! its uniform struct has the layout of its Rust mirror, its bindings are the ones the engine
+//! binds, and its `override` flags are the ones the host sets.
+
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::{AddressSpace, StorageAccess, TypeInner};
+use wgpu_optim::kernels::{Element, Kernel};
+use wgpu_optim::optim::all_kernels;
+
+fn module(kernel: &Kernel, element: Element) -> naga::Module {
+    let source = kernel.assemble(element);
+    naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+        panic!(
+            "{} ({element:?}): {}",
+            kernel.name,
+            e.emit_to_string(&source)
+        )
+    })
+}
+
+#[test]
+fn every_kernel_parses_and_validates_for_both_element_types() {
+    for kernel in all_kernels() {
+        for element in [Element::Vec4, Element::Scalar] {
+            let module = module(kernel, element);
+            Validator::new(ValidationFlags::all(), Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} ({element:?}): {e:?}", kernel.name));
+            assert_eq!(module.entry_points.len(), 1);
+            assert_eq!(module.entry_points[0].name, "main");
+            assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
+        }
+    }
+}
+
+#[test]
+fn uniform_structs_match_their_rust_mirrors() {
+    for kernel in all_kernels() {
+        let module = module(kernel, Element::Vec4);
+        let layout = kernel.scalars;
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(layout.name))
+            .unwrap_or_else(|| panic!("{}: no struct {}", kernel.name, layout.name));
+        let TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{} is not a struct", layout.name);
+        };
+        assert_eq!(*span as usize, layout.size, "{} size", layout.name);
+        // A uniform struct's size is a multiple of 16 bytes.
+        assert_eq!(
+            layout.size % 16,
+            0,
+            "{} is not padded to 16 bytes",
+            layout.name
+        );
+        let wgsl: Vec<(&str, usize)> = members
+            .iter()
+            .map(|m| (m.name.as_deref().unwrap(), m.offset as usize))
+            .collect();
+        assert_eq!(wgsl, layout.fields, "{} members and offsets", layout.name);
+    }
+}
+
+#[test]
+fn bindings_are_the_ones_the_engine_binds() {
+    for kernel in all_kernels() {
+        let module = module(kernel, Element::Vec4);
+        let mut bound: Vec<(u32, String, AddressSpace)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                g.binding
+                    .as_ref()
+                    .map(|b| (b.binding, g.name.clone().unwrap(), g.space))
+            })
+            .collect();
+        bound.sort_by_key(|b| b.0);
+        let rw = AddressSpace::Storage {
+            access: StorageAccess::LOAD | StorageAccess::STORE,
+        };
+        let mut expected = vec![
+            (0, "s".to_string(), AddressSpace::Uniform),
+            (1, "param".to_string(), rw),
+            (
+                2,
+                "grad".to_string(),
+                AddressSpace::Storage {
+                    access: StorageAccess::LOAD,
+                },
+            ),
+        ];
+        for (k, name) in kernel.state_slots.iter().enumerate() {
+            expected.push((3 + k as u32, name.to_string(), rw));
+        }
+        assert_eq!(bound, expected, "{}", kernel.name);
+    }
+}
+
+#[test]
+fn flags_are_the_overrides_the_kernel_declares() {
+    for kernel in all_kernels() {
+        let module = module(kernel, Element::Vec4);
+        let mut declared: Vec<String> = module
+            .overrides
+            .iter()
+            .map(|(_, o)| {
+                assert!(
+                    matches!(
+                        module.types[o.ty].inner,
+                        TypeInner::Scalar(naga::Scalar::BOOL)
+                    ),
+                    "{}: override {:?} is not a bool",
+                    kernel.name,
+                    o.name
+                );
+                o.name.clone().unwrap()
+            })
+            .collect();
+        declared.sort();
+        let mut flags: Vec<String> = kernel.flags.iter().map(|f| f.to_string()).collect();
+        flags.sort();
+        assert_eq!(declared, flags, "{}", kernel.name);
+    }
+}
+
+#[test]
+fn every_optimizer_sets_exactly_its_kernels_flags() {
+    for name in wgpu_optim::optim::OPTIMIZER_NAMES {
+        let config = wgpu_optim::OptimizerConfig::default_for(name).unwrap();
+        use wgpu_optim::UpdateRule;
+        let set: Vec<&str> = config.flags().iter().map(|(f, _)| *f).collect();
+        assert_eq!(set, config.kernel().flags, "{name}");
+        assert_eq!(
+            config.initial_states().len(),
+            config.kernel().state_slots.len(),
+            "{name}"
+        );
+    }
+}

@@ -16,7 +16,6 @@ struct AdadeltaScalars {
 
 override MAXIMIZE: bool = false;
 
-@group(0) @binding(0) var<uniform> s: AdadeltaScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> square_avg: array<V>;

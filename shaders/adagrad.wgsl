@@ -12,7 +12,6 @@ struct AdagradScalars {
 
 override MAXIMIZE: bool = false;
 
-@group(0) @binding(0) var<uniform> s: AdagradScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> sum: array<V>;

@@ -23,7 +23,6 @@ override AMSGRAD: bool = false;
 override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
 
-@group(0) @binding(0) var<uniform> s: AdamScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;

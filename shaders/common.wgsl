@@ -1,7 +1,10 @@
 // Shared by every optimizer kernel. The host prepends one line before this file:
 //   alias V = vec4<f32>;   arena segments, whose lengths are multiples of 4 (16-byte loads)
 //   alias V = f32;         user buffers of any length
-// so that each kernel below is written once for both element types.
+// so that each kernel below is written once for both element types. It also declares `s`, the
+// kernel's per-step values (its `...Scalars` struct), after the kernel:
+//   var<immediate> s: ...Scalars;                           recorded in the command buffer
+//   @group(0) @binding(0) var<uniform> s: ...Scalars;       where the device lacks immediates
 
 const WORKGROUP_SIZE: u32 = 256u;
 

@@ -20,7 +20,6 @@ override CENTERED: bool = false;
 override MOMENTUM: bool = false;
 override MAXIMIZE: bool = false;
 
-@group(0) @binding(0) var<uniform> s: RmspropScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> square_avg: array<V>;

@@ -25,7 +25,6 @@ override NESTEROV: bool = false;
 override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
 
-@group(0) @binding(0) var<uniform> s: SgdScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;

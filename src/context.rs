@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::kernels::KernelCache;
+use crate::kernels::{IMMEDIATE_BYTES, KernelCache, ScalarBinding};
 
 /// Vulkan addresses a binding with signed 32-bit offsets: whatever a driver reports, one binding
 /// holds at most 2 GiB - 1 byte.
@@ -26,6 +26,9 @@ pub struct ContextOptions {
     pub adapter_name: Option<String>,
     /// Limits to request instead of the adapter's own (tests lower them to force segmenting).
     pub limits: Option<wgpu::Limits>,
+    /// Pass the per-step values through a uniform buffer even where the device has immediates
+    /// (the fallback path, which tests exercise this way).
+    pub uniform_scalars: bool,
 }
 
 /// One adapter as `adapters` and the reports show it.
@@ -145,12 +148,16 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     adapters
 }
 
-/// The features this crate uses when the adapter has them: GPU timestamps for the benchmarks.
-fn wanted_features(available: wgpu::Features) -> wgpu::Features {
-    available
-        & (wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+/// The features this crate uses when the adapter has them: immediates for the per-step values,
+/// GPU timestamps for the benchmarks.
+fn wanted_features(available: wgpu::Features, immediates: bool) -> wgpu::Features {
+    let mut wanted = wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    if immediates {
+        wanted |= wgpu::Features::IMMEDIATES;
+    }
+    available & wanted
 }
 
 impl GpuContext {
@@ -168,7 +175,7 @@ impl GpuContext {
             })
             .ok_or_else(|| no_adapter_error(&all, options))?;
         let info = adapter.get_info();
-        let features = wanted_features(adapter.features());
+        let features = wanted_features(adapter.features(), !options.uniform_scalars);
         let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),
@@ -217,6 +224,17 @@ impl GpuContext {
             bytes = bytes.min(VULKAN_MAX_BINDING_BYTES);
         }
         bytes
+    }
+
+    /// How optimizer kernels on this device receive their per-step values.
+    pub fn scalar_binding(&self) -> ScalarBinding {
+        if self.features.contains(wgpu::Features::IMMEDIATES)
+            && self.limits.max_immediate_size >= IMMEDIATE_BYTES
+        {
+            ScalarBinding::Immediates
+        } else {
+            ScalarBinding::Uniform
+        }
     }
 
     /// Whether GPU timestamps can be written between passes.

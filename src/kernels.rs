@@ -10,6 +10,11 @@
 //! The element type is chosen at assembly: the host prepends `alias V = vec4<f32>;` for arena
 //! segments (whose lengths are multiples of 4, so every load is 16 bytes wide) or
 //! `alias V = f32;` for user buffers of any length.
+//!
+//! So is the way the per-step values reach the kernel ([`ScalarBinding`]): as immediates
+//! (push constants), recorded into the command buffer with the dispatch, which costs no buffer,
+//! no staging copy and no allocation per step and lets any number of steps share one encoder;
+//! or, on a device without immediates, as a uniform buffer at `@binding(0)`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +53,18 @@ impl Element {
         }
     }
 }
+
+/// How a kernel receives its per-step values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScalarBinding {
+    /// `var<immediate>`, set with `ComputePass::set_immediates` (every native backend).
+    Immediates,
+    /// `var<uniform>` at `@binding(0)`, written with `Queue::write_buffer` before each submit.
+    Uniform,
+}
+
+/// Immediate bytes the largest uniform struct needs (NAdam's, 48 bytes), rounded up.
+pub const IMMEDIATE_BYTES: u32 = 64;
 
 /// Byte offset of each member of a `#[repr(C)]` struct that mirrors a WGSL struct.
 #[derive(Debug)]
@@ -97,12 +114,17 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The complete WGSL for one element type.
-    pub fn assemble(&self, element: Element) -> String {
+    /// The complete WGSL for one element type and way of receiving the per-step values.
+    pub fn assemble(&self, element: Element, scalars: ScalarBinding) -> String {
+        let declaration = match scalars {
+            ScalarBinding::Immediates => "var<immediate> s",
+            ScalarBinding::Uniform => "@group(0) @binding(0) var<uniform> s",
+        };
         format!(
-            "alias V = {};\n{COMMON_WGSL}\n{}",
+            "alias V = {};\n{COMMON_WGSL}\n{}\n{declaration}: {};\n",
             element.wgsl(),
-            self.source
+            self.source,
+            self.scalars.name
         )
     }
 }
@@ -112,6 +134,7 @@ impl Kernel {
 pub(crate) struct PipelineKey {
     kernel: &'static str,
     element: Element,
+    scalars: ScalarBinding,
     flags: Vec<(&'static str, bool)>,
 }
 
@@ -120,16 +143,21 @@ pub(crate) struct PipelineKey {
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<usize, wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, ScalarBinding), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
 impl KernelCache {
     /// The bind-group layout shared by every kernel with `states` state slots.
-    pub(crate) fn layout(&self, device: &wgpu::Device, states: usize) -> wgpu::BindGroupLayout {
+    pub(crate) fn layout(
+        &self,
+        device: &wgpu::Device,
+        states: usize,
+        scalars: ScalarBinding,
+    ) -> wgpu::BindGroupLayout {
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
-            .entry(states)
+            .entry((states, scalars))
             .or_insert_with(|| {
                 let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
                     binding,
@@ -141,8 +169,9 @@ impl KernelCache {
                     },
                     count: None,
                 };
-                let mut entries = vec![
-                    wgpu::BindGroupLayoutEntry {
+                let mut entries = Vec::new();
+                if scalars == ScalarBinding::Uniform {
+                    entries.push(wgpu::BindGroupLayoutEntry {
                         binding: 0,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
@@ -151,13 +180,12 @@ impl KernelCache {
                             min_binding_size: None,
                         },
                         count: None,
-                    },
-                    storage(1, false),
-                    storage(2, true),
-                ];
+                    });
+                }
+                entries.extend([storage(1, false), storage(2, true)]);
                 entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(&format!("optimizer layout, {states} states")),
+                    label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
                     entries: &entries,
                 })
             })
@@ -170,11 +198,13 @@ impl KernelCache {
         device: &wgpu::Device,
         kernel: &'static Kernel,
         element: Element,
+        scalars: ScalarBinding,
         flags: &[(&'static str, bool)],
     ) -> wgpu::ComputePipeline {
         let key = PipelineKey {
             kernel: kernel.name,
             element,
+            scalars,
             flags: flags.to_vec(),
         };
         if let Some(p) = self
@@ -185,16 +215,19 @@ impl KernelCache {
         {
             return p.clone();
         }
-        let layout = self.layout(device, kernel.state_slots.len());
-        let label = format!("{} {:?} {:?}", kernel.name, element, flags);
+        let layout = self.layout(device, kernel.state_slots.len(), scalars);
+        let label = format!("{} {element:?} {scalars:?} {flags:?}", kernel.name);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element).into()),
+            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element, scalars).into()),
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),
             bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
+            immediate_size: match scalars {
+                ScalarBinding::Immediates => kernel.scalars.size as u32,
+                ScalarBinding::Uniform => 0,
+            },
         });
         let constants: Vec<(&str, f64)> = flags
             .iter()

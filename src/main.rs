@@ -54,7 +54,7 @@ impl AdapterArgs {
         Ok(GpuContext::new(&ContextOptions {
             backends: self.backend.map(Backend::backends),
             adapter_name: self.adapter.clone(),
-            limits: None,
+            ..Default::default()
         })?)
     }
 }

@@ -88,6 +88,34 @@ fn every_case_passes_on_the_gpu_and_on_the_cpu_reference() {
 }
 
 #[test]
+fn the_uniform_buffer_fallback_passes_too() {
+    // Devices without immediates get the per-step values through a uniform buffer.
+    let ctx = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
+        uniform_scalars: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        ctx.scalar_binding(),
+        wgpu_optim::kernels::ScalarBinding::Uniform
+    );
+    assert_eq!(
+        context().scalar_binding(),
+        wgpu_optim::kernels::ScalarBinding::Immediates
+    );
+    let report = conformance::run(&ctx, &Fixture::builtin());
+    assert!(report.passed());
+    assert_eq!(
+        report
+            .cases
+            .iter()
+            .filter(|c| c.status == Status::Pass)
+            .count(),
+        20
+    );
+}
+
+#[test]
 fn a_wrong_expectation_fails() {
     let ctx = context();
     let mut fixture = Fixture::builtin();

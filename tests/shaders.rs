@@ -4,14 +4,16 @@
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess, TypeInner};
-use wgpu_optim::kernels::{Element, Kernel};
+use wgpu_optim::kernels::{Element, Kernel, ScalarBinding};
 use wgpu_optim::optim::all_kernels;
 
-fn module(kernel: &Kernel, element: Element) -> naga::Module {
-    let source = kernel.assemble(element);
+const BINDINGS: [ScalarBinding; 2] = [ScalarBinding::Immediates, ScalarBinding::Uniform];
+
+fn module(kernel: &Kernel, element: Element, scalars: ScalarBinding) -> naga::Module {
+    let source = kernel.assemble(element, scalars);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
-            "{} ({element:?}): {}",
+            "{} ({element:?}, {scalars:?}): {}",
             kernel.name,
             e.emit_to_string(&source)
         )
@@ -19,24 +21,43 @@ fn module(kernel: &Kernel, element: Element) -> naga::Module {
 }
 
 #[test]
-fn every_kernel_parses_and_validates_for_both_element_types() {
+fn every_kernel_parses_and_validates_for_both_element_types_and_bindings() {
     for kernel in all_kernels() {
         for element in [Element::Vec4, Element::Scalar] {
-            let module = module(kernel, element);
-            Validator::new(ValidationFlags::all(), Capabilities::empty())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{} ({element:?}): {e:?}", kernel.name));
-            assert_eq!(module.entry_points.len(), 1);
-            assert_eq!(module.entry_points[0].name, "main");
-            assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
+            for scalars in BINDINGS {
+                let module = module(kernel, element, scalars);
+                let capabilities = match scalars {
+                    ScalarBinding::Immediates => Capabilities::IMMEDIATES,
+                    ScalarBinding::Uniform => Capabilities::empty(),
+                };
+                Validator::new(ValidationFlags::all(), capabilities)
+                    .validate(&module)
+                    .unwrap_or_else(|e| {
+                        panic!("{} ({element:?}, {scalars:?}): {e:?}", kernel.name)
+                    });
+                assert_eq!(module.entry_points.len(), 1);
+                assert_eq!(module.entry_points[0].name, "main");
+                assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
+            }
         }
+    }
+}
+
+#[test]
+fn uniform_structs_fit_the_immediates_requested() {
+    for kernel in all_kernels() {
+        assert!(
+            kernel.scalars.size <= wgpu_optim::kernels::IMMEDIATE_BYTES as usize,
+            "{}",
+            kernel.scalars.name
+        );
     }
 }
 
 #[test]
 fn uniform_structs_match_their_rust_mirrors() {
     for kernel in all_kernels() {
-        let module = module(kernel, Element::Vec4);
+        let module = module(kernel, Element::Vec4, ScalarBinding::Immediates);
         let layout = kernel.scalars;
         let (_, ty) = module
             .types
@@ -64,8 +85,11 @@ fn uniform_structs_match_their_rust_mirrors() {
 
 #[test]
 fn bindings_are_the_ones_the_engine_binds() {
-    for kernel in all_kernels() {
-        let module = module(kernel, Element::Vec4);
+    for (kernel, scalars) in all_kernels()
+        .into_iter()
+        .flat_map(|k| BINDINGS.map(|b| (k, b)))
+    {
+        let module = module(kernel, Element::Vec4, scalars);
         let mut bound: Vec<(u32, String, AddressSpace)> = module
             .global_variables
             .iter()
@@ -79,8 +103,22 @@ fn bindings_are_the_ones_the_engine_binds() {
         let rw = AddressSpace::Storage {
             access: StorageAccess::LOAD | StorageAccess::STORE,
         };
-        let mut expected = vec![
-            (0, "s".to_string(), AddressSpace::Uniform),
+        let mut expected = vec![];
+        if scalars == ScalarBinding::Uniform {
+            expected.push((0, "s".to_string(), AddressSpace::Uniform));
+        } else {
+            let immediate = module
+                .global_variables
+                .iter()
+                .find(|(_, g)| g.name.as_deref() == Some("s"));
+            assert_eq!(
+                immediate.map(|(_, g)| g.space),
+                Some(AddressSpace::Immediate),
+                "{}",
+                kernel.name
+            );
+        }
+        expected.extend([
             (1, "param".to_string(), rw),
             (
                 2,
@@ -89,7 +127,7 @@ fn bindings_are_the_ones_the_engine_binds() {
                     access: StorageAccess::LOAD,
                 },
             ),
-        ];
+        ]);
         for (k, name) in kernel.state_slots.iter().enumerate() {
             expected.push((3 + k as u32, name.to_string(), rw));
         }
@@ -100,7 +138,7 @@ fn bindings_are_the_ones_the_engine_binds() {
 #[test]
 fn flags_are_the_overrides_the_kernel_declares() {
     for kernel in all_kernels() {
-        let module = module(kernel, Element::Vec4);
+        let module = module(kernel, Element::Vec4, ScalarBinding::Immediates);
         let mut declared: Vec<String> = module
             .overrides
             .iter()

@@ -14,7 +14,7 @@ use super::transfer::{self, Span};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Element, workgroups_for};
+use crate::kernels::{Element, ScalarBinding, workgroups_for};
 use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
 
 /// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
@@ -81,7 +81,10 @@ pub(crate) struct TensorPlace {
 pub(crate) struct Group {
     pub config: OptimizerConfig,
     pub counter: StepCounter,
-    pub uniform: wgpu::Buffer,
+    /// How the kernel receives its per-step values.
+    pub scalar_binding: ScalarBinding,
+    /// The per-step values' buffer, on devices without immediates.
+    pub uniform: Option<wgpu::Buffer>,
     pub segments: Vec<Segment>,
     pub tensors: Vec<TensorPlace>,
     /// Compiled pipelines for the element types the segments use.
@@ -271,20 +274,28 @@ impl Group {
             });
         }
 
-        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("{} uniform", kernel.name)),
-            size: kernel.scalars.size as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let scalar_binding = ctx.scalar_binding();
+        let uniform = (scalar_binding == ScalarBinding::Uniform).then(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{} uniform", kernel.name)),
+                size: kernel.scalars.size as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
-        let bind_layout = ctx.kernels.layout(&ctx.device, kernel.state_slots.len());
+        let bind_layout = ctx
+            .kernels
+            .layout(&ctx.device, kernel.state_slots.len(), scalar_binding);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         for (s, segment) in segments.iter_mut().enumerate() {
-            let mut entries = vec![
-                wgpu::BindGroupEntry {
+            let mut entries = Vec::new();
+            if let Some(uniform) = &uniform {
+                entries.push(wgpu::BindGroupEntry {
                     binding: 0,
                     resource: uniform.as_entire_binding(),
-                },
+                });
+            }
+            entries.extend([
                 wgpu::BindGroupEntry {
                     binding: 1,
                     resource: segment.param.binding(),
@@ -293,7 +304,7 @@ impl Group {
                     binding: 2,
                     resource: segment.grad.binding(),
                 },
-            ];
+            ]);
             for (slot, state) in segment.states.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 3 + slot as u32,
@@ -332,16 +343,17 @@ impl Group {
         let pipelines = elements
             .into_iter()
             .map(|e| {
-                (
-                    e,
-                    ctx.kernels
-                        .pipeline(&ctx.device, kernel, e, &config.flags()),
-                )
+                let flags = config.flags();
+                let pipeline = ctx
+                    .kernels
+                    .pipeline(&ctx.device, kernel, e, scalar_binding, &flags);
+                (e, pipeline)
             })
             .collect();
         Ok(Self {
             config,
             counter: StepCounter::default(),
+            scalar_binding,
             uniform,
             segments,
             tensors,
@@ -434,14 +446,24 @@ impl Group {
         let kernel = self.config.kernel();
         let flags = self.config.flags();
         for (element, pipeline) in &mut self.pipelines {
-            *pipeline = ctx.kernels.pipeline(&ctx.device, kernel, *element, &flags);
+            *pipeline =
+                ctx.kernels
+                    .pipeline(&ctx.device, kernel, *element, self.scalar_binding, &flags);
         }
     }
 
-    /// Records this group's dispatches, one per segment.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass) {
+    /// Records this group's dispatches, one per segment, with `scalars` (the kernel's uniform
+    /// struct as bytes) as their per-step values.
+    pub fn encode(&self, queue: &wgpu::Queue, pass: &mut wgpu::ComputePass, scalars: &[u8]) {
+        if let Some(uniform) = &self.uniform {
+            // Lands before the next submit's commands: one step per submit on this path.
+            queue.write_buffer(uniform, 0, scalars);
+        }
         for (element, pipeline) in &self.pipelines {
             pass.set_pipeline(pipeline);
+            if self.uniform.is_none() {
+                pass.set_immediates(0, scalars);
+            }
             for segment in self.segments.iter().filter(|s| s.element == *element) {
                 let (x, y) = segment.workgroups;
                 pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);

@@ -394,33 +394,45 @@ impl Optimizer {
     /// Applies one optimizer step to every group, using the gradients now in the gradient
     /// arenas. Queues the work and returns without waiting for the GPU.
     pub fn step(&mut self) -> Result<()> {
-        let counters: Vec<StepCounter> = self
-            .groups
-            .iter()
-            .map(|g| g.config.advance(&g.counter))
-            .collect();
         let mut encoder = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("optimizer step"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("optimizer step"),
-                timestamp_writes: None,
-            });
-            for (group, counter) in self.groups.iter().zip(&counters) {
-                let scalars = group.config.scalars(counter, group.config.lr());
-                self.ctx.queue.write_buffer(&group.uniform, 0, &scalars);
-                group.encode(&mut pass);
-            }
-        }
+        self.encode_step(&mut encoder, None);
         self.ctx.queue.submit([encoder.finish()]);
-        for (group, counter) in self.groups.iter_mut().zip(counters) {
+        Ok(())
+    }
+
+    /// Records one optimizer step into the caller's encoder (after their backward pass, say),
+    /// as one compute pass, optionally bracketed by GPU timestamps. The step counts as applied
+    /// from here on; it runs when the caller submits the encoder.
+    ///
+    /// With immediates (every native backend) the per-step values travel inside the command
+    /// buffer, so any number of steps may be recorded before a submit. On a device without
+    /// them ([`ScalarBinding::Uniform`](crate::kernels::ScalarBinding)) they are written with
+    /// `Queue::write_buffer`, which lands at the next submit: submit after each step there.
+    pub fn encode_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("optimizer step"),
+            timestamp_writes,
+        });
+        for group in &mut self.groups {
+            let counter = group.config.advance(&group.counter);
+            let scalars = group.config.scalars(&counter, group.config.lr());
+            group.encode(&self.ctx.queue, &mut pass, &scalars);
             group.counter = counter;
         }
-        Ok(())
+    }
+
+    /// Dispatches one step records: one per segment of every group, however many tensors.
+    pub fn dispatches_per_step(&self) -> usize {
+        self.groups.iter().map(|g| g.segments.len()).sum()
     }
 
     /// Uploads one gradient per tensor (in [`TensorId`] order), then steps. Every length is

@@ -129,6 +129,31 @@ impl Kernel {
     }
 }
 
+/// A helper kernel (random fill, bandwidth copy): its own bindings, no flags, no element alias.
+#[derive(Debug)]
+pub struct UtilityKernel {
+    pub name: &'static str,
+    pub source: &'static str,
+    /// The uniform struct at `@binding(0)`, if the kernel has one.
+    pub uniform: Option<&'static StructLayout>,
+    /// The kind of each binding, from `@binding(0)` up.
+    pub bindings: &'static [BindingKind],
+}
+
+/// What a utility kernel's binding holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    Uniform,
+    Storage { read_only: bool },
+}
+
+impl UtilityKernel {
+    /// The complete WGSL.
+    pub fn assemble(&self) -> String {
+        format!("{COMMON_WGSL}\n{}", self.source)
+    }
+}
+
 /// Identifies one compiled pipeline: the kernel, its element type and its flag values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {
@@ -145,6 +170,7 @@ pub(crate) struct PipelineKey {
 pub(crate) struct KernelCache {
     layouts: Mutex<HashMap<(usize, ScalarBinding), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    utilities: Mutex<HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::ComputePipeline)>>,
 }
 
 impl KernelCache {
@@ -249,6 +275,65 @@ impl KernelCache {
             .expect("kernel cache poisoned")
             .insert(key, pipeline.clone());
         pipeline
+    }
+}
+
+impl KernelCache {
+    /// A utility kernel's bind-group layout and pipeline, compiled on first use.
+    pub(crate) fn utility(
+        &self,
+        device: &wgpu::Device,
+        kernel: &'static UtilityKernel,
+    ) -> (wgpu::BindGroupLayout, wgpu::ComputePipeline) {
+        let mut utilities = self.utilities.lock().expect("kernel cache poisoned");
+        utilities
+            .entry(kernel.name)
+            .or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+                    .bindings
+                    .iter()
+                    .enumerate()
+                    .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
+                        binding: binding as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: match *kind {
+                                BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                                BindingKind::Storage { read_only } => {
+                                    wgpu::BufferBindingType::Storage { read_only }
+                                }
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(kernel.name),
+                    entries: &entries,
+                });
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.name),
+                    source: wgpu::ShaderSource::Wgsl(kernel.assemble().into()),
+                });
+                let pipeline_layout =
+                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(kernel.name),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.name),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                (layout, pipeline)
+            })
+            .clone()
     }
 }
 

@@ -20,10 +20,12 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 
+pub mod bench;
 pub mod conformance;
 pub mod context;
 pub mod engine;
 pub mod error;
+pub mod fill;
 pub mod kernels;
 pub mod optim;
 pub mod reference;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use wgpu_optim::bench::{self, BenchOptions, Workload};
 use wgpu_optim::conformance::{self, Fixture, Status};
 use wgpu_optim::context::list_adapters;
+use wgpu_optim::optim::OPTIMIZER_NAMES;
 use wgpu_optim::{ContextOptions, GpuContext};
 
 #[derive(Parser)]
@@ -71,6 +73,26 @@ enum Command {
         #[command(flatten)]
         adapter: AdapterArgs,
     },
+    /// Measure each optimizer's effective bandwidth as a fraction of this adapter's copy kernel.
+    Bench {
+        /// Optimizers to measure (default: all). SGD and SGDW run with momentum 0.9.
+        #[arg(long = "optimizer", value_name = "NAME", num_args = 1..)]
+        optimizers: Vec<String>,
+        /// Sizes in elements: a number, 2^k, or gpt2 (GPT-2 small's 148 tensors, 124M).
+        #[arg(long, value_name = "N", num_args = 1.., default_values = ["2^20", "2^24"])]
+        sizes: Vec<String>,
+        /// Timed steps per measurement; the median is reported.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Untimed steps before timing.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Also write the full results (adapter, copy ceiling, every measurement) as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        adapter: AdapterArgs,
+    },
     /// List every adapter wgpu finds, best first, with the limits that matter here.
     Adapters {
         /// Only this backend.
@@ -103,6 +125,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             adapter,
         } => run_conformance(file, json, &adapter),
+        Command::Bench {
+            optimizers,
+            sizes,
+            steps,
+            warmup,
+            json,
+            adapter,
+        } => run_bench(&optimizers, &sizes, steps, warmup, json, &adapter),
         Command::Adapters { backend, json } => {
             let adapters = list_adapters(backend.map(Backend::backends));
             if json {
@@ -198,6 +228,42 @@ fn run_conformance(file: Option<PathBuf>, json: bool, adapter: &AdapterArgs) -> 
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_bench(
+    optimizers: &[String],
+    sizes: &[String],
+    steps: usize,
+    warmup: usize,
+    json: Option<PathBuf>,
+    adapter: &AdapterArgs,
+) -> Result<ExitCode> {
+    let names: Vec<&str> = if optimizers.is_empty() {
+        OPTIMIZER_NAMES.to_vec()
+    } else {
+        optimizers.iter().map(String::as_str).collect()
+    };
+    let configs = names
+        .iter()
+        .map(|n| bench::bench_config(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workloads = sizes
+        .iter()
+        .map(|s| Workload::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ctx = adapter.context()?;
+    let options = BenchOptions {
+        steps,
+        warmup,
+        ..Default::default()
+    };
+    let report = bench::run(&ctx, &configs, &workloads, &options, |_| {})?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status_word(status: Status) -> &'static str {

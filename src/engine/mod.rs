@@ -22,9 +22,11 @@ use std::ops::Range;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::fill::{self, RandomFill};
 use crate::kernels::MAX_STATE_SLOTS;
 use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
 use group::Group;
+pub(crate) use transfer::{Span, read as read_spans};
 
 /// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -516,6 +518,30 @@ impl Optimizer {
     /// One optimizer state of a tensor, by PyTorch's name (waits for the GPU).
     pub fn read_state(&self, tensor: TensorId, name: &str) -> Result<Vec<f32>> {
         self.read(tensor, Role::State(name), 0..self.tensor_len(tensor)?)
+    }
+
+    /// Fills elements `range` of a tensor's buffer of the given role with pseudo-random values
+    /// computed on the GPU: element `j` of the tensor gets `fill.value(j)`, whatever the layout.
+    /// Queued; returns without waiting.
+    pub fn fill_random(
+        &mut self,
+        tensor: TensorId,
+        role: Role,
+        range: Range<u64>,
+        fill: &RandomFill,
+    ) -> Result<()> {
+        let len = self.tensor_len(tensor)?;
+        if range.start > range.end || range.end > len {
+            return Err(Error::LengthMismatch {
+                what: "the range to fill",
+                tensor: tensor.0,
+                expected: len,
+                got: range.end,
+            });
+        }
+        let (g, local) = self.locate(tensor)?;
+        let spans = self.groups[g].spans(role, local, range.clone())?;
+        fill::fill(&self.ctx, &spans, range.start, fill)
     }
 
     /// Replaces one optimizer state of a tensor.

@@ -12,7 +12,7 @@ const FLUSH_BYTES: u64 = 512 << 20;
 
 /// `len` f32 elements of `buffer` from byte `offset`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Span<'a> {
+pub struct Span<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub len: u64,
@@ -81,14 +81,16 @@ pub(crate) fn read(ctx: &GpuContext, spans: &[Span]) -> Result<Vec<f32>> {
     if total == 0 {
         return Ok(out);
     }
-    let staging_bytes = (total * 4).min(CHUNK_BYTES);
+    let staging_bytes = (total * 4)
+        .min(CHUNK_BYTES)
+        .min(ctx.limits.max_buffer_size / 4 * 4);
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback staging"),
         size: staging_bytes,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let pieces: Vec<Span> = chunks(spans, CHUNK_BYTES / 4).collect();
+    let pieces: Vec<Span> = chunks(spans, staging_bytes / 4).collect();
     let mut next = 0;
     while next < pieces.len() {
         // Batch as many pieces as fit in the staging buffer into one copy-and-map round.

@@ -120,6 +120,8 @@ pub struct BenchOptions {
     /// Rotate over optimizer instances until this many bytes are resident, so that no step
     /// finds its inputs in a cache.
     pub min_working_set_bytes: u64,
+    /// The copy kernel's buffers hold at most this many bytes (and one binding's worth).
+    pub max_copy_bytes: u64,
 }
 
 impl Default for BenchOptions {
@@ -128,6 +130,20 @@ impl Default for BenchOptions {
             steps: 30,
             warmup: 5,
             min_working_set_bytes: 256 << 20,
+            max_copy_bytes: 1 << 30,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// A few seconds for every optimizer on a software adapter: fewer steps and a smaller
+    /// (still cache-beating) working set.
+    pub fn quick() -> Self {
+        Self {
+            steps: 10,
+            warmup: 2,
+            min_working_set_bytes: 128 << 20,
+            max_copy_bytes: 64 << 20,
         }
     }
 }
@@ -313,7 +329,7 @@ fn median(times: &mut [f64]) -> f64 {
 /// Measures the copy kernel: buffers of up to 1 GiB (within one binding), rotated over enough
 /// pairs to exceed the caches.
 pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResult> {
-    let bytes = ctx.max_binding_bytes().min(1 << 30) / 16 * 16;
+    let bytes = ctx.max_binding_bytes().min(options.max_copy_bytes) / 16 * 16;
     let pairs = (options.min_working_set_bytes.div_ceil(2 * bytes)).clamp(1, 8) as usize;
     let (layout, pipeline) = ctx.kernels.utility(&ctx.device, &COPY_KERNEL);
     let make = |label: &str| {
@@ -383,6 +399,83 @@ pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResu
     })
 }
 
+/// Optimizer instances of one configuration and workload, filled with random data and warmed
+/// up, ready to be timed (also what the criterion benches drive).
+pub struct PreparedSteps {
+    ctx: GpuContext,
+    config: OptimizerConfig,
+    workload: Workload,
+    instances: Vec<Optimizer>,
+    next: usize,
+}
+
+impl PreparedSteps {
+    /// Builds enough instances of `config` on `workload` that their resident bytes reach
+    /// `options.min_working_set_bytes` (at most 64), fills parameters and gradients with
+    /// pseudo-random values on the GPU and runs the warm-up steps.
+    pub fn new(
+        ctx: &GpuContext,
+        config: &OptimizerConfig,
+        workload: &Workload,
+        options: &BenchOptions,
+    ) -> Result<Self> {
+        let lens = workload.lens();
+        let elements: u64 = lens.iter().sum();
+        let kept_states = config.initial_states().iter().flatten().count() as u64;
+        let resident = (2 + kept_states) * 4 * elements;
+        let count = options
+            .min_working_set_bytes
+            .div_ceil(resident)
+            .clamp(1, 64) as usize;
+        let mut instances = Vec::with_capacity(count);
+        for k in 0..count {
+            let mut opt = Optimizer::builder(ctx)
+                .group(config.clone(), lens.iter().map(|&n| TensorInit::Zeros(n)))
+                .build()?;
+            for (t, &len) in lens.iter().enumerate() {
+                let seed = (k * lens.len() + t) as u32;
+                let params = RandomFill::symmetric(2 * seed, 1.0);
+                let grads = RandomFill::symmetric(2 * seed + 1, 1.0 / 64.0);
+                opt.fill_random(TensorId(t), Role::Param, 0..len, &params)?;
+                opt.fill_random(TensorId(t), Role::Grad, 0..len, &grads)?;
+            }
+            instances.push(opt);
+        }
+        // Warm up every instance: states become non-zero, memory and pipelines get touched.
+        for k in 0..options.warmup.max(count) {
+            instances[k % count].step()?;
+        }
+        ctx.wait()?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            config: config.clone(),
+            workload: workload.clone(),
+            instances,
+            next: 0,
+        })
+    }
+
+    /// Elements one step updates.
+    pub fn elements(&self) -> u64 {
+        self.workload.lens().iter().sum()
+    }
+
+    /// The fewest bytes one step must move.
+    pub fn bytes_per_step(&self) -> u64 {
+        self.config.bytes_per_element() * self.elements()
+    }
+
+    /// Times `steps` steps, rotating over the instances; seconds per step, and how.
+    pub fn time(&mut self, steps: usize) -> Result<(Timing, Vec<f64>)> {
+        let (instances, next) = (&mut self.instances, &mut self.next);
+        let count = instances.len();
+        time_passes(&self.ctx, steps, |encoder, timestamps| {
+            instances[*next % count].encode_step(encoder, timestamps);
+            *next += 1;
+        })
+    }
+}
+
 /// Measures `config` on `workload`. `copy_gbps` is the ceiling the fraction is taken of.
 pub fn bench_optimizer(
     ctx: &GpuContext,
@@ -391,56 +484,21 @@ pub fn bench_optimizer(
     options: &BenchOptions,
     copy_gbps: f64,
 ) -> Result<BenchResult> {
-    let lens = workload.lens();
-    let elements: u64 = lens.iter().sum();
-    let kept_states = config.initial_states().iter().flatten().count() as u64;
-    let resident = (2 + kept_states) * 4 * elements;
-    let count = options
-        .min_working_set_bytes
-        .div_ceil(resident)
-        .clamp(1, 64) as usize;
-    let mut instances = Vec::with_capacity(count);
-    for k in 0..count {
-        let mut opt = Optimizer::builder(ctx)
-            .group(config.clone(), lens.iter().map(|&n| TensorInit::Zeros(n)))
-            .build()?;
-        for (t, &len) in lens.iter().enumerate() {
-            let seed = (k * lens.len() + t) as u32;
-            opt.fill_random(
-                TensorId(t),
-                Role::Param,
-                0..len,
-                &RandomFill::symmetric(2 * seed, 1.0),
-            )?;
-            let grads = RandomFill::symmetric(2 * seed + 1, 1.0 / 64.0);
-            opt.fill_random(TensorId(t), Role::Grad, 0..len, &grads)?;
-        }
-        instances.push(opt);
-    }
-    // Warm up every instance (states become non-zero, pipelines and memory get touched).
-    for k in 0..options.warmup.max(count) {
-        instances[k % count].step()?;
-    }
-    ctx.wait()?;
-    let mut next = 0;
-    let (_, mut times) = time_passes(ctx, options.steps, |encoder, timestamps| {
-        instances[next % count].encode_step(encoder, timestamps);
-        next += 1;
-    })?;
+    let mut prepared = PreparedSteps::new(ctx, config, workload, options)?;
+    let (_, mut times) = prepared.time(options.steps)?;
     let seconds = median(&mut times);
-    let min = times[0];
-    let bytes_per_element = config.bytes_per_element();
-    let gbps = (bytes_per_element * elements) as f64 / seconds / 1e9;
+    let elements = prepared.elements();
+    let gbps = prepared.bytes_per_step() as f64 / seconds / 1e9;
     Ok(BenchResult {
         optimizer: config.name().into(),
         workload: workload.label(),
         elements,
-        tensors: lens.len(),
-        bytes_per_element,
-        dispatches_per_step: instances[0].dispatches_per_step(),
-        instances: count,
+        tensors: workload.lens().len(),
+        bytes_per_element: config.bytes_per_element(),
+        dispatches_per_step: prepared.instances[0].dispatches_per_step(),
+        instances: prepared.instances.len(),
         median_ms: seconds * 1e3,
-        min_ms: min * 1e3,
+        min_ms: times[0] * 1e3,
         gbps,
         fraction_of_copy: gbps / copy_gbps,
         ns_per_element: seconds * 1e9 / elements as f64,

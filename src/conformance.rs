@@ -337,10 +337,23 @@ fn to_f64(values: &[f32]) -> Vec<f64> {
 
 /// Runs every case and schedule of the fixture on `ctx`.
 pub fn run(ctx: &GpuContext, fixture: &Fixture) -> Report {
+    run_with_progress(ctx, fixture, |_| {})
+}
+
+/// [`run`], calling `progress` after each case.
+pub fn run_with_progress(
+    ctx: &GpuContext,
+    fixture: &Fixture,
+    mut progress: impl FnMut(&CaseResult),
+) -> Report {
     let cases = fixture
         .cases
         .iter()
-        .map(|c| c.run(ctx, &fixture.tolerance))
+        .map(|c| {
+            let result = c.run(ctx, &fixture.tolerance);
+            progress(&result);
+            result
+        })
         .collect();
     let schedules = fixture
         .schedules

@@ -44,6 +44,7 @@ pub struct AdapterSummary {
     pub max_buffer_size: u64,
     pub max_compute_workgroups_per_dimension: u32,
     pub min_storage_buffer_offset_alignment: u32,
+    pub max_immediate_size: u32,
     pub timestamp_query: bool,
     pub subgroup_size: u32,
 }
@@ -61,6 +62,7 @@ impl AdapterSummary {
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             min_storage_buffer_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            max_immediate_size: limits.max_immediate_size,
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroup_size: info.subgroup_max_size,
         }
@@ -251,6 +253,22 @@ impl GpuContext {
     }
 }
 
+/// "vulkan, gl" for a set of backends.
+fn backend_names(backends: wgpu::Backends) -> String {
+    [
+        (wgpu::Backends::VULKAN, "vulkan"),
+        (wgpu::Backends::METAL, "metal"),
+        (wgpu::Backends::DX12, "dx12"),
+        (wgpu::Backends::GL, "gl"),
+        (wgpu::Backends::BROWSER_WEBGPU, "webgpu"),
+    ]
+    .iter()
+    .filter(|(b, _)| backends.contains(*b))
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 fn no_adapter_error(seen: &[wgpu::Adapter], options: &ContextOptions) -> Error {
     match &options.adapter_name {
         Some(wanted) if !seen.is_empty() => Error::NoMatchingAdapter {
@@ -266,7 +284,9 @@ fn no_adapter_error(seen: &[wgpu::Adapter], options: &ContextOptions) -> Error {
         },
         _ => Error::NoAdapter {
             detail: match options.backends.or_else(wgpu::Backends::from_env) {
-                Some(b) if b != wgpu::Backends::all() => format!(" for backends {b:?}"),
+                Some(b) if b != wgpu::Backends::all() => {
+                    format!(" for backend {}", backend_names(b))
+                }
                 _ => String::new(),
             },
         },

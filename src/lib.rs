@@ -29,6 +29,7 @@ pub mod fill;
 pub mod kernels;
 pub mod optim;
 pub mod reference;
+pub mod report;
 
 pub use context::{ContextOptions, GpuContext};
 pub use engine::{GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit};

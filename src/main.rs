@@ -5,20 +5,30 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use wgpu_optim::bench::{self, BenchOptions, Workload};
 use wgpu_optim::conformance::{self, Fixture, Status};
+use wgpu_optim::context::AdapterSummary;
 use wgpu_optim::context::list_adapters;
 use wgpu_optim::optim::OPTIMIZER_NAMES;
+use wgpu_optim::report;
 use wgpu_optim::{ContextOptions, GpuContext};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Fused WGSL optimizer steps, checked against torch.optim"
+    about = "Fused WGSL optimizer steps, checked against torch.optim",
+    long_about = "Fused WGSL optimizer steps, checked against torch.optim.\n\n\
+        With no command: picks the best adapter (discrete GPU, then integrated, then software), \
+        prints it, replays the built-in PyTorch fixture on it and benchmarks every optimizer \
+        briefly, then prints one table. Exits 1 if any conformance case fails."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Adapter choice for the default run.
+    #[command(flatten)]
+    adapter: AdapterArgs,
 }
 
 /// Which adapter to run on.
@@ -93,6 +103,19 @@ enum Command {
         #[command(flatten)]
         adapter: AdapterArgs,
     },
+    /// Merge `bench --json` files from different machines into a markdown table and a chart of
+    /// GB/s and fraction of copy bandwidth per optimizer per adapter (PNG and SVG).
+    Report {
+        /// Result files written by `wgpu-optim bench --json FILE`.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Where the chart goes: STEM.png and STEM.svg.
+        #[arg(long, value_name = "STEM", default_value = "report")]
+        chart: PathBuf,
+        /// Also write the markdown table to this file (it is printed either way).
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
+    },
     /// List every adapter wgpu finds, best first, with the limits that matter here.
     Adapters {
         /// Only this backend.
@@ -115,11 +138,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Conformance {
-        file: None,
-        json: false,
-        adapter: AdapterArgs::default(),
-    }) {
+    let Some(command) = cli.command else {
+        return run_default(&cli.adapter);
+    };
+    match command {
         Command::Conformance {
             file,
             json,
@@ -133,6 +155,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             adapter,
         } => run_bench(&optimizers, &sizes, steps, warmup, json, &adapter),
+        Command::Report {
+            files,
+            chart,
+            markdown,
+        } => {
+            let files = files
+                .iter()
+                .map(|f| report::BenchFile::load(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let table = report::markdown(&files);
+            print!("{table}");
+            if let Some(path) = markdown {
+                std::fs::write(&path, &table)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let (png, svg) = report::write_chart(&files, &chart)?;
+            eprintln!("chart: {} and {}", png.display(), svg.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Adapters { backend, json } => {
             let adapters = list_adapters(backend.map(Backend::backends));
             if json {
@@ -142,19 +183,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     detail: String::new()
                 });
             } else {
-                for a in adapters {
-                    println!(
-                        "{} [{}] {} {} ({} {}): max binding {} B, max buffer {} B, timestamps {}",
-                        a.name,
-                        a.backend,
-                        a.vendor,
-                        a.device_type,
-                        a.driver,
-                        a.driver_info,
-                        a.max_storage_buffer_binding_size,
-                        a.max_buffer_size,
-                        a.timestamp_query
-                    );
+                for (i, a) in adapters.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    print!("{}", describe_adapter(a));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -168,7 +201,12 @@ fn run_conformance(file: Option<PathBuf>, json: bool, adapter: &AdapterArgs) -> 
         None => Fixture::builtin(),
     };
     let ctx = adapter.context()?;
-    let report = conformance::run(&ctx, &fixture);
+    let bar = progress_bar(fixture.cases.len() as u64, "conformance");
+    let report = conformance::run_with_progress(&ctx, &fixture, |c| {
+        bar.set_message(c.name.clone());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
     if json {
         println!(
             "{}",
@@ -257,13 +295,144 @@ fn run_bench(
         warmup,
         ..Default::default()
     };
-    let report = bench::run(&ctx, &configs, &workloads, &options, |_| {})?;
+    let bar = progress_bar((configs.len() * workloads.len()) as u64, "bench");
+    let report = bench::run(&ctx, &configs, &workloads, &options, |r| {
+        bar.set_message(format!("{} {}", r.optimizer, r.workload));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
     print!("{}", report.table());
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>11} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// An adapter and the limits that shape the arenas and the kernels, as a few lines.
+fn describe_adapter(a: &AdapterSummary) -> String {
+    format!(
+        "adapter {}\n  vendor {}, type {}, backend {}\n  driver {} {}\n  limits: storage binding {}, \
+         buffer {}, workgroups per dimension {}, storage offset alignment {} B, immediates {} B, \
+         timestamps {}, subgroup size {}\n",
+        a.name,
+        a.vendor,
+        a.device_type,
+        a.backend,
+        a.driver,
+        a.driver_info,
+        mib(a.max_storage_buffer_binding_size),
+        mib(a.max_buffer_size),
+        a.max_compute_workgroups_per_dimension,
+        a.min_storage_buffer_offset_alignment,
+        a.max_immediate_size,
+        if a.timestamp_query { "yes" } else { "no" },
+        a.subgroup_size
+    )
+}
+
+/// The default run: the adapter, the fixture, a short benchmark, one table.
+fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
+    let ctx = adapter.context()?;
+    print!("{}", describe_adapter(&ctx.summary()));
+    let fixture = Fixture::builtin();
+    let configs = OPTIMIZER_NAMES
+        .iter()
+        .map(|n| bench::bench_config(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bar = progress_bar((fixture.cases.len() + configs.len()) as u64, "checking");
+    let conformance = conformance::run_with_progress(&ctx, &fixture, |c| {
+        bar.set_message(format!("conformance {}", c.name));
+        bar.inc(1);
+    });
+    let size = Workload::Elements(1 << 20);
+    let report = bench::run(&ctx, &configs, &[size], &BenchOptions::quick(), |r| {
+        bar.set_message(format!("bench {}", r.optimizer));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let count = |st| conformance.cases.iter().filter(|c| c.status == st).count();
+    println!(
+        "conformance: {} of {} PyTorch fixture cases pass, {} fail, {} unsupported (not implemented yet)",
+        count(Status::Pass),
+        conformance.cases.len(),
+        count(Status::Fail),
+        count(Status::Unsupported),
+    );
+    println!(
+        "copy kernel: {:.1} GB/s ({} buffers); steps on 2^20 elements, median of {} ({:?})\n",
+        report.copy.gbps,
+        mib(report.copy.bytes),
+        BenchOptions::quick().steps,
+        report.timing
+    );
+    println!(
+        "{:<9} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
+        "optimizer", "cases", "max rel-L2", "GB/s", "x copy", "ns/elem", "B/elem"
+    );
+    for r in &report.results {
+        let cases: Vec<_> = conformance
+            .cases
+            .iter()
+            .filter(|c| c.optimizer == r.optimizer && c.status != Status::Unsupported)
+            .collect();
+        let failed = cases.iter().any(|c| c.status == Status::Fail);
+        // NaN is the worst error: it must show, not vanish in a max.
+        let worst = cases
+            .iter()
+            .map(|c| c.gpu_rel_l2.unwrap_or(f64::NAN))
+            .fold(0.0f64, |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            });
+        println!(
+            "{:<9} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+            r.optimizer,
+            cases.len(),
+            format!("{worst:.2e}{}", if failed { " FAIL" } else { "" }),
+            r.gbps,
+            r.fraction_of_copy,
+            r.ns_per_element,
+            r.bytes_per_element
+        );
+    }
+    println!(
+        "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against torch.optim \
+         (float64) over each optimizer's fixture cases (tolerance {:e}). GB/s: the fewest bytes a \
+         step must move over its time; x copy: as a fraction of the copy kernel's.",
+        fixture.tolerance.rel_l2
+    );
+    Ok(if conformance.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn status_word(status: Status) -> &'static str {

@@ -1,13 +1,12 @@
 // Adagrad (Duchi, Hazan & Singer 2011), as torch.optim.Adagrad:
 //   g = g + wd * p;   sum = sum + g * g;   p = p - clr * g / (sqrt(sum) + eps)
-// with clr = lr / (1 + (step - 1) * lr_decay).
+// with clr = lr / (1 + (step - 1) * lr_decay), from the device's step count.
 
 struct AdagradScalars {
-    // The decayed learning rate of this step.
-    clr: f32,
+    lr: f32,
+    lr_decay: f32,
     weight_decay: f32,
     eps: f32,
-    _pad0: u32,
 }
 
 override MAXIMIZE: bool = false;
@@ -20,10 +19,10 @@ override MAXIMIZE: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }
@@ -33,5 +32,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let acc = sum[i] + g * g;
     sum[i] = acc;
-    param[i] = p - s.clr * g / (sqrt(acc) + s.eps);
+    let clr = s.lr / (1.0 + f32(control.step - 1u) * s.lr_decay);
+    param[i] = p - clr * g / (sqrt(acc) + s.eps);
 }

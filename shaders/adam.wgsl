@@ -13,11 +13,11 @@ struct AdamScalars {
     weight_decay: f32,
     // AdamW: 1 - lr * weight_decay (1 for Adam).
     decay_factor: f32,
-    // lr / (1 - beta1^t).
-    step_size: f32,
-    // 1 / sqrt(1 - beta2^t).
-    inv_sqrt_bias_correction2: f32,
+    lr: f32,
+    _pad0: u32,
 }
+
+// Step factors (host-computed by step): x = 1 / (1 - beta1^t), y = 1 / sqrt(1 - beta2^t).
 
 override AMSGRAD: bool = false;
 override MAXIMIZE: bool = false;
@@ -33,10 +33,10 @@ override DECOUPLED: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }
@@ -56,6 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         v_used = max(max_exp_avg_sq[i], v);
         max_exp_avg_sq[i] = v_used;
     }
-    let denom = sqrt(v_used) * s.inv_sqrt_bias_correction2 + s.eps;
-    param[i] = p - s.step_size * m / denom;
+    let f = current_step_factors();
+    let denom = sqrt(v_used) * f.y + s.eps;
+    param[i] = p - s.lr * f.x * m / denom;
 }

@@ -7,8 +7,7 @@ struct AdamaxScalars {
     beta2: f32,
     eps: f32,
     weight_decay: f32,
-    // lr / (1 - beta1^t).
-    step_size: f32,
+    lr: f32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -25,10 +24,10 @@ override MAXIMIZE: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }
@@ -41,5 +40,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     exp_avg[i] = m;
     let u = max(s.beta2 * exp_inf[i], abs(g) + s.eps);
     exp_inf[i] = u;
-    param[i] = p - s.step_size * m / u;
+    // Step factor x = 1 / (1 - beta1^t).
+    param[i] = p - s.lr * current_step_factors().x * m / u;
 }

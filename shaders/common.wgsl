@@ -1,8 +1,9 @@
-// Shared by every optimizer kernel. The host prepends one line before this file:
+// Shared by every kernel. Before it, for the kernels that handle tensor elements, the host puts
+// the element type and two helpers (see `Element::prelude` in src/kernels.rs):
 //   alias V = vec4<f32>;   arena segments, whose lengths are multiples of 4 (16-byte loads)
 //   alias V = f32;         user buffers of any length
-// so that each kernel below is written once for both element types. It also declares `s`, the
-// kernel's per-step values (its `...Scalars` struct), after the kernel:
+// so that each kernel is written once for both element types. After an optimizer kernel it
+// declares `s`, the kernel's per-iteration values (its `...Scalars` struct):
 //   var<immediate> s: ...Scalars;                           recorded in the command buffer
 //   @group(0) @binding(0) var<uniform> s: ...Scalars;       where the device lacks immediates
 

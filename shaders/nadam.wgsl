@@ -13,16 +13,12 @@ struct NadamScalars {
     eps: f32,
     weight_decay: f32,
     decay_factor: f32,
-    // 1 / (1 - beta2^t).
-    inv_bias_correction2: f32,
-    // lr (1 - mu_t) / (1 - prod mu_1..t).
-    grad_coef: f32,
-    // lr mu_{t+1} / (1 - prod mu_1..t+1).
-    exp_avg_coef: f32,
+    lr: f32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+// Step factors (host-computed by step): x = 1 / (1 - beta2^t), y = (1 - mu_t) / (1 - prod
+// mu_1..t), z = mu_{t+1} / (1 - prod mu_1..t+1).
 
 override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
@@ -36,10 +32,10 @@ override DECOUPLED: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }
@@ -54,7 +50,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
-    let denom = sqrt(v * s.inv_bias_correction2) + s.eps;
-    p = p - s.grad_coef * g / denom;
-    param[i] = p - s.exp_avg_coef * m / denom;
+    let f = current_step_factors();
+    let denom = sqrt(v * f.x) + s.eps;
+    p = p - s.lr * f.y * g / denom;
+    param[i] = p - s.lr * f.z * m / denom;
 }

@@ -12,11 +12,12 @@ struct RadamScalars {
     eps: f32,
     weight_decay: f32,
     decay_factor: f32,
-    // lr r_t sqrt(1 - b2^t) / (1 - b1^t) when rectified, else lr / (1 - b1^t).
-    step_size: f32,
-    // 1 when rho_t > 5 (the variance is tractable and the adaptive step is used).
-    rectified: u32,
+    lr: f32,
+    _pad0: u32,
 }
+
+// Step factors (host-computed by step): x = r_t sqrt(1 - b2^t) / (1 - b1^t) when rectified,
+// else 1 / (1 - b1^t); y = 1 when rho_t > 5 (the variance is tractable: adaptive step).
 
 override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
@@ -30,10 +31,10 @@ override DECOUPLED: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }
@@ -48,9 +49,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
-    if (s.rectified != 0u) {
-        param[i] = p - s.step_size * m / (sqrt(v) + s.eps);
+    let f = current_step_factors();
+    if (f.y != 0.0) {
+        param[i] = p - s.lr * f.x * m / (sqrt(v) + s.eps);
     } else {
-        param[i] = p - s.step_size * m;
+        param[i] = p - s.lr * f.x * m;
     }
 }

@@ -30,10 +30,10 @@ override MAXIMIZE: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var g = grad[i];
+    var g = load_grad(i);
     if (MAXIMIZE) {
         g = -g;
     }

@@ -14,10 +14,9 @@ struct SgdScalars {
     weight_decay: f32,
     // SGDW: 1 - lr * weight_decay, the decoupled decay of the parameter (1 for SGD).
     decay_factor: f32,
-    // 1 on the first step: the momentum buffer starts as the gradient itself, as in PyTorch.
-    first_step: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 override MOMENTUM: bool = false;
@@ -33,10 +32,10 @@ override DECOUPLED: bool = false;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || control.skip != 0u) {
         return;
     }
-    var d = grad[i];
+    var d = load_grad(i);
     if (MAXIMIZE) {
         d = -d;
     }
@@ -47,9 +46,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         d = d + s.weight_decay * p;
     }
     if (MOMENTUM) {
-        // The old buffer is not read on the first step: it may hold anything.
+        // The buffer starts as the first step's direction itself, as in PyTorch: the old
+        // contents are not read then, and may hold anything.
         var buf = d;
-        if (s.first_step == 0u) {
+        if (control.step != 1u) {
             buf = s.momentum * momentum_buffer[i] + s.dampening_keep * d;
         }
         momentum_buffer[i] = buf;

@@ -19,13 +19,15 @@ use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::{Optimizer, Role, Span, TensorId, TensorInit};
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
-use crate::kernels::{BindingKind, UtilityKernel, workgroups_for};
+use crate::kernels::{BindingKind, Element, UtilityKernel, workgroups_for};
 use crate::optim::{OptimizerConfig, UpdateRule};
 
 /// The copy kernel that measures the ceiling.
 pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
     name: "copy",
     source: include_str!("../shaders/copy.wgsl"),
+    pieces: &[],
+    elementwise: false,
     uniform: None,
     bindings: &[
         BindingKind::Storage { read_only: true },
@@ -331,7 +333,9 @@ fn median(times: &mut [f64]) -> f64 {
 pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResult> {
     let bytes = ctx.max_binding_bytes().min(options.max_copy_bytes) / 16 * 16;
     let pairs = (options.min_working_set_bytes.div_ceil(2 * bytes)).clamp(1, 8) as usize;
-    let (layout, pipeline) = ctx.kernels.utility(&ctx.device, &COPY_KERNEL);
+    let (layout, pipeline) = ctx
+        .kernels
+        .utility(&ctx.device, &COPY_KERNEL, Element::Vec4);
     let make = |label: &str| {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -5,10 +5,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::context::{AdapterSummary, GpuContext};
+use crate::engine::control::{GradScaler, TrainingOptions};
 use crate::engine::{Optimizer, TensorId};
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerConfig, UpdateRule};
 use crate::reference::ReferenceGroup;
+use crate::schedule::Schedule;
 
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
 pub const BUILTIN_FIXTURE: &str = include_str!("../data/torch-optim.json");
@@ -20,7 +22,7 @@ pub struct Fixture {
     pub source: String,
     pub tolerance: Tolerance,
     pub cases: Vec<Case>,
-    pub schedules: Vec<Schedule>,
+    pub schedules: Vec<FixtureSchedule>,
 }
 
 /// Pass thresholds.
@@ -53,16 +55,48 @@ pub struct Case {
     #[serde(default)]
     pub grad_scale: Option<f64>,
     #[serde(default)]
-    pub inject_inf: Option<serde_json::Value>,
+    pub inject_inf: Option<InjectInf>,
+}
+
+/// Before step `step`, element `index` of tensor `tensor`'s gradient becomes +inf.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct InjectInf {
+    pub step: usize,
+    pub tensor: usize,
+    pub index: usize,
 }
 
 /// A learning-rate schedule and the rates PyTorch's scheduler produced.
 #[derive(Clone, Debug, Deserialize)]
-pub struct Schedule {
+pub struct FixtureSchedule {
     pub name: String,
     pub base_lr: f64,
-    pub schedule: serde_json::Value,
+    pub schedule: Schedule,
     pub lrs: Vec<f64>,
+}
+
+impl FixtureSchedule {
+    /// The schedule's rates against PyTorch's, each within `tolerance` relative.
+    pub fn run(&self, tolerance: f64) -> ScheduleResult {
+        let worst = self
+            .lrs
+            .iter()
+            .enumerate()
+            .map(|(t, &expected)| {
+                let lr = self.schedule.lr(self.base_lr, t as u64);
+                (lr - expected).abs() / expected.abs().max(f64::MIN_POSITIVE)
+            })
+            .fold(0.0, worse);
+        ScheduleResult {
+            name: self.name.clone(),
+            status: if self.schedule.validate().is_ok() && worst <= tolerance {
+                Status::Pass
+            } else {
+                Status::Fail
+            },
+            max_rel_error: worst,
+        }
+    }
 }
 
 /// Outcome of one case or schedule.
@@ -71,8 +105,6 @@ pub struct Schedule {
 pub enum Status {
     Pass,
     Fail,
-    /// Uses a feature this build does not implement yet; never counted as a pass.
-    Unsupported,
 }
 
 /// One row of the conformance table.
@@ -86,7 +118,7 @@ pub struct CaseResult {
     pub gpu_rel_l2: Option<f64>,
     /// The same for the CPU reference (float64).
     pub cpu_rel_l2: Option<f64>,
-    /// Why a case failed or is unsupported.
+    /// Why a case failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -96,8 +128,8 @@ pub struct CaseResult {
 pub struct ScheduleResult {
     pub name: String,
     pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    /// Largest relative error of a rate against PyTorch's.
+    pub max_rel_error: f64,
 }
 
 /// Everything `wgpu-optim conformance --json` prints.
@@ -207,19 +239,22 @@ impl Case {
         self.grads.len()
     }
 
-    /// The features of this case that the engine does not implement yet.
-    pub fn unsupported_features(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
-        if self.clip_grad_norm.is_some() {
-            missing.push("clip_grad_norm");
+    /// Clipping and loss scaling as the case asks: the fixture's scale is fixed.
+    pub fn options(&self) -> TrainingOptions {
+        TrainingOptions {
+            max_grad_norm: self.clip_grad_norm,
+            grad_scaler: self.grad_scale.map(GradScaler::fixed),
+            schedule: None,
         }
-        if self.grad_scale.is_some() {
-            missing.push("grad_scale");
+    }
+
+    /// The gradients of step `k`, with the injected infinity if the case has one there.
+    pub fn grads_at(&self, k: usize) -> Vec<Vec<f64>> {
+        let mut grads = self.grads[k].clone();
+        if let Some(inject) = self.inject_inf.filter(|i| i.step == k) {
+            grads[inject.tensor][inject.index] = f64::INFINITY;
         }
-        if self.inject_inf.is_some() {
-            missing.push("inject_inf");
-        }
-        missing
+        grads
     }
 
     /// The optimizer configuration the case describes.
@@ -235,11 +270,12 @@ impl Case {
     /// Runs the case on the CPU reference; the worst relative L2 error over the steps.
     pub fn run_cpu(&self) -> Result<f64> {
         let config = self.config()?;
-        let mut group = ReferenceGroup::new(config.clone(), self.params.clone())?;
+        let mut group =
+            ReferenceGroup::with_options(config.clone(), self.options(), self.params.clone())?;
         let mut worst = 0.0f64;
-        for (k, (grads, expected)) in self.grads.iter().zip(&self.expected).enumerate() {
+        for (k, expected) in self.expected.iter().enumerate() {
             group.config.set_lr(self.lr_at(k, &config));
-            group.step(grads)?;
+            group.step(&self.grads_at(k))?;
             let err = rel_l2(
                 group.params.iter().map(Vec::as_slice),
                 expected.iter().map(Vec::as_slice),
@@ -254,13 +290,13 @@ impl Case {
         let config = self.config()?;
         let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();
         let mut opt = Optimizer::builder(ctx)
-            .group(config.clone(), &params)
+            .group_with(config.clone(), self.options(), &params)
             .build()?;
         let group = opt.group_of(TensorId(0))?;
         let mut worst = 0.0f64;
-        for (k, (grads, expected)) in self.grads.iter().zip(&self.expected).enumerate() {
+        for (k, expected) in self.expected.iter().enumerate() {
             opt.set_lr(group, self.lr_at(k, &config))?;
-            let grads: Vec<Vec<f32>> = grads.iter().map(|g| to_f32(g)).collect();
+            let grads: Vec<Vec<f32>> = self.grads_at(k).iter().map(|g| to_f32(g)).collect();
             let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
             opt.step_with_grads(&grads)?;
             let out: Vec<Vec<f64>> = (0..params.len())
@@ -281,16 +317,11 @@ impl Case {
             name: self.name.clone(),
             optimizer: self.optimizer.clone(),
             steps: self.steps(),
-            status: Status::Unsupported,
+            status: Status::Fail,
             gpu_rel_l2: None,
             cpu_rel_l2: None,
             note: None,
         };
-        let missing = self.unsupported_features();
-        if !missing.is_empty() {
-            result.note = Some(format!("not implemented yet: {}", missing.join(", ")));
-            return result;
-        }
         let within = |e: f64| e <= tolerance.rel_l2;
         match (self.run_gpu(ctx), self.run_cpu()) {
             (Ok(gpu), Ok(cpu)) => {
@@ -358,11 +389,7 @@ pub fn run_with_progress(
     let schedules = fixture
         .schedules
         .iter()
-        .map(|s| ScheduleResult {
-            name: s.name.clone(),
-            status: Status::Unsupported,
-            note: Some("learning-rate schedules are not implemented yet".into()),
-        })
+        .map(|s| s.run(fixture.tolerance.lr_rel))
         .collect();
     Report {
         adapter: ctx.summary(),

@@ -6,7 +6,7 @@
 use crate::context::GpuContext;
 use crate::engine::Span;
 use crate::error::{Error, Result};
-use crate::kernels::{BindingKind, UtilityKernel, shader_struct, workgroups_for};
+use crate::kernels::{BindingKind, Element, UtilityKernel, shader_struct, workgroups_for};
 
 shader_struct! {
     /// The uniform of `shaders/fill.wgsl`.
@@ -26,6 +26,8 @@ shader_struct! {
 pub static FILL_KERNEL: UtilityKernel = UtilityKernel {
     name: "fill",
     source: include_str!("../shaders/fill.wgsl"),
+    pieces: &[],
+    elementwise: false,
     uniform: Some(&FillParams::LAYOUT),
     bindings: &[
         BindingKind::Uniform,
@@ -91,7 +93,9 @@ pub(crate) fn fill(
     fill: &RandomFill,
 ) -> Result<()> {
     fill.validate()?;
-    let (layout, pipeline) = ctx.kernels.utility(&ctx.device, &FILL_KERNEL);
+    let (layout, pipeline) = ctx
+        .kernels
+        .utility(&ctx.device, &FILL_KERNEL, Element::Scalar);
     let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
     let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
     let mut encoder = ctx.device.create_command_encoder(&Default::default());

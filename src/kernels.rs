@@ -22,6 +22,12 @@ use std::sync::Mutex;
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
+/// The step-control struct, shared by the optimizer kernels and the finalize kernel.
+pub const CONTROL_WGSL: &str = include_str!("../shaders/control.wgsl");
+
+/// The bindings and helpers every optimizer kernel uses to read its step control.
+pub const STEP_WGSL: &str = include_str!("../shaders/step.wgsl");
+
 /// Threads per workgroup of every optimizer kernel (`WORKGROUP_SIZE` in `common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
@@ -46,10 +52,16 @@ impl Element {
         }
     }
 
-    fn wgsl(self) -> &'static str {
+    /// The element type, its bit pattern type, and a horizontal sum, as WGSL.
+    pub fn prelude(self) -> &'static str {
         match self {
-            Element::Vec4 => "vec4<f32>",
-            Element::Scalar => "f32",
+            Element::Vec4 => {
+                "alias V = vec4<f32>;\nalias VU = vec4<u32>;\n\
+                 fn hsum(v: V) -> f32 { return v.x + v.y + v.z + v.w; }\n"
+            }
+            Element::Scalar => {
+                "alias V = f32;\nalias VU = u32;\nfn hsum(v: V) -> f32 { return v; }\n"
+            }
         }
     }
 }
@@ -121,19 +133,24 @@ impl Kernel {
             ScalarBinding::Uniform => "@group(0) @binding(0) var<uniform> s",
         };
         format!(
-            "alias V = {};\n{COMMON_WGSL}\n{}\n{declaration}: {};\n",
-            element.wgsl(),
+            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{declaration}: {};\n",
+            element.prelude(),
             self.source,
             self.scalars.name
         )
     }
 }
 
-/// A helper kernel (random fill, bandwidth copy): its own bindings, no flags, no element alias.
+/// A helper kernel (gradient norm, step finalize, random fill, bandwidth copy): its own
+/// bindings, no flags.
 #[derive(Debug)]
 pub struct UtilityKernel {
     pub name: &'static str,
     pub source: &'static str,
+    /// Shared pieces to put between `common.wgsl` and the source.
+    pub pieces: &'static [&'static str],
+    /// Assembled per [`Element`] (it reads tensor elements as `V`).
+    pub elementwise: bool,
     /// The uniform struct at `@binding(0)`, if the kernel has one.
     pub uniform: Option<&'static StructLayout>,
     /// The kind of each binding, from `@binding(0)` up.
@@ -148,9 +165,18 @@ pub enum BindingKind {
 }
 
 impl UtilityKernel {
-    /// The complete WGSL.
-    pub fn assemble(&self) -> String {
-        format!("{COMMON_WGSL}\n{}", self.source)
+    /// The complete WGSL; `element` matters only for elementwise kernels.
+    pub fn assemble(&self, element: Element) -> String {
+        let prelude = if self.elementwise {
+            element.prelude()
+        } else {
+            ""
+        };
+        format!(
+            "{prelude}{COMMON_WGSL}\n{}\n{}",
+            self.pieces.join("\n"),
+            self.source
+        )
     }
 }
 
@@ -163,6 +189,9 @@ pub(crate) struct PipelineKey {
     flags: Vec<(&'static str, bool)>,
 }
 
+/// A utility kernel's bind-group layout and compiled pipeline.
+type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
+
 /// Compiled pipelines and bind-group layouts, shared by every optimizer of a [`GpuContext`].
 ///
 /// [`GpuContext`]: crate::GpuContext
@@ -170,7 +199,7 @@ pub(crate) struct PipelineKey {
 pub(crate) struct KernelCache {
     layouts: Mutex<HashMap<(usize, ScalarBinding), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    utilities: Mutex<HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::ComputePipeline)>>,
+    utilities: Mutex<HashMap<(&'static str, Element), UtilityPipeline>>,
 }
 
 impl KernelCache {
@@ -210,6 +239,8 @@ impl KernelCache {
                 }
                 entries.extend([storage(1, false), storage(2, true)]);
                 entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
+                // The step control and the step-factor table.
+                entries.extend([storage(6, true), storage(7, true)]);
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
                     entries: &entries,
@@ -279,15 +310,22 @@ impl KernelCache {
 }
 
 impl KernelCache {
-    /// A utility kernel's bind-group layout and pipeline, compiled on first use.
+    /// A utility kernel's bind-group layout and pipeline, compiled on first use (`element`
+    /// matters only for elementwise kernels).
     pub(crate) fn utility(
         &self,
         device: &wgpu::Device,
         kernel: &'static UtilityKernel,
-    ) -> (wgpu::BindGroupLayout, wgpu::ComputePipeline) {
+        element: Element,
+    ) -> UtilityPipeline {
+        let element = if kernel.elementwise {
+            element
+        } else {
+            Element::Scalar
+        };
         let mut utilities = self.utilities.lock().expect("kernel cache poisoned");
         utilities
-            .entry(kernel.name)
+            .entry((kernel.name, element))
             .or_insert_with(|| {
                 let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
                     .bindings
@@ -315,7 +353,7 @@ impl KernelCache {
                 });
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.name),
-                    source: wgpu::ShaderSource::Wgsl(kernel.assemble().into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.assemble(element).into()),
                 });
                 let pipeline_layout =
                     device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {

@@ -30,12 +30,15 @@ pub mod kernels;
 pub mod optim;
 pub mod reference;
 pub mod report;
+pub mod schedule;
 
 pub use context::{ContextOptions, GpuContext};
+pub use engine::control::{GradScaler, StepReport, TrainingOptions};
 pub use engine::{GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit};
 pub use error::{Error, Result};
 pub use optim::{OptimizerConfig, StepCounter, UpdateRule};
 pub use reference::ReferenceGroup;
+pub use schedule::Schedule;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -1,7 +1,9 @@
 //! The CPU reference: the same parameter group stepped in float64 by each optimizer's
-//! `reference_step`, the plain transcription of its update rule. Tests and the `conformance`
-//! command compare the GPU against it.
+//! `reference_step`, the plain transcription of its update rule, with PyTorch's training-loop
+//! semantics around it (`clip_grad_norm_`, `GradScaler`, `lr_scheduler`). Tests and the
+//! `conformance` command compare the GPU against it.
 
+use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
 
@@ -9,7 +11,16 @@ use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
 #[derive(Clone, Debug)]
 pub struct ReferenceGroup {
     pub config: OptimizerConfig,
+    pub options: TrainingOptions,
+    /// Applied steps (skipped ones not counted), and NAdam's momentum product.
     pub counter: StepCounter,
+    /// Calls to `step`, skipped ones included: the schedule's clock.
+    pub iterations: u64,
+    /// The loss scale the next gradients carry (1 without a scaler).
+    pub loss_scale: f64,
+    pub growth_tracker: u32,
+    /// What the last step found, as [`StepReport`] says it for the GPU.
+    pub last: StepReport,
     /// One vector per tensor.
     pub params: Vec<Vec<f64>>,
     /// `states[tensor][slot]`: empty for the slots the configuration does not use.
@@ -19,7 +30,17 @@ pub struct ReferenceGroup {
 impl ReferenceGroup {
     /// A group with these starting parameters and the optimizer's starting states.
     pub fn new(config: OptimizerConfig, params: Vec<Vec<f64>>) -> Result<Self> {
+        Self::with_options(config, TrainingOptions::default(), params)
+    }
+
+    /// The same, with clipping, loss scaling or a schedule.
+    pub fn with_options(
+        config: OptimizerConfig,
+        options: TrainingOptions,
+        params: Vec<Vec<f64>>,
+    ) -> Result<Self> {
         config.validate()?;
+        options.validate()?;
         let init = config.initial_states();
         let states = params
             .iter()
@@ -29,15 +50,29 @@ impl ReferenceGroup {
                     .collect()
             })
             .collect();
+        let loss_scale = options.grad_scaler.as_ref().map_or(1.0, |s| s.init_scale);
         Ok(Self {
             config,
+            options,
             counter: StepCounter::default(),
+            iterations: 0,
+            loss_scale,
+            growth_tracker: 0,
+            last: StepReport {
+                step: 0,
+                skipped: false,
+                found_inf: false,
+                grad_norm: 0.0,
+                loss_scale,
+                growth_tracker: 0,
+                skipped_steps: 0,
+            },
             params,
             states,
         })
     }
 
-    /// One step with one gradient per tensor, at the configuration's learning rate.
+    /// One iteration with one gradient per tensor (as they arrive: times the loss scale).
     pub fn step(&mut self, grads: &[Vec<f64>]) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(Error::LengthMismatch {
@@ -57,13 +92,69 @@ impl ReferenceGroup {
                 });
             }
         }
+        let base = self.config.lr();
+        let lr = self
+            .options
+            .schedule
+            .as_ref()
+            .map_or(base, |s| s.lr(base, self.iterations));
+        self.iterations += 1;
+
+        // GradScaler.unscale_, then clip_grad_norm_ on the unscaled gradients.
+        let scaler = self.options.grad_scaler.clone();
+        let scale = if scaler.is_some() {
+            self.loss_scale
+        } else {
+            1.0
+        };
+        let mut grads: Vec<Vec<f64>> = grads
+            .iter()
+            .map(|g| g.iter().map(|v| v / scale).collect())
+            .collect();
+        if self.options.needs_norm() {
+            let found_inf = grads.iter().flatten().any(|v| !v.is_finite());
+            let norm = grads.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+            self.last.found_inf = found_inf;
+            self.last.grad_norm = norm;
+            if let (Some(scaler), true) = (&scaler, found_inf) {
+                // GradScaler.step skips optimizer.step; update() backs the scale off.
+                self.loss_scale *= scaler.backoff_factor;
+                self.growth_tracker = 0;
+                self.last.skipped = true;
+                self.last.skipped_steps += 1;
+                self.last.loss_scale = self.loss_scale;
+                self.last.growth_tracker = 0;
+                return Ok(());
+            }
+            if let Some(max_norm) = self.options.max_grad_norm {
+                let coef = (max_norm / (norm + 1e-6)).min(1.0);
+                for v in grads.iter_mut().flatten() {
+                    *v *= coef;
+                }
+            }
+        }
+        self.last.skipped = false;
+
         let counter = self.config.advance(&self.counter);
-        let lr = self.config.lr();
-        for ((param, grad), states) in self.params.iter_mut().zip(grads).zip(&mut self.states) {
+        for ((param, grad), states) in self.params.iter_mut().zip(&grads).zip(&mut self.states) {
             self.config
                 .reference_step(&counter, lr, param, grad, states);
         }
         self.counter = counter;
+        self.last.step = counter.step;
+
+        if let Some(scaler) = &scaler {
+            self.growth_tracker += 1;
+            if self.growth_tracker == scaler.growth_interval {
+                let grown = self.loss_scale * scaler.growth_factor;
+                if grown.is_finite() {
+                    self.loss_scale = grown;
+                }
+                self.growth_tracker = 0;
+            }
+        }
+        self.last.loss_scale = self.loss_scale;
+        self.last.growth_tracker = self.growth_tracker;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ fn the_default_run_prints_the_adapter_and_one_table_of_every_optimizer() {
         assert!(stdout.contains(field), "no {field}:\n{stdout}");
     }
     assert!(
-        stdout.contains("20 of 22 PyTorch fixture cases pass, 0 fail"),
+        stdout.contains("22 of 22 PyTorch fixture cases pass, 0 fail; 7 of 7 lr schedules pass"),
         "{stdout}"
     );
     let header = stdout

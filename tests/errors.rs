@@ -375,7 +375,7 @@ fn assert_unchanged(opt: &Optimizer, params: &[Vec<f32>], grads: &[Vec<f32>], st
             "tensor {t} grads changed"
         );
     }
-    assert_eq!(opt.counter(GroupId(0)).unwrap().step, steps);
+    assert_eq!(opt.step_report(GroupId(0)).unwrap().step, steps);
 }
 
 #[test]

@@ -91,5 +91,5 @@ fn adam_on_600_million_elements() {
         let v = reference.state(0, "exp_avg_sq").unwrap();
         compare(&what, &exp_avg_sq, v, &[0.0625 * 3e-3; 16], &none, 1e-5).unwrap();
     }
-    assert_eq!(opt.counter(GroupId(0)).unwrap().step, STEPS as u64);
+    assert_eq!(opt.step_report(GroupId(0)).unwrap().step, STEPS as u64);
 }

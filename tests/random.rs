@@ -161,7 +161,7 @@ fn check(config: OptimizerConfig, seed: u64) {
         "{label}: the check cannot tell step {STEPS} from step {}",
         STEPS - 1
     );
-    assert_eq!(opt.counter(GroupId(0)).unwrap().step, STEPS as u64);
+    assert_eq!(opt.step_report(GroupId(0)).unwrap().step, STEPS as u64);
     eprintln!("{label}: worst error {:.3} of the tolerance", worst);
 }
 

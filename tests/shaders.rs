@@ -4,7 +4,7 @@
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess, TypeInner};
-use wgpu_optim::kernels::{Element, Kernel, ScalarBinding};
+use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarBinding, UtilityKernel};
 use wgpu_optim::optim::all_kernels;
 
 const BINDINGS: [ScalarBinding; 2] = [ScalarBinding::Immediates, ScalarBinding::Uniform];
@@ -131,8 +131,87 @@ fn bindings_are_the_ones_the_engine_binds() {
         for (k, name) in kernel.state_slots.iter().enumerate() {
             expected.push((3 + k as u32, name.to_string(), rw));
         }
+        let read = AddressSpace::Storage {
+            access: StorageAccess::LOAD,
+        };
+        expected.push((6, "control".to_string(), read));
+        expected.push((7, "step_factors".to_string(), read));
         assert_eq!(bound, expected, "{}", kernel.name);
     }
+}
+
+/// The helper kernels: gradient norm, step finalize, random fill, bandwidth copy.
+fn utility_kernels() -> [&'static UtilityKernel; 4] {
+    [
+        &wgpu_optim::engine::control::NORM_KERNEL,
+        &wgpu_optim::engine::control::FINALIZE_KERNEL,
+        &wgpu_optim::fill::FILL_KERNEL,
+        &wgpu_optim::bench::COPY_KERNEL,
+    ]
+}
+
+#[test]
+fn helper_kernels_validate_and_bind_what_the_host_binds() {
+    for kernel in utility_kernels() {
+        for element in [Element::Vec4, Element::Scalar] {
+            let source = kernel.assemble(element);
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+            Validator::new(ValidationFlags::all(), Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} ({element:?}): {e:?}", kernel.name));
+            let mut bound: Vec<(u32, AddressSpace)> = module
+                .global_variables
+                .iter()
+                .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.binding, g.space)))
+                .collect();
+            bound.sort_by_key(|b| b.0);
+            let expected: Vec<(u32, AddressSpace)> = kernel
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| {
+                    let space = match kind {
+                        BindingKind::Uniform => AddressSpace::Uniform,
+                        BindingKind::Storage { read_only: true } => AddressSpace::Storage {
+                            access: StorageAccess::LOAD,
+                        },
+                        BindingKind::Storage { read_only: false } => AddressSpace::Storage {
+                            access: StorageAccess::LOAD | StorageAccess::STORE,
+                        },
+                    };
+                    (i as u32, space)
+                })
+                .collect();
+            assert_eq!(bound, expected, "{}", kernel.name);
+            if let Some(layout) = kernel.uniform {
+                assert_struct_layout(&module, layout);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_step_control_struct_matches_its_rust_mirror() {
+    let module = module(all_kernels()[0], Element::Vec4, ScalarBinding::Immediates);
+    assert_struct_layout(&module, &wgpu_optim::engine::control::StepControl::LAYOUT);
+}
+
+fn assert_struct_layout(module: &naga::Module, layout: &wgpu_optim::kernels::StructLayout) {
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(layout.name))
+        .unwrap_or_else(|| panic!("no struct {}", layout.name));
+    let TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{} is not a struct", layout.name);
+    };
+    assert_eq!(*span as usize, layout.size, "{} size", layout.name);
+    let wgsl: Vec<(&str, usize)> = members
+        .iter()
+        .map(|m| (m.name.as_deref().unwrap(), m.offset as usize))
+        .collect();
+    assert_eq!(wgsl, layout.fields, "{} members and offsets", layout.name);
 }
 
 #[test]

@@ -10,12 +10,13 @@
 use std::ops::Range;
 
 use super::arena::{ArenaLayout, Piece};
+use super::control::{Control, TrainingOptions, initial_state};
 use super::transfer::{self, Span};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarBinding, workgroups_for};
-use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
+use crate::optim::{OptimizerConfig, UpdateRule, step_factor_table};
 
 /// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
 #[derive(Clone, Debug)]
@@ -35,7 +36,7 @@ impl View {
         }
     }
 
-    fn binding(&self) -> wgpu::BindingResource<'_> {
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
@@ -80,7 +81,16 @@ pub(crate) struct TensorPlace {
 /// One parameter group on the GPU.
 pub(crate) struct Group {
     pub config: OptimizerConfig,
-    pub counter: StepCounter,
+    /// Clipping, loss scaling and the schedule.
+    pub options: TrainingOptions,
+    /// `step` calls so far, skipped steps included: the schedule's clock. (The optimizer's
+    /// own step count lives on the device, in the control.)
+    pub iterations: u64,
+    pub control: Control,
+    /// Rows of the step-factor table now allocated.
+    factor_rows: usize,
+    /// Bound to the state slots the configuration does not use.
+    placeholders: Vec<wgpu::Buffer>,
     /// How the kernel receives its per-step values.
     pub scalar_binding: ScalarBinding,
     /// The per-step values' buffer, on devices without immediates.
@@ -156,17 +166,42 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
     Ok(())
 }
 
+/// The step-factor table is one binding: it must fit the device's limits.
+fn check_factor_table(
+    ctx: &GpuContext,
+    config: &OptimizerConfig,
+    table: &[[f32; 4]],
+) -> Result<()> {
+    let bytes = (table.len() * 16) as u64;
+    if bytes > ctx.max_binding_bytes() {
+        return Err(Error::InvalidConfig {
+            optimizer: config.name(),
+            reason: format!(
+                "its bias corrections change for {} steps: a table of {bytes} bytes, more than \
+                 this device binds ({} bytes)",
+                table.len(),
+                ctx.max_binding_bytes()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Group {
     /// Allocates the group's arenas and state buffers, lays out its tensors and builds one bind
     /// group per segment. `first_tensor` numbers the group's tensors in errors.
     pub fn new(
         ctx: &GpuContext,
         config: OptimizerConfig,
+        options: TrainingOptions,
         inits: &[TensorInit],
         first_tensor: usize,
         segment_bytes: u64,
         placeholders: &[wgpu::Buffer],
     ) -> Result<Self> {
+        options.validate()?;
+        let factor_table = step_factor_table(&config)?;
+        check_factor_table(ctx, &config, &factor_table)?;
         for (t, init) in inits.iter().enumerate() {
             if let TensorInit::External(ext) = init {
                 check_external(ctx, first_tensor + t, ext)?;
@@ -283,57 +318,6 @@ impl Group {
                 mapped_at_creation: false,
             })
         });
-        let bind_layout = ctx
-            .kernels
-            .layout(&ctx.device, kernel.state_slots.len(), scalar_binding);
-        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
-        for (s, segment) in segments.iter_mut().enumerate() {
-            let mut entries = Vec::new();
-            if let Some(uniform) = &uniform {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                });
-            }
-            entries.extend([
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: segment.param.binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: segment.grad.binding(),
-                },
-            ]);
-            for (slot, state) in segment.states.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: 3 + slot as u32,
-                    resource: state
-                        .as_ref()
-                        .map_or_else(|| placeholders[slot].as_entire_binding(), View::binding),
-                });
-            }
-            // A caller's buffer from another device is caught here, as an error, not a panic.
-            let scope = GpuErrorScope::push(&ctx.device);
-            segment.bind_group = Some(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&format!("{} segment {s}", kernel.name)),
-                layout: &bind_layout,
-                entries: &entries,
-            }));
-            scope
-                .pop("a bind group")
-                .map_err(|e| match (e, segment.external_tensor) {
-                    (Error::Gpu(message), Some(t)) => Error::BadBuffer {
-                        role: "parameters or gradients",
-                        tensor: first_tensor + t,
-                        problem: format!("cannot be bound: {message}"),
-                    },
-                    (other, _) => other,
-                })?;
-            segment.workgroups =
-                workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
-        }
-
         let mut elements: Vec<Element> = Vec::new();
         for segment in &segments {
             if !elements.contains(&segment.element) {
@@ -350,15 +334,115 @@ impl Group {
                 (e, pipeline)
             })
             .collect();
-        Ok(Self {
+        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
+        for segment in &mut segments {
+            segment.workgroups =
+                workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
+        }
+        let mut control = Control::new(ctx, &segments, &factor_table);
+        control.apply(ctx, &options);
+        control.write_state(ctx, &initial_state(&options));
+        let mut group = Self {
             config,
-            counter: StepCounter::default(),
+            options,
+            iterations: 0,
+            control,
+            factor_rows: factor_table.len(),
+            placeholders: placeholders.to_vec(),
             scalar_binding,
             uniform,
             segments,
             tensors,
             pipelines,
-        })
+        };
+        group.bind_segments(ctx, first_tensor)?;
+        Ok(group)
+    }
+
+    /// (Re)creates one bind group per segment. A caller's buffer from another device is caught
+    /// here, as an error, not a panic.
+    fn bind_segments(&mut self, ctx: &GpuContext, first_tensor: usize) -> Result<()> {
+        let kernel = self.config.kernel();
+        let bind_layout =
+            ctx.kernels
+                .layout(&ctx.device, kernel.state_slots.len(), self.scalar_binding);
+        for (s, segment) in self.segments.iter_mut().enumerate() {
+            let mut entries = Vec::new();
+            if let Some(uniform) = &self.uniform {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: uniform.as_entire_binding(),
+                });
+            }
+            entries.extend([
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: segment.param.binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: segment.grad.binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 6,
+                    resource: self.control.buffer.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 7,
+                    resource: self.control.factors.as_entire_binding(),
+                },
+            ]);
+            for (slot, state) in segment.states.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 3 + slot as u32,
+                    resource: state.as_ref().map_or_else(
+                        || self.placeholders[slot].as_entire_binding(),
+                        View::binding,
+                    ),
+                });
+            }
+            let scope = GpuErrorScope::push(&ctx.device);
+            segment.bind_group = Some(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&format!("{} segment {s}", kernel.name)),
+                layout: &bind_layout,
+                entries: &entries,
+            }));
+            scope
+                .pop("a bind group")
+                .map_err(|e| match (e, segment.external_tensor) {
+                    (Error::Gpu(message), Some(t)) => Error::BadBuffer {
+                        role: "parameters or gradients",
+                        tensor: first_tensor + t,
+                        problem: format!("cannot be bound: {message}"),
+                    },
+                    (other, _) => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Takes a new configuration of the same optimizer and states: new pipelines (cached) and
+    /// a new step-factor table (new betas).
+    pub fn reconfigure(&mut self, ctx: &GpuContext, config: OptimizerConfig) -> Result<()> {
+        let table = step_factor_table(&config)?;
+        check_factor_table(ctx, &config, &table)?;
+        self.config = config;
+        self.refresh_pipelines(ctx);
+        if table.len() == self.factor_rows {
+            self.control.write_factors(ctx, &table);
+        } else {
+            self.control.factors = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step factors"),
+                size: (table.len() * 16) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.control.write_factors(ctx, &table);
+            self.factor_rows = table.len();
+            // Only the optimizer's own buffers change: binding cannot fail on a caller's.
+            self.bind_segments(ctx, 0)?;
+        }
+        Ok(())
     }
 
     /// Uploads the initial parameters and sets every state to its starting value.
@@ -452,17 +536,29 @@ impl Group {
         }
     }
 
-    /// Records this group's dispatches, one per segment, with `scalars` (the kernel's uniform
-    /// struct as bytes) as their per-step values.
-    pub fn encode(&self, queue: &wgpu::Queue, pass: &mut wgpu::ComputePass, scalars: &[u8]) {
+    /// The learning rate of the next step: the schedule's for this iteration, else the base.
+    pub fn next_lr(&self) -> f64 {
+        let base = self.config.lr();
+        self.options
+            .schedule
+            .as_ref()
+            .map_or(base, |s| s.lr(base, self.iterations))
+    }
+
+    /// Records one step of this group: the control's dispatches, then one update dispatch per
+    /// segment at the next learning rate.
+    pub fn encode(&mut self, queue: &wgpu::Queue, pass: &mut wgpu::ComputePass) {
+        let scalars = self.config.scalars(self.next_lr());
+        self.iterations += 1;
+        self.control.encode(pass);
         if let Some(uniform) = &self.uniform {
             // Lands before the next submit's commands: one step per submit on this path.
-            queue.write_buffer(uniform, 0, scalars);
+            queue.write_buffer(uniform, 0, &scalars);
         }
         for (element, pipeline) in &self.pipelines {
             pass.set_pipeline(pipeline);
             if self.uniform.is_none() {
-                pass.set_immediates(0, scalars);
+                pass.set_immediates(0, &scalars);
             }
             for segment in self.segments.iter().filter(|s| s.element == *element) {
                 let (x, y) = segment.workgroups;

@@ -15,6 +15,7 @@
 //! it does not wait for the GPU.
 
 pub mod arena;
+pub mod control;
 mod group;
 mod transfer;
 
@@ -24,7 +25,8 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
 use crate::kernels::MAX_STATE_SLOTS;
-use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
+use crate::optim::{OptimizerConfig, UpdateRule};
+use control::{StepControl, StepReport, TrainingOptions};
 use group::Group;
 pub(crate) use transfer::{Span, read as read_spans};
 
@@ -122,19 +124,36 @@ pub enum Role<'a> {
 /// Collects parameter groups, then allocates everything at once.
 pub struct OptimizerBuilder<'a> {
     ctx: GpuContext,
-    groups: Vec<(OptimizerConfig, Vec<TensorInit<'a>>)>,
+    groups: Vec<(OptimizerConfig, TrainingOptions, Vec<TensorInit<'a>>)>,
     max_segment_bytes: Option<u64>,
 }
 
 impl<'a> OptimizerBuilder<'a> {
     /// Adds a parameter group: an optimizer configuration and its tensors.
-    pub fn group<I, T>(mut self, config: impl Into<OptimizerConfig>, tensors: I) -> Self
+    pub fn group<I, T>(self, config: impl Into<OptimizerConfig>, tensors: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<TensorInit<'a>>,
     {
-        self.groups
-            .push((config.into(), tensors.into_iter().map(Into::into).collect()));
+        self.group_with(config, TrainingOptions::default(), tensors)
+    }
+
+    /// Adds a parameter group with gradient clipping, loss scaling or a schedule.
+    pub fn group_with<I, T>(
+        mut self,
+        config: impl Into<OptimizerConfig>,
+        options: TrainingOptions,
+        tensors: I,
+    ) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<TensorInit<'a>>,
+    {
+        self.groups.push((
+            config.into(),
+            options,
+            tensors.into_iter().map(Into::into).collect(),
+        ));
         self
     }
 
@@ -153,8 +172,9 @@ impl<'a> OptimizerBuilder<'a> {
                 "an optimizer needs at least one parameter group".into(),
             ));
         }
-        for (g, (config, tensors)) in self.groups.iter().enumerate() {
+        for (g, (config, options, tensors)) in self.groups.iter().enumerate() {
             config.validate()?;
+            options.validate()?;
             if tensors.iter().map(TensorInit::len).sum::<u64>() == 0 {
                 return Err(Error::Empty(format!("parameter group {g} has no elements")));
             }
@@ -183,10 +203,11 @@ impl<'a> OptimizerBuilder<'a> {
             .collect();
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut tensors = Vec::new();
-        for (g, (config, inits)) in self.groups.iter().enumerate() {
+        for (g, (config, options, inits)) in self.groups.iter().enumerate() {
             groups.push(Group::new(
                 &ctx,
                 config.clone(),
+                options.clone(),
                 inits,
                 tensors.len(),
                 segment_bytes,
@@ -200,7 +221,7 @@ impl<'a> OptimizerBuilder<'a> {
             groups,
             tensors,
         };
-        for (g, (_, inits)) in self.groups.iter().enumerate() {
+        for (g, (_, _, inits)) in self.groups.iter().enumerate() {
             optimizer.groups[g].initialize(&optimizer.ctx, inits)?;
         }
         Ok(optimizer)
@@ -265,12 +286,12 @@ impl std::fmt::Debug for Optimizer {
         let mut list = f.debug_list();
         for g in &self.groups {
             list.entry(&format_args!(
-                "{} (lr {}): {} tensors, {} segments, step {}",
+                "{} (lr {}): {} tensors, {} segments, {} iterations",
                 g.config.name(),
                 g.config.lr(),
                 g.tensors.len(),
                 g.segments.len(),
-                g.counter.step
+                g.iterations
             ));
         }
         list.finish()
@@ -337,9 +358,62 @@ impl Optimizer {
         Ok(&self.group(group)?.config)
     }
 
-    /// The group's step counter (steps applied so far).
-    pub fn counter(&self, group: GroupId) -> Result<StepCounter> {
-        Ok(self.group(group)?.counter)
+    /// The group's step control, read back from the device (waits for the GPU): steps
+    /// applied, whether the last was skipped, the last gradient norm, the loss scale.
+    pub fn step_report(&self, group: GroupId) -> Result<StepReport> {
+        Ok(self.read_control(group)?.into())
+    }
+
+    fn read_control(&self, group: GroupId) -> Result<StepControl> {
+        let buffer = &self.group(group)?.control.buffer;
+        let words = transfer::read(
+            &self.ctx,
+            &[Span {
+                buffer,
+                offset: 0,
+                len: buffer.size() / 4,
+            }],
+        )?;
+        Ok(bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words)))
+    }
+
+    /// The buffer of a group's [`StepControl`] on the device (`shaders/control.wgsl`), for
+    /// callers' own kernels: e.g. to multiply a loss by `loss_scale` without a host round trip.
+    pub fn control_buffer(&self, group: GroupId) -> Result<&wgpu::Buffer> {
+        Ok(&self.group(group)?.control.buffer)
+    }
+
+    /// Iterations (calls to `step`, skipped steps included) a group has seen: its schedule's
+    /// clock.
+    pub fn iterations(&self, group: GroupId) -> Result<u64> {
+        Ok(self.group(group)?.iterations)
+    }
+
+    /// A group's clipping, loss scaling and schedule.
+    pub fn training_options(&self, group: GroupId) -> Result<&TrainingOptions> {
+        Ok(&self.group(group)?.options)
+    }
+
+    /// Replaces a group's clipping, loss scaling and schedule. A new or changed grad scaler
+    /// starts from its `init_scale`; the step count and states are kept.
+    pub fn set_training_options(&mut self, group: GroupId, options: TrainingOptions) -> Result<()> {
+        self.group(group)?;
+        options.validate()?;
+        let g = &mut self.groups[group.0];
+        if options.grad_scaler != g.options.grad_scaler {
+            let mut state = self.read_control(group)?;
+            let g = &mut self.groups[group.0];
+            state.loss_scale = options
+                .grad_scaler
+                .as_ref()
+                .map_or(1.0, |s| s.init_scale as f32);
+            state.growth_tracker = 0;
+            g.control.write_state(&self.ctx, &state);
+        }
+        let g = &mut self.groups[group.0];
+        g.control.apply(&self.ctx, &options);
+        g.options = options;
+        Ok(())
     }
 
     /// Names of the optimizer states a group keeps, in binding order.
@@ -387,10 +461,7 @@ impl Optimizer {
                 ),
             });
         }
-        let g = &mut self.groups[group.0];
-        g.config = config;
-        g.refresh_pipelines(&self.ctx);
-        Ok(())
+        self.groups[group.0].reconfigure(&self.ctx, config)
     }
 
     /// Applies one optimizer step to every group, using the gradients now in the gradient
@@ -425,16 +496,17 @@ impl Optimizer {
             timestamp_writes,
         });
         for group in &mut self.groups {
-            let counter = group.config.advance(&group.counter);
-            let scalars = group.config.scalars(&counter, group.config.lr());
-            group.encode(&self.ctx.queue, &mut pass, &scalars);
-            group.counter = counter;
+            group.encode(&self.ctx.queue, &mut pass);
         }
     }
 
-    /// Dispatches one step records: one per segment of every group, however many tensors.
+    /// Dispatches one step records, however many tensors: per group, one per segment, one to
+    /// finalize the step, and with clipping or loss scaling one more per segment for the norm.
     pub fn dispatches_per_step(&self) -> usize {
-        self.groups.iter().map(|g| g.segments.len()).sum()
+        self.groups
+            .iter()
+            .map(|g| g.segments.len() + g.control.dispatches())
+            .sum()
     }
 
     /// Uploads one gradient per tensor (in [`TensorId`] order), then steps. Every length is

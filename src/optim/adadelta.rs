@@ -80,7 +80,7 @@ impl UpdateRule for Adadelta {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![Some(0.0), Some(0.0)]
     }
-    fn scalars(&self, _counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&AdadeltaScalars {
             lr: lr as f32,
             rho: self.rho as f32,

@@ -37,10 +37,10 @@ impl Default for Adagrad {
 shader_struct! {
     /// The uniform of `shaders/adagrad.wgsl`.
     pub struct AdagradScalars {
-        pub clr: f32,
+        pub lr: f32,
+        pub lr_decay: f32,
         pub weight_decay: f32,
         pub eps: f32,
-        pub _pad0: u32,
     }
 }
 
@@ -90,12 +90,14 @@ impl UpdateRule for Adagrad {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![Some(self.initial_accumulator_value)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
+        // The kernel decays the rate itself, from the device's step count: it grows without
+        // bound, so there is no table to end.
         uniform_bytes(&AdagradScalars {
-            clr: self.clr(counter.step, lr) as f32,
+            lr: lr as f32,
+            lr_decay: self.lr_decay as f32,
             weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
-            ..Default::default()
         })
     }
     fn reference_step(

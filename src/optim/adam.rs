@@ -47,8 +47,8 @@ shader_struct! {
         pub eps: f32,
         pub weight_decay: f32,
         pub decay_factor: f32,
-        pub step_size: f32,
-        pub inv_sqrt_bias_correction2: f32,
+        pub lr: f32,
+        pub _pad0: u32,
     }
 }
 
@@ -79,10 +79,7 @@ pub(crate) fn validate_adam_like(
 
 impl Adam {
     /// Adam's uniform; `decoupled` makes it AdamW's.
-    pub(crate) fn scalars_with(&self, decoupled: bool, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        let t = counter.step as f64;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
+    pub(crate) fn scalars_with(&self, decoupled: bool, lr: f64) -> Vec<u8> {
         uniform_bytes(&AdamScalars {
             one_minus_beta1: (1.0 - self.beta1) as f32,
             beta2: self.beta2 as f32,
@@ -98,9 +95,20 @@ impl Adam {
             } else {
                 1.0
             },
-            step_size: (lr / bias_correction1) as f32,
-            inv_sqrt_bias_correction2: (1.0 / bias_correction2.sqrt()) as f32,
+            lr: lr as f32,
+            _pad0: 0,
         })
+    }
+
+    /// [1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)]: the bias corrections of step t.
+    pub(crate) fn bias_corrections(&self, counter: &StepCounter) -> [f64; 4] {
+        let t = counter.step as f64;
+        [
+            1.0 / (1.0 - self.beta1.powf(t)),
+            1.0 / (1.0 - self.beta2.powf(t)).sqrt(),
+            0.0,
+            0.0,
+        ]
     }
 
     /// Adam's reference step; `decoupled` makes it AdamW's.
@@ -171,8 +179,14 @@ impl UpdateRule for Adam {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![Some(0.0), Some(0.0), self.amsgrad.then_some(0.0)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        self.scalars_with(false, counter, lr)
+    fn scalars(&self, lr: f64) -> Vec<u8> {
+        self.scalars_with(false, lr)
+    }
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        self.bias_corrections(counter)
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        Some([1.0, 1.0, 0.0, 0.0])
     }
     fn reference_step(
         &self,

@@ -40,7 +40,7 @@ shader_struct! {
         pub beta2: f32,
         pub eps: f32,
         pub weight_decay: f32,
-        pub step_size: f32,
+        pub lr: f32,
         pub _pad0: u32,
         pub _pad1: u32,
         pub _pad2: u32,
@@ -85,15 +85,26 @@ impl UpdateRule for Adamax {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![Some(0.0), Some(0.0)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&AdamaxScalars {
             one_minus_beta1: (1.0 - self.beta1) as f32,
             beta2: self.beta2 as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
-            step_size: (lr / (1.0 - self.beta1.powf(counter.step as f64))) as f32,
+            lr: lr as f32,
             ..Default::default()
         })
+    }
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        [
+            1.0 / (1.0 - self.beta1.powf(counter.step as f64)),
+            0.0,
+            0.0,
+            0.0,
+        ]
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        Some([1.0, 0.0, 0.0, 0.0])
     }
     fn reference_step(
         &self,

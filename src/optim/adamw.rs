@@ -85,8 +85,14 @@ impl UpdateRule for AdamW {
     fn initial_states(&self) -> Vec<Option<f64>> {
         self.as_adam().initial_states()
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        self.as_adam().scalars_with(true, counter, lr)
+    fn scalars(&self, lr: f64) -> Vec<u8> {
+        self.as_adam().scalars_with(true, lr)
+    }
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        self.as_adam().bias_corrections(counter)
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        Some([1.0, 1.0, 0.0, 0.0])
     }
     fn reference_step(
         &self,

@@ -84,9 +84,22 @@ pub trait UpdateRule {
             ..*counter
         }
     }
-    /// The kernel's uniform (its `…Scalars` struct, as bytes) for the step `counter.step`, which
-    /// [`advance`](Self::advance) has already produced.
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8>;
+    /// The kernel's per-iteration values (its `…Scalars` struct, as bytes) at learning rate
+    /// `lr`: hyperparameters and what depends on the learning rate, nothing that depends on the
+    /// step number (the device keeps that: see [`step_factors`](Self::step_factors)).
+    fn scalars(&self, lr: f64) -> Vec<u8>;
+    /// The parts of step `counter.step` that depend on the step number but not on the learning
+    /// rate (bias corrections, NAdam's momentum products, RAdam's rectification), in float64.
+    /// The host tabulates them by step; the kernel looks up the row of the device's own step
+    /// count, which a skipped step does not advance.
+    fn step_factors(&self, _counter: &StepCounter) -> [f64; 4] {
+        [0.0; 4]
+    }
+    /// What [`step_factors`](Self::step_factors) tends to as the step number grows (the table
+    /// ends where every factor has reached it in float32); `None` when there are no factors.
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        None
+    }
     /// The same step in float64 on the CPU. `states` has one vector per state slot (empty for
     /// unused slots), each as long as `param`.
     fn reference_step(
@@ -203,8 +216,14 @@ impl UpdateRule for OptimizerConfig {
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         each_config!(self, c => c.advance(counter))
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        each_config!(self, c => c.scalars(counter, lr))
+    fn scalars(&self, lr: f64) -> Vec<u8> {
+        each_config!(self, c => c.scalars(lr))
+    }
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        each_config!(self, c => c.step_factors(counter))
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        each_config!(self, c => c.step_factors_limit())
     }
     fn reference_step(
         &self,
@@ -239,6 +258,42 @@ impl_from_config!(
     RAdam(RAdam),
     Adamax(Adamax)
 );
+
+/// The longest step-factor table (64 MiB): enough for any beta up to 1 - 5e-6.
+pub const MAX_FACTOR_STEPS: usize = 1 << 22;
+
+/// [`UpdateRule::step_factors`] for steps 1, 2, ... until every factor is within 2^-30 of its
+/// limit (then it rounds to the limit in float32 and stays there: the kernel uses the last row
+/// for every later step). A rule without factors gets one unused row.
+pub fn step_factor_table(rule: &impl UpdateRule) -> Result<Vec<[f32; 4]>> {
+    let Some(limit) = rule.step_factors_limit() else {
+        return Ok(vec![[0.0; 4]]);
+    };
+    let converged = |f: &[f64; 4]| {
+        f.iter()
+            .zip(&limit)
+            .all(|(v, l)| (v - l).abs() <= 2f64.powi(-30) * l.abs().max(1e-30))
+    };
+    let mut table = Vec::new();
+    let mut counter = StepCounter::default();
+    loop {
+        counter = rule.advance(&counter);
+        let factors = rule.step_factors(&counter);
+        table.push(factors.map(|v| v as f32));
+        if converged(&factors) {
+            return Ok(table);
+        }
+        if table.len() == MAX_FACTOR_STEPS {
+            return Err(Error::InvalidConfig {
+                optimizer: rule.name(),
+                reason: format!(
+                    "its bias corrections still change after {MAX_FACTOR_STEPS} steps \
+                     (a beta closer to 1 than 1 - 5e-6?); such betas are not supported"
+                ),
+            });
+        }
+    }
+}
 
 /// Every kernel family, for the shader tests.
 pub fn all_kernels() -> [&'static Kernel; 8] {

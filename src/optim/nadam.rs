@@ -49,12 +49,8 @@ shader_struct! {
         pub eps: f32,
         pub weight_decay: f32,
         pub decay_factor: f32,
-        pub inv_bias_correction2: f32,
-        pub grad_coef: f32,
-        pub exp_avg_coef: f32,
+        pub lr: f32,
         pub _pad0: u32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 }
 
@@ -73,14 +69,14 @@ impl NAdam {
         self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
     }
 
-    /// (lr (1 - mu_t) / (1 - prod mu_1..t), lr mu_{t+1} / (1 - prod mu_1..t+1)): the weights of
-    /// the gradient and of the first moment in step t.
-    fn coefficients(&self, counter: &StepCounter, lr: f64) -> (f64, f64) {
+    /// ((1 - mu_t) / (1 - prod mu_1..t), mu_{t+1} / (1 - prod mu_1..t+1)): the weights of the
+    /// gradient and of the first moment in step t, per unit of learning rate.
+    fn coefficients(&self, counter: &StepCounter) -> (f64, f64) {
         let mu = self.mu(counter.step);
         let mu_next = self.mu(counter.step + 1);
         (
-            lr * (1.0 - mu) / (1.0 - counter.mu_product),
-            lr * mu_next / (1.0 - counter.mu_product * mu_next),
+            (1.0 - mu) / (1.0 - counter.mu_product),
+            mu_next / (1.0 - counter.mu_product * mu_next),
         )
     }
 }
@@ -125,8 +121,7 @@ impl UpdateRule for NAdam {
             mu_product: counter.mu_product * self.mu(step),
         }
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        let (grad_coef, exp_avg_coef) = self.coefficients(counter, lr);
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         let decoupled = self.decoupled_weight_decay;
         uniform_bytes(&NadamScalars {
             one_minus_beta1: (1.0 - self.beta1) as f32,
@@ -143,11 +138,23 @@ impl UpdateRule for NAdam {
             } else {
                 1.0
             },
-            inv_bias_correction2: (1.0 / (1.0 - self.beta2.powf(counter.step as f64))) as f32,
-            grad_coef: grad_coef as f32,
-            exp_avg_coef: exp_avg_coef as f32,
-            ..Default::default()
+            lr: lr as f32,
+            _pad0: 0,
         })
+    }
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        let (grad_coef, exp_avg_coef) = self.coefficients(counter);
+        let bias_correction2 = 1.0 - self.beta2.powf(counter.step as f64);
+        [1.0 / bias_correction2, grad_coef, exp_avg_coef, 0.0]
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        // mu_t tends to beta1 (to beta1 / 2 without momentum decay); its product to 0.
+        let mu = if self.momentum_decay > 0.0 {
+            self.beta1
+        } else {
+            0.5 * self.beta1
+        };
+        Some([1.0, 1.0 - mu, mu, 0.0])
     }
     fn reference_step(
         &self,
@@ -159,7 +166,8 @@ impl UpdateRule for NAdam {
     ) {
         let [exp_avg, exp_avg_sq] = slots(states);
         let bias_correction2 = 1.0 - self.beta2.powf(counter.step as f64);
-        let (grad_coef, exp_avg_coef) = self.coefficients(counter, lr);
+        let (grad_coef, exp_avg_coef) = self.coefficients(counter);
+        let (grad_coef, exp_avg_coef) = (lr * grad_coef, lr * exp_avg_coef);
         for i in 0..param.len() {
             let mut g = if self.maximize { -grad[i] } else { grad[i] };
             if self.decoupled_weight_decay {

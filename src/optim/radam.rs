@@ -45,8 +45,8 @@ shader_struct! {
         pub eps: f32,
         pub weight_decay: f32,
         pub decay_factor: f32,
-        pub step_size: f32,
-        pub rectified: u32,
+        pub lr: f32,
+        pub _pad0: u32,
     }
 }
 
@@ -106,15 +106,7 @@ impl UpdateRule for RAdam {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![Some(0.0), Some(0.0)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
-        let t = counter.step as f64;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
-        let rect = self.rectification(counter.step);
-        let step_size = match rect {
-            Some(r) => lr * r * bias_correction2.sqrt() / bias_correction1,
-            None => lr / bias_correction1,
-        };
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         let decoupled = self.decoupled_weight_decay;
         uniform_bytes(&RadamScalars {
             one_minus_beta1: (1.0 - self.beta1) as f32,
@@ -131,9 +123,30 @@ impl UpdateRule for RAdam {
             } else {
                 1.0
             },
-            step_size: step_size as f32,
-            rectified: rect.is_some() as u32,
+            lr: lr as f32,
+            _pad0: 0,
         })
+    }
+    /// [step size per unit of lr, 1 if rectified else 0]: r_t sqrt(1 - b2^t) / (1 - b1^t) once
+    /// rho_t > 5, else 1 / (1 - b1^t).
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
+        let t = counter.step as f64;
+        let bias_correction1 = 1.0 - self.beta1.powf(t);
+        let bias_correction2 = 1.0 - self.beta2.powf(t);
+        match self.rectification(counter.step) {
+            Some(r) => [
+                r * bias_correction2.sqrt() / bias_correction1,
+                1.0,
+                0.0,
+                0.0,
+            ],
+            None => [1.0 / bias_correction1, 0.0, 0.0, 0.0],
+        }
+    }
+    fn step_factors_limit(&self) -> Option<[f64; 4]> {
+        // rho_t tends to rho_inf: rectified for ever if that exceeds 5 (beta2 > 2/3).
+        let rectified = 2.0 / (1.0 - self.beta2) - 1.0 > 5.0;
+        Some([1.0, if rectified { 1.0 } else { 0.0 }, 0.0, 0.0])
     }
     fn reference_step(
         &self,

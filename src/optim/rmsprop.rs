@@ -94,7 +94,7 @@ impl UpdateRule for RmsProp {
             (self.momentum > 0.0).then_some(0.0),
         ]
     }
-    fn scalars(&self, _counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&RmspropScalars {
             lr: lr as f32,
             alpha: self.alpha as f32,

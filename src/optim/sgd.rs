@@ -42,9 +42,9 @@ shader_struct! {
         pub dampening_keep: f32,
         pub weight_decay: f32,
         pub decay_factor: f32,
-        pub first_step: u32,
         pub _pad0: u32,
         pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 
@@ -125,14 +125,13 @@ impl UpdateRule for Sgd {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![(self.momentum != 0.0).then_some(0.0)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&SgdScalars {
             lr: lr as f32,
             momentum: self.momentum as f32,
             dampening_keep: (1.0 - self.dampening) as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: 1.0,
-            first_step: (counter.step == 1) as u32,
             ..Default::default()
         })
     }

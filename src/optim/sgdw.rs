@@ -72,14 +72,13 @@ impl UpdateRule for Sgdw {
     fn initial_states(&self) -> Vec<Option<f64>> {
         vec![(self.momentum != 0.0).then_some(0.0)]
     }
-    fn scalars(&self, counter: &StepCounter, lr: f64) -> Vec<u8> {
+    fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&SgdScalars {
             lr: lr as f32,
             momentum: self.momentum as f32,
             dampening_keep: (1.0 - self.dampening) as f32,
             weight_decay: 0.0,
             decay_factor: (1.0 - lr * self.weight_decay) as f32,
-            first_step: (counter.step == 1) as u32,
             ..Default::default()
         })
     }

@@ -1,0 +1,433 @@
+//! What happens around the update, on the device, every step: the global gradient norm (for
+//! clipping), the non-finite check and the loss scale (for mixed precision), and the step
+//! count. One small control buffer per group holds their state; the host writes it only when
+//! the options change and reads it only when asked, never inside a step.
+//!
+//! Per step and group, in one compute pass:
+//! 1. `norm.wgsl`, one dispatch per segment (only with clipping or loss scaling): partial sums
+//!    of squares and a non-finite flag. It reads the gradients once more: 4 extra bytes per
+//!    element.
+//! 2. `finalize.wgsl`, one workgroup: norm, clip coefficient, skip or advance, loss-scale update.
+//! 3. the optimizer kernel, one dispatch per segment: returns at once on a skipped step, else
+//!    multiplies each gradient by the control's multiplier and looks up its step factors.
+
+use serde::{Deserialize, Serialize};
+
+use super::group::Segment;
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{
+    BindingKind, CONTROL_WGSL, Element, UtilityKernel, shader_struct, workgroups_for,
+};
+use crate::schedule::Schedule;
+
+shader_struct! {
+    /// A group's step control on the device (`shaders/control.wgsl`).
+    pub struct StepControl {
+        pub step: u32,
+        pub skip: u32,
+        pub grad_multiplier: f32,
+        pub grad_norm: f32,
+        pub loss_scale: f32,
+        pub growth_tracker: u32,
+        pub found_inf: u32,
+        pub skipped_steps: u32,
+    }
+}
+
+shader_struct! {
+    /// The finalize kernel's settings (`shaders/finalize.wgsl`), written when options change.
+    pub struct ControlSettings {
+        pub partial_count: u32,
+        pub clip: u32,
+        pub scaler: u32,
+        pub growth_interval: u32,
+        pub max_norm: f32,
+        pub growth_factor: f32,
+        pub backoff_factor: f32,
+        pub _pad0: u32,
+    }
+}
+
+/// The per-segment reduction.
+pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
+    name: "norm",
+    source: include_str!("../../shaders/norm.wgsl"),
+    pieces: &[],
+    elementwise: true,
+    uniform: None,
+    bindings: &[
+        BindingKind::Storage { read_only: true },
+        BindingKind::Storage { read_only: false },
+        BindingKind::Storage { read_only: false },
+    ],
+};
+
+/// The once-per-step control update.
+pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
+    name: "finalize",
+    source: include_str!("../../shaders/finalize.wgsl"),
+    pieces: &[CONTROL_WGSL],
+    elementwise: false,
+    uniform: Some(&ControlSettings::LAYOUT),
+    bindings: &[
+        BindingKind::Uniform,
+        BindingKind::Storage { read_only: true },
+        BindingKind::Storage { read_only: false },
+        BindingKind::Storage { read_only: false },
+    ],
+};
+
+/// Dynamic loss scaling, as `torch.amp.GradScaler` does it: gradients arrive multiplied by the
+/// current scale; a step whose gradients hold an inf or a NaN is skipped whole and the scale
+/// shrinks by `backoff_factor`; after `growth_interval` good steps in a row it grows by
+/// `growth_factor`. A static scale: `growth_factor` = `backoff_factor` = 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GradScaler {
+    pub init_scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: u32,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        Self {
+            init_scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+        }
+    }
+}
+
+impl GradScaler {
+    /// A fixed scale: divide by it, skip non-finite steps, never change it.
+    pub fn fixed(scale: f64) -> Self {
+        Self {
+            init_scale: scale,
+            growth_factor: 1.0,
+            backoff_factor: 1.0,
+            growth_interval: 1,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Error::InvalidConfig {
+            optimizer: "grad scaler",
+            reason,
+        };
+        if !(self.init_scale.is_finite() && self.init_scale > 0.0) {
+            return Err(bad(format!(
+                "init_scale must be finite and > 0, got {}",
+                self.init_scale
+            )));
+        }
+        if !(self.growth_factor.is_finite() && self.growth_factor >= 1.0) {
+            return Err(bad(format!(
+                "growth_factor must be >= 1, got {}",
+                self.growth_factor
+            )));
+        }
+        if !(self.backoff_factor > 0.0 && self.backoff_factor <= 1.0) {
+            return Err(bad(format!(
+                "backoff_factor must be in (0, 1], got {}",
+                self.backoff_factor
+            )));
+        }
+        if self.growth_interval == 0 {
+            return Err(bad("growth_interval must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What a training loop needs around a group's update.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingOptions {
+    /// Clip by the global L2 norm over all the group's gradients, as
+    /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: gradients times
+    /// min(1, max_norm / (norm + 1e-6)).
+    pub max_grad_norm: Option<f64>,
+    /// Loss scaling: unscale the gradients, skip non-finite steps, adapt the scale.
+    pub grad_scaler: Option<GradScaler>,
+    /// The learning rate of each iteration, from the group's base rate.
+    pub schedule: Option<Schedule>,
+}
+
+impl TrainingOptions {
+    /// Checks every option.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(max) = self.max_grad_norm
+            && !(max.is_finite() && max > 0.0)
+        {
+            return Err(Error::InvalidConfig {
+                optimizer: "gradient clipping",
+                reason: format!("max_grad_norm must be finite and > 0, got {max}"),
+            });
+        }
+        if let Some(scaler) = &self.grad_scaler {
+            scaler.validate()?;
+        }
+        if let Some(schedule) = &self.schedule {
+            schedule.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Whether steps need the norm pass over the gradients.
+    pub fn needs_norm(&self) -> bool {
+        self.max_grad_norm.is_some() || self.grad_scaler.is_some()
+    }
+}
+
+/// A group's step control as read back after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Optimizer steps applied so far (skipped ones not counted).
+    pub step: u64,
+    /// Whether the last step was skipped.
+    pub skipped: bool,
+    /// Whether the last step's gradients held an inf or a NaN (with clipping or a scaler).
+    pub found_inf: bool,
+    /// The last step's global L2 gradient norm, unscaled and before clipping (with clipping or
+    /// a scaler; 0 otherwise).
+    pub grad_norm: f64,
+    /// The loss scale the next step's gradients should carry (1 without a scaler).
+    pub loss_scale: f64,
+    /// Good steps since the scale last changed.
+    pub growth_tracker: u32,
+    /// Steps skipped so far.
+    pub skipped_steps: u64,
+}
+
+impl From<StepControl> for StepReport {
+    fn from(c: StepControl) -> Self {
+        Self {
+            step: c.step as u64,
+            skipped: c.skip != 0,
+            found_inf: c.found_inf != 0,
+            grad_norm: c.grad_norm as f64,
+            loss_scale: c.loss_scale as f64,
+            growth_tracker: c.growth_tracker,
+            skipped_steps: c.skipped_steps as u64,
+        }
+    }
+}
+
+/// One group's control buffers, bind groups and pipelines.
+pub(crate) struct Control {
+    /// The [`StepControl`].
+    pub buffer: wgpu::Buffer,
+    /// The step-factor table (`array<vec4<f32>>`).
+    pub factors: wgpu::Buffer,
+    settings: wgpu::Buffer,
+    partial_count: u32,
+    /// One norm dispatch per segment: bind group, workgroups, element type.
+    norm: Vec<(wgpu::BindGroup, (u32, u32), Element)>,
+    norm_pipelines: Vec<(Element, wgpu::ComputePipeline)>,
+    finalize: (wgpu::BindGroup, wgpu::ComputePipeline),
+    /// Whether steps run the norm pass.
+    pub norm_enabled: bool,
+}
+
+impl Control {
+    /// Allocates a group's control: its step starts at 0, its loss scale at the scaler's.
+    pub fn new(ctx: &GpuContext, segments: &[Segment], factor_table: &[[f32; 4]]) -> Self {
+        let device = &ctx.device;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step control"),
+            size: std::mem::size_of::<StepControl>() as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let factors = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step factors"),
+            size: (factor_table.len() * 16) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue
+            .write_buffer(&factors, 0, bytemuck::cast_slice(factor_table));
+        let settings = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("control settings"),
+            size: std::mem::size_of::<ControlSettings>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let flags = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("non-finite flag"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        // Each segment's partial sums start at an aligned offset (they are bound as slices);
+        // the gaps stay zero and add nothing.
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+        let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
+        let mut slices = Vec::with_capacity(segments.len());
+        let mut next = 0u64;
+        for segment in segments {
+            let workgroups =
+                workgroups_for(segment.grad.len / segment.element.width(), max_per_dim);
+            let count = workgroups.0 as u64 * workgroups.1 as u64;
+            slices.push((next, count, workgroups));
+            next = (next + count).next_multiple_of(align);
+        }
+        let partial_count = next.max(1);
+        let partials = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("norm partials"),
+            size: partial_count * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let mut norm_pipelines: Vec<(Element, wgpu::ComputePipeline)> = Vec::new();
+        let norm = segments
+            .iter()
+            .zip(&slices)
+            .map(|(segment, &(offset, count, workgroups))| {
+                let (layout, pipeline) = ctx.kernels.utility(device, &NORM_KERNEL, segment.element);
+                if !norm_pipelines.iter().any(|(e, _)| *e == segment.element) {
+                    norm_pipelines.push((segment.element, pipeline));
+                }
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("norm"),
+                    layout: &layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: segment.grad.binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &partials,
+                                offset: offset * 4,
+                                size: wgpu::BufferSize::new(count * 4),
+                            }),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: flags.as_entire_binding(),
+                        },
+                    ],
+                });
+                (bind_group, workgroups, segment.element)
+            })
+            .collect();
+        let (layout, pipeline) = ctx
+            .kernels
+            .utility(device, &FINALIZE_KERNEL, Element::Scalar);
+        let finalize_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("finalize"),
+            layout: &layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: settings.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: partials.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: flags.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: buffer.as_entire_binding(),
+                },
+            ],
+        });
+        Self {
+            buffer,
+            factors,
+            settings,
+            partial_count: partial_count as u32,
+            norm,
+            norm_pipelines,
+            finalize: (finalize_group, pipeline),
+            norm_enabled: false,
+        }
+    }
+
+    /// Writes the finalize kernel's settings for `options` (not inside a step: when the
+    /// options change).
+    pub fn apply(&mut self, ctx: &GpuContext, options: &TrainingOptions) {
+        self.norm_enabled = options.needs_norm();
+        let scaler = options
+            .grad_scaler
+            .clone()
+            .unwrap_or_else(|| GradScaler::fixed(1.0));
+        let settings = ControlSettings {
+            partial_count: if self.norm_enabled {
+                self.partial_count
+            } else {
+                0
+            },
+            clip: options.max_grad_norm.is_some() as u32,
+            scaler: options.grad_scaler.is_some() as u32,
+            growth_interval: scaler.growth_interval,
+            max_norm: options.max_grad_norm.unwrap_or(0.0) as f32,
+            growth_factor: scaler.growth_factor as f32,
+            backoff_factor: scaler.backoff_factor as f32,
+            _pad0: 0,
+        };
+        ctx.queue
+            .write_buffer(&self.settings, 0, bytemuck::bytes_of(&settings));
+    }
+
+    /// Overwrites the whole control state (a new group, a new scaler, a checkpoint).
+    pub fn write_state(&self, ctx: &GpuContext, state: &StepControl) {
+        ctx.queue
+            .write_buffer(&self.buffer, 0, bytemuck::bytes_of(state));
+    }
+
+    /// Replaces the step-factor table (new betas); its length stays.
+    pub fn write_factors(&self, ctx: &GpuContext, table: &[[f32; 4]]) {
+        ctx.queue
+            .write_buffer(&self.factors, 0, bytemuck::cast_slice(table));
+    }
+
+    /// Records the norm pass (if enabled) and the finalize dispatch.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass) {
+        if self.norm_enabled {
+            for (element, pipeline) in &self.norm_pipelines {
+                pass.set_pipeline(pipeline);
+                for (bind_group, (x, y), _) in self.norm.iter().filter(|n| n.2 == *element) {
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                }
+            }
+        }
+        pass.set_pipeline(&self.finalize.1);
+        pass.set_bind_group(0, &self.finalize.0, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// Dispatches a step records for this control.
+    pub fn dispatches(&self) -> usize {
+        1 + if self.norm_enabled {
+            self.norm.len()
+        } else {
+            0
+        }
+    }
+}
+
+/// The control state of a fresh group.
+pub(crate) fn initial_state(options: &TrainingOptions) -> StepControl {
+    StepControl {
+        grad_multiplier: 1.0,
+        loss_scale: options
+            .grad_scaler
+            .as_ref()
+            .map_or(1.0, |s| s.init_scale as f32),
+        ..Default::default()
+    }
+}

@@ -56,7 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         v_used = max(max_exp_avg_sq[i], v);
         max_exp_avg_sq[i] = v_used;
     }
-    let f = current_step_factors();
+    let f = control.factors;
     let denom = sqrt(v_used) * f.y + s.eps;
     param[i] = p - s.lr * f.x * m / denom;
 }

@@ -41,5 +41,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let u = max(s.beta2 * exp_inf[i], abs(g) + s.eps);
     exp_inf[i] = u;
     // Step factor x = 1 / (1 - beta1^t).
-    param[i] = p - s.lr * current_step_factors().x * m / u;
+    param[i] = p - s.lr * control.factors.x * m / u;
 }

@@ -1,8 +1,13 @@
-// A parameter group's step control: one small storage buffer per group, written only by the
-// finalize kernel, read by the optimizer kernels, and by the host when asked.
+// A parameter group's step control: one small buffer per group, written only by the finalize
+// kernel (as storage), read by the optimizer kernels (as a uniform: every invocation reads the
+// same values, which the uniform path serves from the constant cache) and by the host when
+// asked.
 
 // Mirrors `StepControl` in src/engine/control.rs.
 struct StepControl {
+    // This step's row of the step-factor table (bias corrections and the like), which the
+    // host computed in float64 for every step number.
+    factors: vec4<f32>,
     // Optimizer steps applied so far, this one included; a skipped step does not count.
     step: u32,
     // 1 when this step is skipped whole (non-finite gradients under loss scaling).

@@ -4,7 +4,8 @@
 //   norm = sqrt(sum of g^2) / loss_scale                       (torch.nn.utils.clip_grad_norm_)
 //   multiplier = 1 / loss_scale * min(1, max_norm / (norm + 1e-6))
 //   non-finite gradients under loss scaling: skip; scale *= backoff; tracker = 0
-//   otherwise: step += 1; after growth_interval good steps, scale *= growth  (GradScaler)
+//   otherwise: step += 1, that step's factors; after growth_interval good steps, scale *= growth
+//   (GradScaler)
 
 // Mirrors `ControlSettings` in src/engine/control.rs; written when the options change.
 struct ControlSettings {
@@ -25,6 +26,8 @@ struct ControlSettings {
 @group(0) @binding(1) var<storage, read> partials: array<f32>;
 @group(0) @binding(2) var<storage, read_write> flags: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> control: StepControl;
+// The host's table of step-dependent factors, one row per step number.
+@group(0) @binding(4) var<storage, read> step_factors: array<vec4<f32>>;
 
 var<workgroup> sums: array<f32, WORKGROUP_SIZE>;
 
@@ -65,7 +68,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         return;
     }
     control.skip = 0u;
-    control.step = control.step + 1u;
+    let step = control.step + 1u;
+    control.step = step;
+    // Past the table's end the factors have converged to its last row.
+    control.factors = step_factors[min(step, arrayLength(&step_factors)) - 1u];
     if (scaling) {
         let good_steps = control.growth_tracker + 1u;
         if (good_steps == settings.growth_interval) {

@@ -50,7 +50,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
-    let f = current_step_factors();
+    let f = control.factors;
     let denom = sqrt(v * f.x) + s.eps;
     p = p - s.lr * f.y * g / denom;
     param[i] = p - s.lr * f.z * m / denom;

@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
-    let f = current_step_factors();
+    let f = control.factors;
     if (f.y != 0.0) {
         param[i] = p - s.lr * f.x * m / (sqrt(v) + s.eps);
     } else {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::context::{AdapterSummary, GpuContext};
+use crate::engine::control::TrainingOptions;
 use crate::engine::{Optimizer, Role, Span, TensorId, TensorInit};
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
@@ -124,6 +125,9 @@ pub struct BenchOptions {
     pub min_working_set_bytes: u64,
     /// The copy kernel's buffers hold at most this many bytes (and one binding's worth).
     pub max_copy_bytes: u64,
+    /// Clipping and loss scaling for every measured group (their norm pass reads the
+    /// gradients once more: 4 bytes per element, counted).
+    pub training: TrainingOptions,
 }
 
 impl Default for BenchOptions {
@@ -133,6 +137,7 @@ impl Default for BenchOptions {
             warmup: 5,
             min_working_set_bytes: 256 << 20,
             max_copy_bytes: 1 << 30,
+            training: TrainingOptions::default(),
         }
     }
 }
@@ -146,6 +151,7 @@ impl BenchOptions {
             warmup: 2,
             min_working_set_bytes: 128 << 20,
             max_copy_bytes: 64 << 20,
+            training: TrainingOptions::default(),
         }
     }
 }
@@ -172,6 +178,9 @@ pub struct CopyResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub optimizer: String,
+    /// "clip", "scaler", "clip+scaler", or empty.
+    #[serde(default)]
+    pub features: String,
     pub workload: String,
     pub elements: u64,
     pub tensors: usize,
@@ -216,7 +225,7 @@ impl BenchReport {
             self.timing,
         );
         out.push_str(&format!(
-            "{:<9} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>8}\n",
+            "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>8}\n",
             "optimizer",
             "size",
             "tensors",
@@ -228,9 +237,14 @@ impl BenchReport {
             "ns/elem"
         ));
         for r in &self.results {
+            let name = if r.features.is_empty() {
+                r.optimizer.clone()
+            } else {
+                format!("{}+{}", r.optimizer, r.features)
+            };
             out.push_str(&format!(
-                "{:<9} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.1} {:>7.3} {:>8.4}\n",
-                r.optimizer,
+                "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.1} {:>7.3} {:>8.4}\n",
+                name,
                 r.workload,
                 r.tensors,
                 r.bytes_per_element,
@@ -408,6 +422,7 @@ pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResu
 pub struct PreparedSteps {
     ctx: GpuContext,
     config: OptimizerConfig,
+    training: TrainingOptions,
     workload: Workload,
     instances: Vec<Optimizer>,
     next: usize,
@@ -434,7 +449,11 @@ impl PreparedSteps {
         let mut instances = Vec::with_capacity(count);
         for k in 0..count {
             let mut opt = Optimizer::builder(ctx)
-                .group(config.clone(), lens.iter().map(|&n| TensorInit::Zeros(n)))
+                .group_with(
+                    config.clone(),
+                    options.training.clone(),
+                    lens.iter().map(|&n| TensorInit::Zeros(n)),
+                )
                 .build()?;
             for (t, &len) in lens.iter().enumerate() {
                 let seed = (k * lens.len() + t) as u32;
@@ -453,6 +472,7 @@ impl PreparedSteps {
         Ok(Self {
             ctx: ctx.clone(),
             config: config.clone(),
+            training: options.training.clone(),
             workload: workload.clone(),
             instances,
             next: 0,
@@ -464,9 +484,15 @@ impl PreparedSteps {
         self.workload.lens().iter().sum()
     }
 
+    /// The fewest bytes one step must move per element: the update's, plus one more read of
+    /// the gradients for the norm when clipping or loss scaling.
+    pub fn bytes_per_element(&self) -> u64 {
+        self.config.bytes_per_element() + if self.training.needs_norm() { 4 } else { 0 }
+    }
+
     /// The fewest bytes one step must move.
     pub fn bytes_per_step(&self) -> u64 {
-        self.config.bytes_per_element() * self.elements()
+        self.bytes_per_element() * self.elements()
     }
 
     /// Times `steps` steps, rotating over the instances; seconds per step, and how.
@@ -493,12 +519,22 @@ pub fn bench_optimizer(
     let seconds = median(&mut times);
     let elements = prepared.elements();
     let gbps = prepared.bytes_per_step() as f64 / seconds / 1e9;
+    let features = [
+        (options.training.max_grad_norm.is_some(), "clip"),
+        (options.training.grad_scaler.is_some(), "scaler"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join("+");
     Ok(BenchResult {
         optimizer: config.name().into(),
+        features,
         workload: workload.label(),
         elements,
         tensors: workload.lens().len(),
-        bytes_per_element: config.bytes_per_element(),
+        bytes_per_element: prepared.bytes_per_element(),
         dispatches_per_step: prepared.instances[0].dispatches_per_step(),
         instances: prepared.instances.len(),
         median_ms: seconds * 1e3,

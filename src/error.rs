@@ -94,6 +94,10 @@ pub enum Error {
     #[error("GPU wait failed: {0}")]
     Wait(String),
 
+    /// A checkpoint that cannot be written, read, or applied to this optimizer.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+
     /// The conformance fixture could not be read or parsed.
     #[error("conformance fixture {path}: {reason}")]
     Fixture { path: String, reason: String },

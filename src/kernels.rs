@@ -239,8 +239,17 @@ impl KernelCache {
                 }
                 entries.extend([storage(1, false), storage(2, true)]);
                 entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
-                // The step control and the step-factor table.
-                entries.extend([storage(6, true), storage(7, true)]);
+                // The step control, read as a uniform.
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: 6,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
                     entries: &entries,

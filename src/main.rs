@@ -12,7 +12,7 @@ use wgpu_optim::context::AdapterSummary;
 use wgpu_optim::context::list_adapters;
 use wgpu_optim::optim::OPTIMIZER_NAMES;
 use wgpu_optim::report;
-use wgpu_optim::{ContextOptions, GpuContext};
+use wgpu_optim::{ContextOptions, GpuContext, GradScaler, TrainingOptions};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +97,12 @@ enum Command {
         /// Untimed steps before timing.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
+        /// Clip every step by the global gradient norm (measures the norm pass's cost).
+        #[arg(long, value_name = "MAX_NORM")]
+        max_grad_norm: Option<f64>,
+        /// Loss scaling with GradScaler's defaults (measures the non-finite check's cost).
+        #[arg(long)]
+        grad_scaler: bool,
         /// Also write the full results (adapter, copy ceiling, every measurement) as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -152,9 +158,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sizes,
             steps,
             warmup,
+            max_grad_norm,
+            grad_scaler,
             json,
             adapter,
-        } => run_bench(&optimizers, &sizes, steps, warmup, json, &adapter),
+        } => {
+            let options = BenchOptions {
+                steps,
+                warmup,
+                training: TrainingOptions {
+                    max_grad_norm,
+                    grad_scaler: grad_scaler.then(GradScaler::default),
+                    schedule: None,
+                },
+                ..Default::default()
+            };
+            run_bench(&optimizers, &sizes, &options, json, &adapter)
+        }
         Command::Report {
             files,
             chart,
@@ -278,11 +298,11 @@ fn run_conformance(file: Option<PathBuf>, json: bool, adapter: &AdapterArgs) -> 
 fn run_bench(
     optimizers: &[String],
     sizes: &[String],
-    steps: usize,
-    warmup: usize,
+    options: &BenchOptions,
     json: Option<PathBuf>,
     adapter: &AdapterArgs,
 ) -> Result<ExitCode> {
+    options.training.validate()?;
     let names: Vec<&str> = if optimizers.is_empty() {
         OPTIMIZER_NAMES.to_vec()
     } else {
@@ -297,13 +317,8 @@ fn run_bench(
         .map(|s| Workload::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let ctx = adapter.context()?;
-    let options = BenchOptions {
-        steps,
-        warmup,
-        ..Default::default()
-    };
     let bar = progress_bar((configs.len() * workloads.len()) as u64, "bench");
-    let report = bench::run(&ctx, &configs, &workloads, &options, |r| {
+    let report = bench::run(&ctx, &configs, &workloads, options, |r| {
         bar.set_message(format!("{} {}", r.optimizer, r.workload));
         bar.inc(1);
     })?;

@@ -42,10 +42,24 @@ pub struct FileCopy {
 #[derive(Clone, Debug, Deserialize)]
 pub struct FileResult {
     pub optimizer: String,
+    /// Clipping or loss scaling measured with it (absent in older files).
+    #[serde(default)]
+    pub features: String,
     pub workload: String,
     pub bytes_per_element: u64,
     pub gbps: f64,
     pub fraction_of_copy: f64,
+}
+
+impl FileResult {
+    /// The optimizer with its measured features: "adamw", "adamw+clip+scaler".
+    pub fn label(&self) -> String {
+        if self.features.is_empty() {
+            self.optimizer.clone()
+        } else {
+            format!("{}+{}", self.optimizer, self.features)
+        }
+    }
 }
 
 impl BenchFile {
@@ -72,7 +86,7 @@ fn rows(files: &[BenchFile]) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = Vec::new();
     for file in files {
         for r in &file.results {
-            let key = (r.workload.clone(), r.optimizer.clone());
+            let key = (r.workload.clone(), r.label());
             if !rows.contains(&key) {
                 rows.push(key);
             }
@@ -84,7 +98,7 @@ fn rows(files: &[BenchFile]) -> Vec<(String, String)> {
 fn find<'a>(file: &'a BenchFile, workload: &str, optimizer: &str) -> Option<&'a FileResult> {
     file.results
         .iter()
-        .find(|r| r.workload == workload && r.optimizer == optimizer)
+        .find(|r| r.workload == workload && r.label() == optimizer)
 }
 
 /// The markdown: the adapters with their copy ceiling, then GB/s and fraction of copy for

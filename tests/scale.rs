@@ -273,8 +273,14 @@ fn steps_allocate_nothing_and_queue_without_waiting() {
     let ctx = wgpu_optim::GpuContext::new(&Default::default()).unwrap();
     let sizes = [1000u64, 4096, 7];
     let inits: Vec<TensorInit> = sizes.iter().map(|&n| TensorInit::Zeros(n)).collect();
+    // Clipping and loss scaling too: their norm and finalize passes run on the device.
+    let options = wgpu_optim::TrainingOptions {
+        max_grad_norm: Some(1.0),
+        grad_scaler: Some(wgpu_optim::GradScaler::default()),
+        schedule: Some(wgpu_optim::Schedule::Exponential { gamma: 0.99 }),
+    };
     let mut opt = Optimizer::builder(&ctx)
-        .group(AdamW::default(), inits.clone())
+        .group_with(AdamW::default(), options, inits.clone())
         .group(
             Sgd {
                 momentum: 0.9,

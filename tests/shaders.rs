@@ -131,11 +131,7 @@ fn bindings_are_the_ones_the_engine_binds() {
         for (k, name) in kernel.state_slots.iter().enumerate() {
             expected.push((3 + k as u32, name.to_string(), rw));
         }
-        let read = AddressSpace::Storage {
-            access: StorageAccess::LOAD,
-        };
-        expected.push((6, "control".to_string(), read));
-        expected.push((7, "step_factors".to_string(), read));
+        expected.push((6, "control".to_string(), AddressSpace::Uniform));
         assert_eq!(bound, expected, "{}", kernel.name);
     }
 }

@@ -8,8 +8,10 @@
 //!    of squares and a non-finite flag. It reads the gradients once more: 4 extra bytes per
 //!    element.
 //! 2. `finalize.wgsl`, one workgroup: norm, clip coefficient, skip or advance, loss-scale update.
-//! 3. the optimizer kernel, one dispatch per segment: returns at once on a skipped step, else
-//!    multiplies each gradient by the control's multiplier and looks up its step factors.
+//!    It also copies the step's row of the step-factor table into the control.
+//! 3. the optimizer kernel, one dispatch per segment, reading the control as a uniform: returns
+//!    at once on a skipped step, else multiplies each gradient by the control's multiplier and
+//!    uses its step factors.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,7 @@ use crate::schedule::Schedule;
 shader_struct! {
     /// A group's step control on the device (`shaders/control.wgsl`).
     pub struct StepControl {
+        pub factors: [f32; 4],
         pub step: u32,
         pub skip: u32,
         pub grad_multiplier: f32,
@@ -75,6 +78,7 @@ pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },
         BindingKind::Storage { read_only: false },
+        BindingKind::Storage { read_only: true },
     ],
 };
 
@@ -222,8 +226,10 @@ pub(crate) struct Control {
     /// The [`StepControl`].
     pub buffer: wgpu::Buffer,
     /// The step-factor table (`array<vec4<f32>>`).
-    pub factors: wgpu::Buffer,
+    factors: wgpu::Buffer,
     settings: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    flags: wgpu::Buffer,
     partial_count: u32,
     /// One norm dispatch per segment: bind group, workgroups, element type.
     norm: Vec<(wgpu::BindGroup, (u32, u32), Element)>,
@@ -241,18 +247,12 @@ impl Control {
             label: Some("step control"),
             size: std::mem::size_of::<StepControl>() as u64,
             usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let factors = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step factors"),
-            size: (factor_table.len() * 16) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue
-            .write_buffer(&factors, 0, bytemuck::cast_slice(factor_table));
+        let factors = factor_buffer(ctx, factor_table);
         let settings = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("control settings"),
             size: std::mem::size_of::<ControlSettings>() as u64,
@@ -319,39 +319,17 @@ impl Control {
                 (bind_group, workgroups, segment.element)
             })
             .collect();
-        let (layout, pipeline) = ctx
-            .kernels
-            .utility(device, &FINALIZE_KERNEL, Element::Scalar);
-        let finalize_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("finalize"),
-            layout: &layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: settings.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: partials.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: flags.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: buffer.as_entire_binding(),
-                },
-            ],
-        });
+        let finalize = finalize_bind_group(ctx, &settings, &partials, &flags, &buffer, &factors);
         Self {
             buffer,
             factors,
             settings,
+            partials,
+            flags,
             partial_count: partial_count as u32,
             norm,
             norm_pipelines,
-            finalize: (finalize_group, pipeline),
+            finalize,
             norm_enabled: false,
         }
     }
@@ -388,10 +366,22 @@ impl Control {
             .write_buffer(&self.buffer, 0, bytemuck::bytes_of(state));
     }
 
-    /// Replaces the step-factor table (new betas); its length stays.
-    pub fn write_factors(&self, ctx: &GpuContext, table: &[[f32; 4]]) {
-        ctx.queue
-            .write_buffer(&self.factors, 0, bytemuck::cast_slice(table));
+    /// Replaces the step-factor table (new betas), in place if it keeps its length.
+    pub fn set_factors(&mut self, ctx: &GpuContext, table: &[[f32; 4]]) {
+        if self.factors.size() == (table.len() * 16) as u64 {
+            ctx.queue
+                .write_buffer(&self.factors, 0, bytemuck::cast_slice(table));
+        } else {
+            self.factors = factor_buffer(ctx, table);
+            self.finalize = finalize_bind_group(
+                ctx,
+                &self.settings,
+                &self.partials,
+                &self.flags,
+                &self.buffer,
+                &self.factors,
+            );
+        }
     }
 
     /// Records the norm pass (if enabled) and the finalize dispatch.
@@ -418,6 +408,46 @@ impl Control {
             0
         }
     }
+}
+
+fn factor_buffer(ctx: &GpuContext, table: &[[f32; 4]]) -> wgpu::Buffer {
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("step factors"),
+        size: (table.len() * 16) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(table));
+    buffer
+}
+
+/// The finalize kernel's bind group and pipeline.
+fn finalize_bind_group(
+    ctx: &GpuContext,
+    settings: &wgpu::Buffer,
+    partials: &wgpu::Buffer,
+    flags: &wgpu::Buffer,
+    control: &wgpu::Buffer,
+    factors: &wgpu::Buffer,
+) -> (wgpu::BindGroup, wgpu::ComputePipeline) {
+    let (layout, pipeline) = ctx
+        .kernels
+        .utility(&ctx.device, &FINALIZE_KERNEL, Element::Scalar);
+    let entries: Vec<wgpu::BindGroupEntry> = [settings, partials, flags, control, factors]
+        .iter()
+        .enumerate()
+        .map(|(binding, buffer)| wgpu::BindGroupEntry {
+            binding: binding as u32,
+            resource: buffer.as_entire_binding(),
+        })
+        .collect();
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("finalize"),
+        layout: &layout,
+        entries: &entries,
+    });
+    (bind_group, pipeline)
 }
 
 /// The control state of a fresh group.

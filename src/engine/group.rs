@@ -87,8 +87,6 @@ pub(crate) struct Group {
     /// own step count lives on the device, in the control.)
     pub iterations: u64,
     pub control: Control,
-    /// Rows of the step-factor table now allocated.
-    factor_rows: usize,
     /// Bound to the state slots the configuration does not use.
     placeholders: Vec<wgpu::Buffer>,
     /// How the kernel receives its per-step values.
@@ -167,7 +165,7 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
 }
 
 /// The step-factor table is one binding: it must fit the device's limits.
-fn check_factor_table(
+pub(crate) fn check_factor_table(
     ctx: &GpuContext,
     config: &OptimizerConfig,
     table: &[[f32; 4]],
@@ -347,7 +345,6 @@ impl Group {
             options,
             iterations: 0,
             control,
-            factor_rows: factor_table.len(),
             placeholders: placeholders.to_vec(),
             scalar_binding,
             uniform,
@@ -387,10 +384,6 @@ impl Group {
                     binding: 6,
                     resource: self.control.buffer.as_entire_binding(),
                 },
-                wgpu::BindGroupEntry {
-                    binding: 7,
-                    resource: self.control.factors.as_entire_binding(),
-                },
             ]);
             for (slot, state) in segment.states.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
@@ -428,20 +421,7 @@ impl Group {
         check_factor_table(ctx, &config, &table)?;
         self.config = config;
         self.refresh_pipelines(ctx);
-        if table.len() == self.factor_rows {
-            self.control.write_factors(ctx, &table);
-        } else {
-            self.control.factors = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step factors"),
-                size: (table.len() * 16) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            self.control.write_factors(ctx, &table);
-            self.factor_rows = table.len();
-            // Only the optimizer's own buffers change: binding cannot fail on a caller's.
-            self.bind_segments(ctx, 0)?;
-        }
+        self.control.set_factors(ctx, &table);
         Ok(())
     }
 

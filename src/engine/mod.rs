@@ -15,6 +15,7 @@
 //! it does not wait for the GPU.
 
 pub mod arena;
+mod checkpoint;
 pub mod control;
 mod group;
 mod transfer;

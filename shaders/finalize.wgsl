@@ -29,22 +29,13 @@ struct ControlSettings {
 // The host's table of step-dependent factors, one row per step number.
 @group(0) @binding(4) var<storage, read> step_factors: array<vec4<f32>>;
 
-var<workgroup> sums: array<f32, WORKGROUP_SIZE>;
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(local_invocation_index) lid: u32) {
     var square_sum = 0.0;
     for (var k = lid; k < settings.partial_count; k = k + WORKGROUP_SIZE) {
         square_sum = square_sum + partials[k];
     }
-    sums[lid] = square_sum;
-    workgroupBarrier();
-    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            sums[lid] = sums[lid] + sums[lid + half];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, square_sum);
     if (lid != 0u) {
         return;
     }
@@ -52,7 +43,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let scaling = settings.scaler != 0u;
     let scale = select(1.0, control.loss_scale, scaling);
     let inv_scale = 1.0 / scale;
-    let norm = sqrt(sums[0]) * inv_scale;
+    let norm = sqrt(total) * inv_scale;
     var clip = 1.0;
     if (settings.clip != 0u) {
         clip = min(1.0, settings.max_norm / (norm + 1e-6));

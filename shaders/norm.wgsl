@@ -8,8 +8,6 @@
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(2) var<storage, read_write> flags: array<atomic<u32>>;
 
-var<workgroup> sums: array<f32, WORKGROUP_SIZE>;
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -24,15 +22,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             atomicOr(&flags[0], 1u);
         }
     }
-    sums[lid] = square_sum;
-    workgroupBarrier();
-    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            sums[lid] = sums[lid] + sums[lid + half];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, square_sum);
     if (lid == 0u) {
-        partials[wg.y * nwg.x + wg.x] = sums[0];
+        partials[wg.y * nwg.x + wg.x] = total;
     }
 }

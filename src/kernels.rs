@@ -28,6 +28,23 @@ pub const CONTROL_WGSL: &str = include_str!("../shaders/control.wgsl");
 /// The bindings and helpers every optimizer kernel uses to read its step control.
 pub const STEP_WGSL: &str = include_str!("../shaders/step.wgsl");
 
+/// A workgroup-wide sum, shared by the norm and finalize kernels.
+pub const REDUCE_WGSL: &str = include_str!("../shaders/reduce.wgsl");
+
+/// A buffer binding visible to compute shaders.
+fn buffer_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
 /// Threads per workgroup of every optimizer kernel (`WORKGROUP_SIZE` in `common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
@@ -214,42 +231,17 @@ impl KernelCache {
         layouts
             .entry((states, scalars))
             .or_insert_with(|| {
-                let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-                    binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
+                let storage = |binding, read_only| {
+                    buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
                 };
                 let mut entries = Vec::new();
                 if scalars == ScalarBinding::Uniform {
-                    entries.push(wgpu::BindGroupLayoutEntry {
-                        binding: 0,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    });
+                    entries.push(buffer_entry(0, wgpu::BufferBindingType::Uniform));
                 }
                 entries.extend([storage(1, false), storage(2, true)]);
                 entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
                 // The step control, read as a uniform.
-                entries.push(wgpu::BindGroupLayoutEntry {
-                    binding: 6,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                });
+                entries.push(buffer_entry(6, wgpu::BufferBindingType::Uniform));
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
                     entries: &entries,
@@ -340,20 +332,14 @@ impl KernelCache {
                     .bindings
                     .iter()
                     .enumerate()
-                    .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
-                        binding: binding as u32,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: match *kind {
-                                BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                                BindingKind::Storage { read_only } => {
-                                    wgpu::BufferBindingType::Storage { read_only }
-                                }
-                            },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
+                    .map(|(binding, kind)| {
+                        let ty = match *kind {
+                            BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                            BindingKind::Storage { read_only } => {
+                                wgpu::BufferBindingType::Storage { read_only }
+                            }
+                        };
+                        buffer_entry(binding as u32, ty)
                     })
                     .collect();
                 let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -351,11 +351,7 @@ fn three_tensors() -> (Optimizer, Vec<Vec<f32>>, Vec<Vec<f32>>, ReferenceGroup) 
         .iter()
         .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
         .collect();
-    opt.step_with_grads(&grads.iter().map(Vec::as_slice).collect::<Vec<_>>())
-        .unwrap();
-    reference
-        .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
-        .unwrap();
+    step_both(&mut opt, &mut reference, &grads);
     let after: Vec<Vec<f32>> = (0..3)
         .map(|t| opt.read_param(TensorId(t)).unwrap())
         .collect();

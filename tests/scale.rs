@@ -120,11 +120,7 @@ fn lowered_device_limits_split_every_role_into_many_segments() {
                 .iter()
                 .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
                 .collect();
-            opt.step_with_grads(&grads.iter().map(Vec::as_slice).collect::<Vec<_>>())
-                .unwrap();
-            reference
-                .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
-                .unwrap();
+            step_both(&mut opt, &mut reference, &grads);
         }
         for (t, expected) in reference.params.iter().enumerate() {
             let gpu = opt.read_param(TensorId(t)).unwrap();

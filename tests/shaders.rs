@@ -58,28 +58,14 @@ fn uniform_structs_fit_the_immediates_requested() {
 fn uniform_structs_match_their_rust_mirrors() {
     for kernel in all_kernels() {
         let module = module(kernel, Element::Vec4, ScalarBinding::Immediates);
-        let layout = kernel.scalars;
-        let (_, ty) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(layout.name))
-            .unwrap_or_else(|| panic!("{}: no struct {}", kernel.name, layout.name));
-        let TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("{} is not a struct", layout.name);
-        };
-        assert_eq!(*span as usize, layout.size, "{} size", layout.name);
+        assert_struct_layout(&module, kernel.scalars);
         // A uniform struct's size is a multiple of 16 bytes.
         assert_eq!(
-            layout.size % 16,
+            kernel.scalars.size % 16,
             0,
-            "{} is not padded to 16 bytes",
-            layout.name
+            "{} is not padded",
+            kernel.scalars.name
         );
-        let wgsl: Vec<(&str, usize)> = members
-            .iter()
-            .map(|m| (m.name.as_deref().unwrap(), m.offset as usize))
-            .collect();
-        assert_eq!(wgsl, layout.fields, "{} members and offsets", layout.name);
     }
 }
 

@@ -87,11 +87,7 @@ fn check(config: OptimizerConfig, seed: u64, inf_at: &[usize]) {
         if inf_at.contains(&k) {
             grads[k % sizes.len()][0] = f32::INFINITY;
         }
-        opt.step_with_grads(&grads.iter().map(Vec::as_slice).collect::<Vec<_>>())
-            .unwrap();
-        reference
-            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
-            .unwrap();
+        step_both(&mut opt, &mut reference, &grads);
 
         let gpu = opt.step_report(group).unwrap();
         let expected = reference.last;

@@ -19,7 +19,7 @@ use super::group::Segment;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    BindingKind, CONTROL_WGSL, Element, UtilityKernel, shader_struct, workgroups_for,
+    BindingKind, CONTROL_WGSL, Element, REDUCE_WGSL, UtilityKernel, shader_struct, workgroups_for,
 };
 use crate::schedule::Schedule;
 
@@ -56,7 +56,7 @@ shader_struct! {
 pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
     name: "norm",
     source: include_str!("../../shaders/norm.wgsl"),
-    pieces: &[],
+    pieces: &[REDUCE_WGSL],
     elementwise: true,
     uniform: None,
     bindings: &[
@@ -70,7 +70,7 @@ pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
 pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
     name: "finalize",
     source: include_str!("../../shaders/finalize.wgsl"),
-    pieces: &[CONTROL_WGSL],
+    pieces: &[CONTROL_WGSL, REDUCE_WGSL],
     elementwise: false,
     uniform: Some(&ControlSettings::LAYOUT),
     bindings: &[

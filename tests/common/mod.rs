@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::SmallRng as StdRng;
 use rand::{Rng, SeedableRng};
-use wgpu_optim::{ContextOptions, GpuContext};
+use wgpu_optim::{ContextOptions, GpuContext, Optimizer, ReferenceGroup};
 
 /// The sizes every optimizer is checked at: tails of every length modulo 4, workgroup
 /// boundaries (256), and sizes past one dispatch dimension's worth of small workgroups.
@@ -113,4 +113,13 @@ pub fn compare(
         worst = worst.max(ratio);
     }
     Ok(worst)
+}
+
+/// One step with the same gradients on the GPU and on the reference.
+pub fn step_both(opt: &mut Optimizer, reference: &mut ReferenceGroup, grads: &[Vec<f32>]) {
+    opt.step_with_grads(&grads.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .unwrap();
+    reference
+        .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+        .unwrap();
 }

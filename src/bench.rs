@@ -125,6 +125,8 @@ pub struct BenchOptions {
     pub min_working_set_bytes: u64,
     /// The copy kernel's buffers hold at most this many bytes (and one binding's worth).
     pub max_copy_bytes: u64,
+    /// Measure the copy ceiling again before each result (long runs drift), else once.
+    pub copy_per_result: bool,
     /// Clipping and loss scaling for every measured group (their norm pass reads the
     /// gradients once more: 4 bytes per element, counted).
     pub training: TrainingOptions,
@@ -137,6 +139,7 @@ impl Default for BenchOptions {
             warmup: 5,
             min_working_set_bytes: 256 << 20,
             max_copy_bytes: 1 << 30,
+            copy_per_result: true,
             training: TrainingOptions::default(),
         }
     }
@@ -151,6 +154,7 @@ impl BenchOptions {
             warmup: 2,
             min_working_set_bytes: 128 << 20,
             max_copy_bytes: 64 << 20,
+            copy_per_result: false,
             training: TrainingOptions::default(),
         }
     }
@@ -193,7 +197,10 @@ pub struct BenchResult {
     pub min_ms: f64,
     /// Effective bandwidth: bytes_per_element * elements / median time, in 1e9 bytes/s.
     pub gbps: f64,
-    /// `gbps` over the copy kernel's.
+    /// The copy kernel's GB/s, measured just before this result.
+    #[serde(default)]
+    pub copy_gbps: f64,
+    /// `gbps` over the copy kernel's (the one measured just before).
     pub fraction_of_copy: f64,
     pub ns_per_element: f64,
 }
@@ -205,6 +212,7 @@ pub struct BenchReport {
     /// UTC, RFC 3339.
     pub date: String,
     pub timing: Timing,
+    /// The median of the copy measurements (one before each result).
     pub copy: CopyResult,
     pub results: Vec<BenchResult>,
 }
@@ -213,7 +221,7 @@ impl BenchReport {
     /// The results as a plain-text table, the copy ceiling first.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "adapter: {} ({}, {}, {} {})\ncopy kernel: {:.1} GB/s ({} MiB buffers, {:.3} ms; timing: {:?})\n",
+            "adapter: {} ({}, {}, {} {})\ncopy kernel: {:.1} GB/s, median of the measurements before each result ({} MiB buffers, {:.3} ms; timing: {:?})\n",
             self.adapter.name,
             self.adapter.backend,
             self.adapter.device_type,
@@ -225,7 +233,7 @@ impl BenchReport {
             self.timing,
         );
         out.push_str(&format!(
-            "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>8}\n",
+            "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>8}\n",
             "optimizer",
             "size",
             "tensors",
@@ -233,6 +241,7 @@ impl BenchReport {
             "disp",
             "median ms",
             "GB/s",
+            "copy GB/s",
             "x copy",
             "ns/elem"
         ));
@@ -243,7 +252,7 @@ impl BenchReport {
                 format!("{}+{}", r.optimizer, r.features)
             };
             out.push_str(&format!(
-                "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.1} {:>7.3} {:>8.4}\n",
+                "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.2} {:>9.2} {:>7.3} {:>8.4}\n",
                 name,
                 r.workload,
                 r.tensors,
@@ -251,6 +260,7 @@ impl BenchReport {
                 r.dispatches_per_step,
                 r.median_ms,
                 r.gbps,
+                r.copy_gbps,
                 r.fraction_of_copy,
                 r.ns_per_element
             ));
@@ -540,13 +550,15 @@ pub fn bench_optimizer(
         median_ms: seconds * 1e3,
         min_ms: times[0] * 1e3,
         gbps,
+        copy_gbps,
         fraction_of_copy: gbps / copy_gbps,
         ns_per_element: seconds * 1e9 / elements as f64,
     })
 }
 
-/// Measures the copy ceiling, then every configuration on every workload, calling `progress`
-/// after each result.
+/// Measures every configuration on every workload, each right after a measurement of the copy
+/// ceiling (a long run's conditions drift: each fraction is taken against its neighbour),
+/// calling `progress` after each result.
 pub fn run(
     ctx: &GpuContext,
     configs: &[OptimizerConfig],
@@ -560,15 +572,21 @@ pub fn run(
             reason: "at least one timed step is needed".into(),
         });
     }
-    let copy = measure_copy(ctx, options)?;
+    let mut copies = vec![measure_copy(ctx, options)?];
     let mut results = Vec::new();
     for workload in workloads {
         for config in configs {
-            let result = bench_optimizer(ctx, config, workload, options, copy.gbps)?;
+            if options.copy_per_result && !results.is_empty() {
+                copies.push(measure_copy(ctx, options)?);
+            }
+            let ceiling = copies.last().expect("measured").gbps;
+            let result = bench_optimizer(ctx, config, workload, options, ceiling)?;
             progress(&result);
             results.push(result);
         }
     }
+    copies.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+    let copy = copies[copies.len() / 2].clone();
     Ok(BenchReport {
         adapter: ctx.summary(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

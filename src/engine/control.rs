@@ -52,6 +52,10 @@ shader_struct! {
     }
 }
 
+/// Elements each invocation of the norm kernel adds up (`NORM_ELEMENTS_PER_THREAD` in
+/// `shaders/norm.wgsl`).
+pub const NORM_ELEMENTS_PER_THREAD: u64 = 16;
+
 /// The per-segment reduction.
 pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
     name: "norm",
@@ -272,8 +276,10 @@ impl Control {
         let mut slices = Vec::with_capacity(segments.len());
         let mut next = 0u64;
         for segment in segments {
-            let workgroups =
-                workgroups_for(segment.grad.len / segment.element.width(), max_per_dim);
+            let elements = segment.grad.len / segment.element.width();
+            let threads = elements.div_ceil(NORM_ELEMENTS_PER_THREAD);
+            let workgroups = workgroups_for(threads, max_per_dim);
+            // One partial sum per workgroup.
             let count = workgroups.0 as u64 * workgroups.1 as u64;
             slices.push((next, count, workgroups));
             next = (next + count).next_multiple_of(align);

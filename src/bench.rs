@@ -130,6 +130,10 @@ pub struct BenchOptions {
     /// Clipping and loss scaling for every measured group (their norm pass reads the
     /// gradients once more: 4 bytes per element, counted).
     pub training: TrainingOptions,
+    /// Cut the arenas into buffers of at most this many bytes (default: the device's binding
+    /// limit). How a process allocates its memory changes what a GPU's kernels reach (see the
+    /// "cliff" in BENCHMARKS.md); this lets one run compare allocation sizes.
+    pub max_segment_bytes: Option<u64>,
 }
 
 impl Default for BenchOptions {
@@ -141,6 +145,7 @@ impl Default for BenchOptions {
             max_copy_bytes: 1 << 30,
             copy_per_result: true,
             training: TrainingOptions::default(),
+            max_segment_bytes: None,
         }
     }
 }
@@ -156,6 +161,7 @@ impl BenchOptions {
             max_copy_bytes: 64 << 20,
             copy_per_result: false,
             training: TrainingOptions::default(),
+            max_segment_bytes: None,
         }
     }
 }
@@ -214,6 +220,9 @@ pub struct BenchReport {
     pub timing: Timing,
     /// The median of the copy measurements (one before each result).
     pub copy: CopyResult,
+    /// The segment cap asked for with `--segment-mib`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_segment_bytes: Option<u64>,
     pub results: Vec<BenchResult>,
 }
 
@@ -458,13 +467,15 @@ impl PreparedSteps {
             .clamp(1, 64) as usize;
         let mut instances = Vec::with_capacity(count);
         for k in 0..count {
-            let mut opt = Optimizer::builder(ctx)
-                .group_with(
-                    config.clone(),
-                    options.training.clone(),
-                    lens.iter().map(|&n| TensorInit::Zeros(n)),
-                )
-                .build()?;
+            let mut builder = Optimizer::builder(ctx).group_with(
+                config.clone(),
+                options.training.clone(),
+                lens.iter().map(|&n| TensorInit::Zeros(n)),
+            );
+            if let Some(bytes) = options.max_segment_bytes {
+                builder = builder.max_segment_bytes(bytes);
+            }
+            let mut opt = builder.build()?;
             for (t, &len) in lens.iter().enumerate() {
                 let seed = (k * lens.len() + t) as u32;
                 let params = RandomFill::symmetric(2 * seed, 1.0);
@@ -596,6 +607,7 @@ pub fn run(
             Timing::WallClock
         },
         copy,
+        max_segment_bytes: options.max_segment_bytes,
         results,
     })
 }

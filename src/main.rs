@@ -103,6 +103,10 @@ enum Command {
         /// Loss scaling with GradScaler's defaults (measures the non-finite check's cost).
         #[arg(long)]
         grad_scaler: bool,
+        /// Cut the optimizer's arenas into buffers of at most this many MiB (default: the
+        /// adapter's storage binding limit). For studying how allocation sizes change speed.
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        segment_mib: Option<u64>,
         /// Also write the full results (adapter, copy ceiling, every measurement) as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             warmup,
             max_grad_norm,
             grad_scaler,
+            segment_mib,
             json,
             adapter,
         } => {
@@ -171,6 +176,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     grad_scaler: grad_scaler.then(GradScaler::default),
                     schedule: None,
                 },
+                max_segment_bytes: segment_mib.map(|mib| mib << 20),
                 ..Default::default()
             };
             run_bench(&optimizers, &sizes, &options, json, &adapter)

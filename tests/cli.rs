@@ -186,3 +186,33 @@ fn bench_json_feeds_report() {
     assert!(chart.with_extension("png").exists() && chart.with_extension("svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_segment_cap_splits_the_arenas() {
+    let json = std::env::temp_dir().join(format!("wgpu-optim-seg-{}.json", std::process::id()));
+    // 2^19 f32 elements: 2 MiB per buffer, so 1 MiB segments make two update dispatches,
+    // plus the step-control kernel.
+    let out = wgpu_optim(&[
+        "bench",
+        "--optimizer",
+        "adam",
+        "--sizes",
+        "2^19",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--segment-mib",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(value["max_segment_bytes"], 1 << 20);
+    assert_eq!(value["results"][0]["dispatches_per_step"], 3);
+    let out = wgpu_optim(&["bench", "--segment-mib", "0"]);
+    assert!(!out.status.success());
+}

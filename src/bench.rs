@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::TrainingOptions;
@@ -175,7 +175,7 @@ pub enum Timing {
 }
 
 /// The ceiling.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopyResult {
     /// Bytes of one copy's source (as many are written).
     pub bytes: u64,
@@ -185,7 +185,7 @@ pub struct CopyResult {
 }
 
 /// One optimizer on one workload.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchResult {
     pub optimizer: String,
     /// "clip", "scaler", "clip+scaler", or empty.
@@ -209,6 +209,17 @@ pub struct BenchResult {
     /// `gbps` over the copy kernel's (the one measured just before).
     pub fraction_of_copy: f64,
     pub ns_per_element: f64,
+}
+
+impl BenchResult {
+    /// The optimizer with its measured features: "adamw", "adamw+clip+scaler".
+    pub fn label(&self) -> String {
+        if self.features.is_empty() {
+            self.optimizer.clone()
+        } else {
+            format!("{}+{}", self.optimizer, self.features)
+        }
+    }
 }
 
 /// Everything one run measured.
@@ -255,14 +266,9 @@ impl BenchReport {
             "ns/elem"
         ));
         for r in &self.results {
-            let name = if r.features.is_empty() {
-                r.optimizer.clone()
-            } else {
-                format!("{}+{}", r.optimizer, r.features)
-            };
             out.push_str(&format!(
                 "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.2} {:>9.2} {:>7.3} {:>8.4}\n",
-                name,
+                r.label(),
                 r.workload,
                 r.tensors,
                 r.bytes_per_element,

@@ -32,7 +32,7 @@ pub struct ContextOptions {
 }
 
 /// One adapter as `adapters` and the reports show it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdapterSummary {
     pub name: String,
     pub vendor: String,

@@ -8,58 +8,23 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Deserialize;
 
+use crate::bench::{BenchResult, CopyResult};
+use crate::context::AdapterSummary;
 use crate::error::{Error, Result};
 
 /// The font the PNG's text is drawn with (DejaVu Sans, Bitstream Vera license: see
 /// `assets/DejaVuSans-LICENSE`), built in so that charts render on machines without fonts.
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-/// What the report reads of one `bench --json` file.
+/// What the report reads of one `bench --json` file: the adapter, copy ceiling and results as
+/// [`crate::bench::run`] wrote them (the same types, so writer and reader cannot drift apart).
 #[derive(Clone, Debug, Deserialize)]
 pub struct BenchFile {
-    pub adapter: FileAdapter,
+    pub adapter: AdapterSummary,
     pub date: String,
     pub timing: String,
-    pub copy: FileCopy,
-    pub results: Vec<FileResult>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct FileAdapter {
-    pub name: String,
-    pub vendor: String,
-    pub device_type: String,
-    pub backend: String,
-    pub driver: String,
-    pub driver_info: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct FileCopy {
-    pub gbps: f64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct FileResult {
-    pub optimizer: String,
-    /// Clipping or loss scaling measured with it (absent in older files).
-    #[serde(default)]
-    pub features: String,
-    pub workload: String,
-    pub bytes_per_element: u64,
-    pub gbps: f64,
-    pub fraction_of_copy: f64,
-}
-
-impl FileResult {
-    /// The optimizer with its measured features: "adamw", "adamw+clip+scaler".
-    pub fn label(&self) -> String {
-        if self.features.is_empty() {
-            self.optimizer.clone()
-        } else {
-            format!("{}+{}", self.optimizer, self.features)
-        }
-    }
+    pub copy: CopyResult,
+    pub results: Vec<BenchResult>,
 }
 
 impl BenchFile {
@@ -95,7 +60,7 @@ fn rows(files: &[BenchFile]) -> Vec<(String, String)> {
     rows
 }
 
-fn find<'a>(file: &'a BenchFile, workload: &str, optimizer: &str) -> Option<&'a FileResult> {
+fn find<'a>(file: &'a BenchFile, workload: &str, optimizer: &str) -> Option<&'a BenchResult> {
     file.results
         .iter()
         .find(|r| r.workload == workload && r.label() == optimizer)
@@ -208,7 +173,7 @@ fn chart_error<E: std::fmt::Display>(e: E) -> Error {
 struct Panel<'a> {
     title: String,
     y_desc: &'a str,
-    metric: fn(&FileResult) -> f64,
+    metric: fn(&BenchResult) -> f64,
     log: bool,
     /// A dashed horizontal line at this value (the copy ceiling).
     ceiling: Option<f64>,
@@ -223,7 +188,7 @@ where
     B::ErrorType: 'static,
 {
     area.fill(&WHITE).map_err(chart_error)?;
-    let values = |metric: fn(&FileResult) -> f64| -> Vec<f64> {
+    let values = |metric: fn(&BenchResult) -> f64| -> Vec<f64> {
         files
             .iter()
             .flat_map(|f| &f.results)

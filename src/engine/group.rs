@@ -207,6 +207,17 @@ impl Group {
         }
         let kernel = config.kernel();
         let keeps: Vec<Option<f64>> = config.initial_states();
+        // One buffer of `elems` per state this configuration keeps, `None` for the others.
+        let state_buffers = |elems: u64, label: &dyn Fn(&str) -> String| -> Vec<Option<View>> {
+            kernel
+                .state_slots
+                .iter()
+                .zip(&keeps)
+                .map(|(name, keep)| {
+                    keep.map(|_| View::whole(create_buffer(ctx, &label(name), elems)))
+                })
+                .collect()
+        };
         let mut segments = Vec::new();
         let mut tensors: Vec<TensorPlace> = Vec::with_capacity(inits.len());
 
@@ -226,14 +237,7 @@ impl Group {
                 element: Element::Vec4,
                 param: View::whole(create_buffer(ctx, &label("param"), elems)),
                 grad: View::whole(create_buffer(ctx, &label("grad"), elems)),
-                states: kernel
-                    .state_slots
-                    .iter()
-                    .zip(&keeps)
-                    .map(|(name, keep)| {
-                        keep.map(|_| View::whole(create_buffer(ctx, &label(name), elems)))
-                    })
-                    .collect(),
+                states: state_buffers(elems, &label),
                 bind_group: None,
                 workgroups: (0, 0),
                 external_tensor: None,
@@ -287,14 +291,7 @@ impl Group {
                         offset: ext.grad_offset + first * 4,
                         len,
                     },
-                    states: kernel
-                        .state_slots
-                        .iter()
-                        .zip(&keeps)
-                        .map(|(name, keep)| {
-                            keep.map(|_| View::whole(create_buffer(ctx, &label(name), len)))
-                        })
-                        .collect(),
+                    states: state_buffers(len, &label),
                     bind_group: None,
                     workgroups: (0, 0),
                     external_tensor: Some(t),

@@ -563,15 +563,7 @@ impl Optimizer {
 
     /// Reads elements `range` of a tensor's buffer of the given role (waits for the GPU).
     pub fn read(&self, tensor: TensorId, role: Role, range: Range<u64>) -> Result<Vec<f32>> {
-        let len = self.tensor_len(tensor)?;
-        if range.start > range.end || range.end > len {
-            return Err(Error::LengthMismatch {
-                what: "the range to read",
-                tensor: tensor.0,
-                expected: len,
-                got: range.end,
-            });
-        }
+        self.check_range(tensor, "the range to read", &range)?;
         let (g, local) = self.locate(tensor)?;
         let spans = self.groups[g].spans(role, local, range)?;
         check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_SRC)?;
@@ -603,15 +595,7 @@ impl Optimizer {
         range: Range<u64>,
         fill: &RandomFill,
     ) -> Result<()> {
-        let len = self.tensor_len(tensor)?;
-        if range.start > range.end || range.end > len {
-            return Err(Error::LengthMismatch {
-                what: "the range to fill",
-                tensor: tensor.0,
-                expected: len,
-                got: range.end,
-            });
-        }
+        self.check_range(tensor, "the range to fill", &range)?;
         let (g, local) = self.locate(tensor)?;
         let spans = self.groups[g].spans(role, local, range.clone())?;
         fill::fill(&self.ctx, &spans, range.start, fill)
@@ -663,6 +647,20 @@ impl Optimizer {
     }
 
     /// `len` must be the tensor's whole length.
+    /// `range` lies within the tensor (and is not reversed).
+    fn check_range(&self, tensor: TensorId, what: &'static str, range: &Range<u64>) -> Result<()> {
+        let len = self.tensor_len(tensor)?;
+        if range.start > range.end || range.end > len {
+            return Err(Error::LengthMismatch {
+                what,
+                tensor: tensor.0,
+                expected: len,
+                got: range.end,
+            });
+        }
+        Ok(())
+    }
+
     fn check_full(&self, tensor: TensorId, what: &'static str, len: usize) -> Result<()> {
         let expected = self.tensor_len(tensor)?;
         if len as u64 != expected {

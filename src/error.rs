@@ -101,6 +101,27 @@ pub enum Error {
     /// The conformance fixture could not be read or parsed.
     #[error("conformance fixture {path}: {reason}")]
     Fixture { path: String, reason: String },
+
+    /// An environment variable holds a value that names nothing (e.g. `WGPU_BACKEND=vulcan`).
+    #[error("{variable}={value} {reason}")]
+    Environment {
+        variable: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    /// Work that this device cannot hold: past its limits or its memory (checked before
+    /// anything is allocated).
+    #[error("{0}")]
+    DoesNotFit(String),
+
+    /// A benchmark result file, or a report written from them, that cannot be read or written.
+    #[error("{what} {path}: {reason}")]
+    Report {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 /// Shorthand used throughout the crate.

@@ -1,6 +1,6 @@
 // Adam (Kingma & Ba 2015) with L2 weight decay, and AdamW (Loshchilov & Hutter 2019) with
 // decoupled weight decay, both with AMSGrad (Reddi et al. 2018), as torch.optim.Adam/AdamW:
-//   Adam: g = g + wd * p          AdamW: p = p * (1 - lr * wd)
+//   Adam: g = g + wd * p          AdamW: p = p - (lr * wd) * p
 //   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g;   amsgrad: vmax = max(vmax, v)
 //   p = p - lr / (1 - b1^t) * m / (sqrt(v or vmax) / sqrt(1 - b2^t) + eps)
 
@@ -11,10 +11,10 @@ struct AdamScalars {
     eps: f32,
     // Adam: the L2 coefficient added to the gradient (0 for AdamW).
     weight_decay: f32,
-    // AdamW: 1 - lr * weight_decay (1 for Adam).
-    decay_factor: f32,
+    // Decoupled decay (AdamW-style): lr * weight_decay (0 otherwise).
+    decay: f32,
     lr: f32,
-    _pad0: u32,
+    beta1: f32,
 }
 
 // Step factors (host-computed by step): x = 1 / (1 - beta1^t), y = 1 / sqrt(1 - beta2^t).
@@ -42,12 +42,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     var p = param[i];
     if (DECOUPLED) {
-        p = p * s.decay_factor;
+        // p - (lr * wd) * p, not p * (1 - lr * wd): that factor rounds near 1 in float32 and
+        // the rounding compounds over thousands of steps.
+        p = p - s.decay * p;
     } else if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let m_old = exp_avg[i];
-    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    let m = lerp_to(exp_avg[i], g, s.one_minus_beta1, s.beta1);
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;

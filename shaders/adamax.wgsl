@@ -8,7 +8,7 @@ struct AdamaxScalars {
     eps: f32,
     weight_decay: f32,
     lr: f32,
-    _pad0: u32,
+    beta1: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -35,8 +35,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let m_old = exp_avg[i];
-    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    let m = lerp_to(exp_avg[i], g, s.one_minus_beta1, s.beta1);
     exp_avg[i] = m;
     let u = max(s.beta2 * exp_inf[i], abs(g) + s.eps);
     exp_inf[i] = u;

@@ -1,5 +1,5 @@
 // RAdam (Liu et al. 2020), as torch.optim.RAdam:
-//   g = g + wd * p  (or, decoupled, p = p * (1 - lr * wd))
+//   g = g + wd * p  (or, decoupled, p = p - (lr * wd) * p)
 //   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g
 //   rho_t > 5:  p = p - lr r_t sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 //   otherwise:  p = p - lr / (1 - b1^t) * m
@@ -11,9 +11,10 @@ struct RadamScalars {
     one_minus_beta2: f32,
     eps: f32,
     weight_decay: f32,
-    decay_factor: f32,
+    // Decoupled decay (AdamW-style): lr * weight_decay (0 otherwise).
+    decay: f32,
     lr: f32,
-    _pad0: u32,
+    beta1: f32,
 }
 
 // Step factors (host-computed by step): x = r_t sqrt(1 - b2^t) / (1 - b1^t) when rectified,
@@ -40,12 +41,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     var p = param[i];
     if (DECOUPLED) {
-        p = p * s.decay_factor;
+        // p - (lr * wd) * p, not p * (1 - lr * wd): that factor rounds near 1 in float32 and
+        // the rounding compounds over thousands of steps.
+        p = p - s.decay * p;
     } else if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let m_old = exp_avg[i];
-    let m = m_old + s.one_minus_beta1 * (g - m_old);
+    let m = lerp_to(exp_avg[i], g, s.one_minus_beta1, s.beta1);
     exp_avg[i] = m;
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;

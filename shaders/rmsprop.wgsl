@@ -45,8 +45,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     square_avg[i] = sq;
     var avg: V;
     if (CENTERED) {
-        let old = grad_avg[i];
-        let ga = old + s.one_minus_alpha * (g - old);
+        let ga = lerp_to(grad_avg[i], g, s.one_minus_alpha, s.alpha);
         grad_avg[i] = ga;
         avg = sqrt(sq - ga * ga) + s.eps;
     } else {

@@ -3,7 +3,7 @@
 //
 //   SGD:  d = g + wd * p;   buf = first ? d : mu * buf + (1 - dampening) * d
 //         d = nesterov ? d + mu * buf : buf;                        p = p - lr * d
-//   SGDW: d = lr * g;       (buf, d as above)                        p = p * (1 - lr * wd) - d
+//   SGDW: d = lr * g;       (buf, d as above)                        p = p - (lr * wd) * p - d
 
 struct SgdScalars {
     lr: f32,
@@ -12,8 +12,8 @@ struct SgdScalars {
     dampening_keep: f32,
     // SGD: the L2 coefficient added to the gradient (0 for SGDW).
     weight_decay: f32,
-    // SGDW: 1 - lr * weight_decay, the decoupled decay of the parameter (1 for SGD).
-    decay_factor: f32,
+    // SGDW: lr * weight_decay, the decoupled decay of the parameter (0 for SGD).
+    decay: f32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -60,7 +60,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
     }
     if (DECOUPLED) {
-        param[i] = p * s.decay_factor - d;
+        // Not p * (1 - lr * wd): that factor rounds near 1 in float32.
+        param[i] = p - s.decay * p - d;
     } else {
         param[i] = p - s.lr * d;
     }

@@ -54,6 +54,19 @@ pub enum Error {
         got: u64,
     },
 
+    /// A list with one entry per tensor (gradients, ...) of the wrong length.
+    #[error(
+        "{call} takes one {item} per tensor: this optimizer has {expected} tensor{}, {got} {item}{} came",
+        plural(*expected),
+        plural(*got)
+    )]
+    WrongCount {
+        call: &'static str,
+        item: &'static str,
+        expected: usize,
+        got: usize,
+    },
+
     /// A tensor or group handle that this optimizer does not own.
     #[error("unknown {what} {index} (this optimizer has {count})")]
     UnknownHandle {
@@ -122,6 +135,11 @@ pub enum Error {
         path: String,
         reason: String,
     },
+}
+
+/// "s" unless one.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// Shorthand used throughout the crate.

@@ -75,11 +75,11 @@ impl ReferenceGroup {
     /// One iteration with one gradient per tensor (as they arrive: times the loss scale).
     pub fn step(&mut self, grads: &[Vec<f64>]) -> Result<()> {
         if grads.len() != self.params.len() {
-            return Err(Error::LengthMismatch {
-                what: "the gradient list",
-                tensor: grads.len(),
-                expected: self.params.len() as u64,
-                got: grads.len() as u64,
+            return Err(Error::WrongCount {
+                call: "ReferenceGroup::step",
+                item: "gradient",
+                expected: self.params.len(),
+                got: grads.len(),
             });
         }
         for (t, (p, g)) in self.params.iter().zip(grads).enumerate() {
@@ -113,17 +113,25 @@ impl ReferenceGroup {
             .collect();
         if self.options.needs_norm() {
             let found_inf = grads.iter().flatten().any(|v| !v.is_finite());
-            let norm = grads.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+            // As torch: the norm of gradients holding an inf or a NaN is not finite.
+            let norm = if found_inf {
+                f64::INFINITY
+            } else {
+                grads.iter().flatten().map(|v| v * v).sum::<f64>().sqrt()
+            };
             self.last.found_inf = found_inf;
             self.last.grad_norm = norm;
-            if let (Some(scaler), true) = (&scaler, found_inf) {
-                // GradScaler.step skips optimizer.step; update() backs the scale off.
-                self.loss_scale *= scaler.backoff_factor;
-                self.growth_tracker = 0;
+            if found_inf && self.options.can_skip() {
+                // GradScaler.step (or skip_nonfinite) skips optimizer.step; a scaler's
+                // update() backs the scale off.
+                if let Some(scaler) = &scaler {
+                    self.loss_scale *= scaler.backoff_factor;
+                    self.growth_tracker = 0;
+                }
                 self.last.skipped = true;
                 self.last.skipped_steps += 1;
                 self.last.loss_scale = self.loss_scale;
-                self.last.growth_tracker = 0;
+                self.last.growth_tracker = self.growth_tracker;
                 return Ok(());
             }
             if let Some(max_norm) = self.options.max_grad_norm {

@@ -16,7 +16,8 @@ pub enum Schedule {
     Constant,
     /// `StepLR`: base * gamma^floor(t / step_size).
     Step { step_size: u64, gamma: f64 },
-    /// `MultiStepLR`: base * gamma^(milestones <= t).
+    /// `MultiStepLR`: base * gamma^(milestones <= t), counting a repeated milestone as often as
+    /// it is listed; any order.
     Multistep { milestones: Vec<u64>, gamma: f64 },
     /// `ExponentialLR`: base * gamma^t.
     Exponential { gamma: f64 },
@@ -78,14 +79,8 @@ impl Schedule {
                 positive("step_size", *step_size)?;
                 finite_non_negative("gamma", *gamma)
             }
-            Schedule::Multistep { milestones, gamma } => {
-                if !milestones.windows(2).all(|w| w[0] <= w[1]) {
-                    return Err(invalid(format!(
-                        "milestones must be increasing: {milestones:?}"
-                    )));
-                }
-                finite_non_negative("gamma", *gamma)
-            }
+            // As torch's MultiStepLR: milestones in any order; a repeated one decays twice.
+            Schedule::Multistep { gamma, .. } => finite_non_negative("gamma", *gamma),
             Schedule::Exponential { gamma } => finite_non_negative("gamma", *gamma),
             Schedule::InverseTime { k } => finite_non_negative("k", *k),
             Schedule::Harmonic { n } => positive("n", *n),
@@ -238,6 +233,19 @@ mod tests {
     }
 
     #[test]
+    fn multistep_milestones_in_any_order_and_repeated_decay_as_torch() {
+        // torch.optim.lr_scheduler.MultiStepLR(milestones=[5, 2, 5], gamma=0.5): a Counter of
+        // milestones, so 5 decays twice.
+        let schedule = Schedule::Multistep {
+            milestones: vec![5, 2, 5],
+            gamma: 0.5,
+        };
+        schedule.validate().unwrap();
+        let lrs: Vec<f64> = (0..7).map(|t| schedule.lr(1.0, t)).collect();
+        assert_eq!(lrs, [1.0, 1.0, 0.5, 0.5, 0.5, 0.125, 0.125]);
+    }
+
+    #[test]
     fn bad_schedules_are_rejected() {
         for bad in [
             Schedule::Step {
@@ -257,10 +265,6 @@ mod tests {
             Schedule::Sequential {
                 schedules: vec![Schedule::Constant],
                 milestones: vec![3],
-            },
-            Schedule::Multistep {
-                milestones: vec![5, 2],
-                gamma: 0.1,
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");

@@ -274,6 +274,7 @@ fn steps_allocate_nothing_and_queue_without_waiting() {
         max_grad_norm: Some(1.0),
         grad_scaler: Some(wgpu_optim::GradScaler::default()),
         schedule: Some(wgpu_optim::Schedule::Exponential { gamma: 0.99 }),
+        ..Default::default()
     };
     let mut opt = Optimizer::builder(&ctx)
         .group_with(AdamW::default(), options, inits.clone())

@@ -47,6 +47,7 @@ fn options() -> TrainingOptions {
             ],
             milestones: vec![4],
         }),
+        ..Default::default()
     }
 }
 

@@ -8,7 +8,7 @@
 //!    of squares and a non-finite flag. It reads the gradients once more: 4 extra bytes per
 //!    element.
 //! 2. `finalize.wgsl`, one workgroup: norm, clip coefficient, skip or advance, loss-scale update.
-//!    It also copies the step's row of the step-factor table into the control.
+//!    It also copies the step's row of the step-factor window into the control.
 //! 3. the optimizer kernel, one dispatch per segment, reading the control as a uniform: returns
 //!    at once on a skipped step, else multiplies each gradient by the control's multiplier and
 //!    uses its step factors.
@@ -21,7 +21,12 @@ use crate::error::{Error, Result};
 use crate::kernels::{
     BindingKind, CONTROL_WGSL, Element, REDUCE_WGSL, UtilityKernel, shader_struct, workgroups_for,
 };
+use crate::optim::{FactorRows, OptimizerConfig, StepCounter, UpdateRule, step_factor_rows};
 use crate::schedule::Schedule;
+
+/// Rows of step factors a window holds ahead of the device's step (1 MiB): the host slides it
+/// forward every this many steps until the factors converge.
+pub const FACTOR_WINDOW_ROWS: u64 = 1 << 16;
 
 shader_struct! {
     /// A group's step control on the device (`shaders/control.wgsl`).
@@ -48,7 +53,7 @@ shader_struct! {
         pub max_norm: f32,
         pub growth_factor: f32,
         pub backoff_factor: f32,
-        pub _pad0: u32,
+        pub skip_nonfinite: u32,
     }
 }
 
@@ -163,6 +168,10 @@ pub struct TrainingOptions {
     pub grad_scaler: Option<GradScaler>,
     /// The learning rate of each iteration, from the group's base rate.
     pub schedule: Option<Schedule>,
+    /// Without loss scaling: skip a step whose gradients hold an inf or a NaN, whole
+    /// (parameters, states and step count unchanged), and report it (optax's
+    /// `apply_if_finite`). A grad scaler always does this.
+    pub skip_nonfinite: bool,
 }
 
 impl TrainingOptions {
@@ -187,7 +196,12 @@ impl TrainingOptions {
 
     /// Whether steps need the norm pass over the gradients.
     pub fn needs_norm(&self) -> bool {
-        self.max_grad_norm.is_some() || self.grad_scaler.is_some()
+        self.max_grad_norm.is_some() || self.grad_scaler.is_some() || self.skip_nonfinite
+    }
+
+    /// Whether a step can be skipped (non-finite gradients under a scaler or `skip_nonfinite`).
+    pub fn can_skip(&self) -> bool {
+        self.grad_scaler.is_some() || self.skip_nonfinite
     }
 }
 
@@ -229,8 +243,10 @@ impl From<StepControl> for StepReport {
 pub(crate) struct Control {
     /// The [`StepControl`].
     pub buffer: wgpu::Buffer,
-    /// The step-factor table (`array<vec4<f32>>`).
+    /// The step-factor window (`array<vec4<f32>>`, header row first).
     factors: wgpu::Buffer,
+    /// What the window holds, and what the host knows of the device's step.
+    window: FactorWindow,
     settings: wgpu::Buffer,
     partials: wgpu::Buffer,
     flags: wgpu::Buffer,
@@ -244,8 +260,14 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Allocates a group's control: its step starts at 0, its loss scale at the scaler's.
-    pub fn new(ctx: &GpuContext, segments: &[Segment], factor_table: &[[f32; 4]]) -> Self {
+    /// Allocates a group's control: its step starts at 0, its loss scale at the scaler's, its
+    /// factor window at step 1.
+    pub fn new(
+        ctx: &GpuContext,
+        segments: &[Segment],
+        config: &OptimizerConfig,
+        window_rows: u64,
+    ) -> Self {
         let device = &ctx.device;
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step control"),
@@ -256,7 +278,11 @@ impl Control {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let factors = factor_buffer(ctx, factor_table);
+        let mut window = FactorWindow {
+            ahead: window_rows,
+            ..Default::default()
+        };
+        let factors = factor_buffer(ctx, &window.slide(config, 0));
         let settings = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("control settings"),
             size: std::mem::size_of::<ControlSettings>() as u64,
@@ -269,9 +295,9 @@ impl Control {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        // Each segment's partial sums start at an aligned offset (they are bound as slices);
-        // the gaps stay zero and add nothing.
-        let align = (ctx.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+        // Each segment's partial sums (a (q, e) pair of f32 each) start at an aligned offset
+        // (they are bound as slices); the gaps stay zero and add nothing.
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as u64 / PARTIAL_BYTES).max(1);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         let mut slices = Vec::with_capacity(segments.len());
         let mut next = 0u64;
@@ -287,7 +313,7 @@ impl Control {
         let partial_count = next.max(1);
         let partials = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("norm partials"),
-            size: partial_count * 4,
+            size: partial_count * PARTIAL_BYTES,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
@@ -312,8 +338,8 @@ impl Control {
                             binding: 1,
                             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                                 buffer: &partials,
-                                offset: offset * 4,
-                                size: wgpu::BufferSize::new(count * 4),
+                                offset: offset * PARTIAL_BYTES,
+                                size: wgpu::BufferSize::new(count * PARTIAL_BYTES),
                             }),
                         },
                         wgpu::BindGroupEntry {
@@ -329,6 +355,7 @@ impl Control {
         Self {
             buffer,
             factors,
+            window,
             settings,
             partials,
             flags,
@@ -360,33 +387,69 @@ impl Control {
             max_norm: options.max_grad_norm.unwrap_or(0.0) as f32,
             growth_factor: scaler.growth_factor as f32,
             backoff_factor: scaler.backoff_factor as f32,
-            _pad0: 0,
+            skip_nonfinite: options.skip_nonfinite as u32,
         };
         ctx.queue
             .write_buffer(&self.settings, 0, bytemuck::bytes_of(&settings));
     }
 
-    /// Overwrites the whole control state (a new group, a new scaler, a checkpoint).
-    pub fn write_state(&self, ctx: &GpuContext, state: &StepControl) {
+    /// Overwrites the whole control state (a new group, a new scaler, a checkpoint). The
+    /// factor window follows the new step at the next step.
+    pub fn write_state(&mut self, ctx: &GpuContext, state: &StepControl) {
         ctx.queue
             .write_buffer(&self.buffer, 0, bytemuck::bytes_of(state));
+        self.window.known_step(state.step as u64);
     }
 
-    /// Replaces the step-factor table (new betas), in place if it keeps its length.
-    pub fn set_factors(&mut self, ctx: &GpuContext, table: &[[f32; 4]]) {
-        if self.factors.size() == (table.len() * 16) as u64 {
-            ctx.queue
-                .write_buffer(&self.factors, 0, bytemuck::cast_slice(table));
-        } else {
-            self.factors = factor_buffer(ctx, table);
-            self.finalize = finalize_bind_group(
+    /// New hyperparameters: the factor window is rebuilt (at the next step).
+    pub fn config_changed(&mut self) {
+        self.window.stale = true;
+    }
+
+    /// Before recording a step: makes sure the factor window holds a row for every step the
+    /// device can be at when that step runs. A window that must move gets a new buffer (steps
+    /// already recorded but not yet submitted keep reading the old one), once every
+    /// [`FACTOR_WINDOW_ROWS`] steps at most, and never once the factors have converged.
+    pub fn prepare_step(&mut self, ctx: &GpuContext, config: &OptimizerConfig, can_skip: bool) {
+        let next = self.window.step_max + 1;
+        if !self.window.stale
+            && (self.window.converged || next <= self.window.base + self.window.rows)
+        {
+            return;
+        }
+        if can_skip && !self.window.stale {
+            // Skipped steps do not count: read how far the device really got (the steps
+            // submitted so far; later ones only add), to keep the window small.
+            if let Ok(words) = super::transfer::read(
                 ctx,
-                &self.settings,
-                &self.partials,
-                &self.flags,
-                &self.buffer,
-                &self.factors,
-            );
+                &[super::transfer::Span {
+                    buffer: &self.buffer,
+                    offset: 0,
+                    len: self.buffer.size() / 4,
+                }],
+            ) {
+                let state: StepControl = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
+                self.window.step_min = self.window.step_min.max(state.step as u64);
+            }
+        }
+        let table = self.window.slide(config, next);
+        self.factors = factor_buffer(ctx, &table);
+        self.finalize = finalize_bind_group(
+            ctx,
+            &self.settings,
+            &self.partials,
+            &self.flags,
+            &self.buffer,
+            &self.factors,
+        );
+    }
+
+    /// After recording a step: the device's step advances by one, or, if the step can be
+    /// skipped, perhaps not.
+    pub fn step_recorded(&mut self, can_skip: bool) {
+        self.window.step_max += 1;
+        if !can_skip {
+            self.window.step_min += 1;
         }
     }
 
@@ -416,9 +479,66 @@ impl Control {
     }
 }
 
+/// Bytes of one partial sum of squares: a (q, e) pair of f32 (`shaders/reduce.wgsl`).
+const PARTIAL_BYTES: u64 = 8;
+
+/// Which steps' factors the device's window holds, and the bounds the host knows on the
+/// device's step count (which skipped steps do not advance, so the host cannot know it
+/// exactly without reading it back).
+#[derive(Clone, Debug, Default)]
+struct FactorWindow {
+    /// The window holds the factors of steps `base + 1 ..= base + rows`.
+    base: u64,
+    rows: u64,
+    /// The last row holds for every later step.
+    converged: bool,
+    /// The window must be rebuilt (new hyperparameters or a new step count).
+    stale: bool,
+    /// The device's step is at least this...
+    step_min: u64,
+    /// ...and at most this, once the recorded steps have run.
+    step_max: u64,
+    /// The rule's counter at `base` (NAdam's running product), to slide on from.
+    counter: StepCounter,
+    /// Rows to hold past the next step ([`FACTOR_WINDOW_ROWS`] but in tests).
+    ahead: u64,
+}
+
+impl FactorWindow {
+    /// The device's step is `step` exactly.
+    fn known_step(&mut self, step: u64) {
+        self.step_min = step;
+        self.step_max = step;
+        self.stale = true;
+    }
+
+    /// Moves the window to start right after `step_min` and cover at least step `next` plus
+    /// `ahead` more; returns the buffer's contents (header row first).
+    fn slide(&mut self, config: &OptimizerConfig, next: u64) -> Vec<[f32; 4]> {
+        let base = self.step_min;
+        // Slide the cached counter forward; only a step count set back (a checkpoint) restarts.
+        if self.stale || base < self.base {
+            self.counter = StepCounter::default();
+            self.base = 0;
+        }
+        for _ in self.base..base {
+            self.counter = config.advance(&self.counter);
+        }
+        let wanted = next.max(base + 1) - base + self.ahead;
+        let FactorRows { rows, converged } =
+            step_factor_rows(config, &self.counter, wanted as usize);
+        self.base = base;
+        self.rows = rows.len() as u64;
+        self.converged = converged;
+        self.stale = false;
+        let header = [base as u32, rows.len() as u32, converged as u32, 0].map(f32::from_bits);
+        std::iter::once(header).chain(rows).collect()
+    }
+}
+
 fn factor_buffer(ctx: &GpuContext, table: &[[f32; 4]]) -> wgpu::Buffer {
     let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("step factors"),
+        label: Some("step factor window"),
         size: (table.len() * 16) as u64,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,

@@ -16,7 +16,7 @@ use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarBinding, workgroups_for};
-use crate::optim::{OptimizerConfig, UpdateRule, step_factor_table};
+use crate::optim::{OptimizerConfig, UpdateRule};
 
 /// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
 #[derive(Clone, Debug)]
@@ -164,27 +164,6 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
     Ok(())
 }
 
-/// The step-factor table is one binding: it must fit the device's limits.
-pub(crate) fn check_factor_table(
-    ctx: &GpuContext,
-    config: &OptimizerConfig,
-    table: &[[f32; 4]],
-) -> Result<()> {
-    let bytes = (table.len() * 16) as u64;
-    if bytes > ctx.max_binding_bytes() {
-        return Err(Error::InvalidConfig {
-            optimizer: config.name(),
-            reason: format!(
-                "its bias corrections change for {} steps: a table of {bytes} bytes, more than \
-                 this device binds ({} bytes)",
-                table.len(),
-                ctx.max_binding_bytes()
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl Group {
     /// Allocates the group's arenas and state buffers, lays out its tensors and builds one bind
     /// group per segment. `first_tensor` numbers the group's tensors in errors.
@@ -195,11 +174,10 @@ impl Group {
         inits: &[TensorInit],
         first_tensor: usize,
         segment_bytes: u64,
+        factor_window_rows: u64,
         placeholders: &[wgpu::Buffer],
     ) -> Result<Self> {
         options.validate()?;
-        let factor_table = step_factor_table(&config)?;
-        check_factor_table(ctx, &config, &factor_table)?;
         for (t, init) in inits.iter().enumerate() {
             if let TensorInit::External(ext) = init {
                 check_external(ctx, first_tensor + t, ext)?;
@@ -334,7 +312,7 @@ impl Group {
             segment.workgroups =
                 workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
         }
-        let mut control = Control::new(ctx, &segments, &factor_table);
+        let mut control = Control::new(ctx, &segments, &config, factor_window_rows);
         control.apply(ctx, &options);
         control.write_state(ctx, &initial_state(&options));
         let mut group = Self {
@@ -412,13 +390,11 @@ impl Group {
     }
 
     /// Takes a new configuration of the same optimizer and states: new pipelines (cached) and
-    /// a new step-factor table (new betas).
+    /// new step factors (new betas), from the next step on.
     pub fn reconfigure(&mut self, ctx: &GpuContext, config: OptimizerConfig) -> Result<()> {
-        let table = step_factor_table(&config)?;
-        check_factor_table(ctx, &config, &table)?;
         self.config = config;
         self.refresh_pipelines(ctx);
-        self.control.set_factors(ctx, &table);
+        self.control.config_changed();
         Ok(())
     }
 
@@ -524,13 +500,16 @@ impl Group {
 
     /// Records one step of this group: the control's dispatches, then one update dispatch per
     /// segment at the next learning rate.
-    pub fn encode(&mut self, queue: &wgpu::Queue, pass: &mut wgpu::ComputePass) {
+    pub fn encode(&mut self, ctx: &GpuContext, pass: &mut wgpu::ComputePass) {
         let scalars = self.config.scalars(self.next_lr());
+        let can_skip = self.options.can_skip();
+        self.control.prepare_step(ctx, &self.config, can_skip);
         self.iterations += 1;
         self.control.encode(pass);
+        self.control.step_recorded(can_skip);
         if let Some(uniform) = &self.uniform {
             // Lands before the next submit's commands: one step per submit on this path.
-            queue.write_buffer(uniform, 0, &scalars);
+            ctx.queue.write_buffer(uniform, 0, &scalars);
         }
         for (element, pipeline) in &self.pipelines {
             pass.set_pipeline(pipeline);

@@ -127,6 +127,7 @@ pub struct OptimizerBuilder<'a> {
     ctx: GpuContext,
     groups: Vec<(OptimizerConfig, TrainingOptions, Vec<TensorInit<'a>>)>,
     max_segment_bytes: Option<u64>,
+    factor_window_rows: u64,
 }
 
 impl<'a> OptimizerBuilder<'a> {
@@ -162,6 +163,14 @@ impl<'a> OptimizerBuilder<'a> {
     /// segments mean more dispatches per step; tests use tiny ones to cross many boundaries.
     pub fn max_segment_bytes(mut self, bytes: u64) -> Self {
         self.max_segment_bytes = Some(bytes);
+        self
+    }
+
+    /// Rows of step factors each group keeps ahead of its step (default
+    /// [`FACTOR_WINDOW_ROWS`](control::FACTOR_WINDOW_ROWS)); the window slides every this many
+    /// steps until the factors converge. Tests use tiny windows to slide it often.
+    pub fn factor_window_rows(mut self, rows: u64) -> Self {
+        self.factor_window_rows = rows.max(1);
         self
     }
 
@@ -212,6 +221,7 @@ impl<'a> OptimizerBuilder<'a> {
                 inits,
                 tensors.len(),
                 segment_bytes,
+                self.factor_window_rows,
                 &placeholders,
             )?);
             tensors.extend((0..inits.len()).map(|local| (g, local)));
@@ -306,6 +316,7 @@ impl Optimizer {
             ctx: ctx.clone(),
             groups: Vec::new(),
             max_segment_bytes: None,
+            factor_window_rows: control::FACTOR_WINDOW_ROWS,
         }
     }
 
@@ -497,7 +508,7 @@ impl Optimizer {
             timestamp_writes,
         });
         for group in &mut self.groups {
-            group.encode(&self.ctx.queue, &mut pass);
+            group.encode(&self.ctx, &mut pass);
         }
     }
 
@@ -514,11 +525,11 @@ impl Optimizer {
     /// checked before anything is written.
     pub fn step_with_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
         if grads.len() != self.tensors.len() {
-            return Err(Error::LengthMismatch {
-                what: "the gradient list",
-                tensor: grads.len(),
-                expected: self.tensors.len() as u64,
-                got: grads.len() as u64,
+            return Err(Error::WrongCount {
+                call: "step_with_grads",
+                item: "gradient",
+                expected: self.tensors.len(),
+                got: grads.len(),
             });
         }
         for (t, grad) in grads.iter().enumerate() {

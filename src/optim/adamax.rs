@@ -41,7 +41,7 @@ shader_struct! {
         pub eps: f32,
         pub weight_decay: f32,
         pub lr: f32,
-        pub _pad0: u32,
+        pub beta1: f32,
         pub _pad1: u32,
         pub _pad2: u32,
     }
@@ -92,6 +92,7 @@ impl UpdateRule for Adamax {
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             lr: lr as f32,
+            beta1: self.beta1 as f32,
             ..Default::default()
         })
     }

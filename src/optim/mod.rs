@@ -259,40 +259,58 @@ impl_from_config!(
     Adamax(Adamax)
 );
 
-/// The longest step-factor table (64 MiB): enough for any beta up to 1 - 5e-6.
-pub const MAX_FACTOR_STEPS: usize = 1 << 22;
+/// Consecutive rows of [`UpdateRule::step_factors`], in float32, as the device reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FactorRows {
+    /// The factors of steps `start + 1`, `start + 2`, ...
+    pub rows: Vec<[f32; 4]>,
+    /// Whether the last row has reached the factors' limit (every factor within 2^-30 of it,
+    /// so that it rounds to the limit in float32): it then holds for every later step too.
+    pub converged: bool,
+}
 
-/// [`UpdateRule::step_factors`] for steps 1, 2, ... until every factor is within 2^-30 of its
-/// limit (then it rounds to the limit in float32 and stays there: the kernel uses the last row
-/// for every later step). A rule without factors gets one unused row.
-pub fn step_factor_table(rule: &impl UpdateRule) -> Result<Vec<[f32; 4]>> {
+/// The factors of the `max_rows` steps after `start` (fewer if they converge first), computed
+/// in float64 and rounded once. There is no limit on how close to 1 a beta may be: the engine
+/// keeps a window of rows ahead of the device's step and slides it as steps are taken. A rule
+/// without factors gets one unused row.
+pub fn step_factor_rows(
+    rule: &impl UpdateRule,
+    start: &StepCounter,
+    max_rows: usize,
+) -> FactorRows {
     let Some(limit) = rule.step_factors_limit() else {
-        return Ok(vec![[0.0; 4]]);
+        return FactorRows {
+            rows: vec![[0.0; 4]],
+            converged: true,
+        };
     };
     let converged = |f: &[f64; 4]| {
         f.iter()
             .zip(&limit)
             .all(|(v, l)| (v - l).abs() <= 2f64.powi(-30) * l.abs().max(1e-30))
     };
-    let mut table = Vec::new();
-    let mut counter = StepCounter::default();
-    loop {
+    let mut rows = Vec::new();
+    let mut counter = *start;
+    while rows.len() < max_rows.max(1) {
         counter = rule.advance(&counter);
         let factors = rule.step_factors(&counter);
-        table.push(factors.map(|v| v as f32));
+        rows.push(factors.map(|v| v as f32));
         if converged(&factors) {
-            return Ok(table);
-        }
-        if table.len() == MAX_FACTOR_STEPS {
-            return Err(Error::InvalidConfig {
-                optimizer: rule.name(),
-                reason: format!(
-                    "its bias corrections still change after {MAX_FACTOR_STEPS} steps \
-                     (a beta closer to 1 than 1 - 5e-6?); such betas are not supported"
-                ),
-            });
+            return FactorRows {
+                rows,
+                converged: true,
+            };
         }
     }
+    FactorRows {
+        rows,
+        converged: false,
+    }
+}
+
+/// The counter after `steps` steps from the start.
+pub fn counter_at(rule: &impl UpdateRule, steps: u64) -> StepCounter {
+    (0..steps).fold(StepCounter::default(), |c, _| rule.advance(&c))
 }
 
 /// Every kernel family, for the shader tests.

@@ -44,9 +44,10 @@ shader_struct! {
         pub one_minus_beta2: f32,
         pub eps: f32,
         pub weight_decay: f32,
-        pub decay_factor: f32,
+        /// Decoupled decay: lr * weight_decay (0 with L2 decay).
+        pub decay: f32,
         pub lr: f32,
-        pub _pad0: u32,
+        pub beta1: f32,
     }
 }
 
@@ -118,13 +119,13 @@ impl UpdateRule for RAdam {
             } else {
                 self.weight_decay as f32
             },
-            decay_factor: if decoupled {
-                (1.0 - lr * self.weight_decay) as f32
+            decay: if decoupled {
+                (lr * self.weight_decay) as f32
             } else {
-                1.0
+                0.0
             },
             lr: lr as f32,
-            _pad0: 0,
+            beta1: self.beta1 as f32,
         })
     }
     /// [step size per unit of lr, 1 if rectified else 0]: r_t sqrt(1 - b2^t) / (1 - b1^t) once

@@ -41,7 +41,7 @@ shader_struct! {
         pub momentum: f32,
         pub dampening_keep: f32,
         pub weight_decay: f32,
-        pub decay_factor: f32,
+        pub decay: f32,
         pub _pad0: u32,
         pub _pad1: u32,
         pub _pad2: u32,
@@ -131,7 +131,7 @@ impl UpdateRule for Sgd {
             momentum: self.momentum as f32,
             dampening_keep: (1.0 - self.dampening) as f32,
             weight_decay: self.weight_decay as f32,
-            decay_factor: 1.0,
+            decay: 0.0,
             ..Default::default()
         })
     }

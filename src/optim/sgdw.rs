@@ -78,7 +78,7 @@ impl UpdateRule for Sgdw {
             momentum: self.momentum as f32,
             dampening_keep: (1.0 - self.dampening) as f32,
             weight_decay: 0.0,
-            decay_factor: (1.0 - lr * self.weight_decay) as f32,
+            decay: (lr * self.weight_decay) as f32,
             ..Default::default()
         })
     }

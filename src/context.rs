@@ -137,11 +137,92 @@ fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
 }
 
 /// Every adapter wgpu finds on the given backends (or `WGPU_BACKEND`, or all), best first.
-pub fn list_adapters(backends: Option<wgpu::Backends>) -> Vec<AdapterSummary> {
-    sorted_adapters(&instance(backends))
+/// A `WGPU_BACKEND` that names no backend is an error, not an empty list.
+pub fn list_adapters(backends: Option<wgpu::Backends>) -> Result<Vec<AdapterSummary>> {
+    if backends.is_none() {
+        backends_from_env()?;
+    }
+    Ok(sorted_adapters(&instance(backends))
         .iter()
         .map(|a| AdapterSummary::new(&a.get_info(), &a.limits(), a.features()))
-        .collect()
+        .collect())
+}
+
+/// The backends `WGPU_BACKEND` names (`None` when it is unset), as wgpu reads it: a
+/// comma-separated list of `vulkan` (`vk`), `gl` (`gles`, `opengl`), `metal` (`mtl`), `dx12`
+/// (`d3d12`), `webgpu` or `noop`, in any case. wgpu itself skips a name it does not know, and
+/// with none left finds no adapter at all; here any unknown name (or no name) is an error
+/// that says so.
+pub fn backends_from_env() -> Result<Option<wgpu::Backends>> {
+    const VARIABLE: &str = "WGPU_BACKEND";
+    let Some(raw) = std::env::var_os(VARIABLE) else {
+        return Ok(None);
+    };
+    let bad = |value: String, reason: String| Error::Environment {
+        variable: VARIABLE,
+        value,
+        reason: format!("{reason}; valid: vulkan, gl, metal, dx12 (comma-separated)"),
+    };
+    let Some(value) = raw.to_str() else {
+        return Err(bad(
+            raw.to_string_lossy().into_owned(),
+            "is not valid UTF-8".into(),
+        ));
+    };
+    let names: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(bad(value.into(), "names no backend".into()));
+    }
+    let mut backends = wgpu::Backends::empty();
+    for name in &names {
+        let backend = wgpu::Backends::from_comma_list(name);
+        if backend.is_empty() {
+            return Err(bad(
+                value.into(),
+                if names.len() == 1 {
+                    "names no backend".into()
+                } else {
+                    format!("names no backend in `{name}`")
+                },
+            ));
+        }
+        backends |= backend;
+    }
+    Ok(Some(backends))
+}
+
+/// Device memory still free, as far as it can be learned, and where the figure comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AvailableMemory {
+    pub bytes: u64,
+    /// Completes "this ... has N available": e.g. "CPU adapter" or "integrated GPU (it shares
+    /// the host's memory)".
+    pub what: String,
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes: the host memory that can be allocated without
+/// swapping (Linux only).
+pub fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let mut words = line.split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    let unit = match words.next() {
+        None => 1,
+        Some(u) if u.eq_ignore_ascii_case("kb") => 1024,
+        Some(_) => return None,
+    };
+    value.checked_mul(unit)
 }
 
 fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
@@ -163,8 +244,12 @@ fn wanted_features(available: wgpu::Features, immediates: bool) -> wgpu::Feature
 }
 
 impl GpuContext {
-    /// Opens a device on the best adapter that matches `options`.
+    /// Opens a device on the best adapter that matches `options`. Without `options.backends`,
+    /// a `WGPU_BACKEND` that names no backend is an error ([`backends_from_env`]).
     pub fn new(options: &ContextOptions) -> Result<Self> {
+        if options.backends.is_none() {
+            backends_from_env()?;
+        }
         let instance = instance(options.backends);
         let all = sorted_adapters(&instance);
         let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
@@ -239,6 +324,21 @@ impl GpuContext {
         }
     }
 
+    /// The memory this device can still allocate, where it can be learned: for a software
+    /// adapter (and an integrated GPU, which shares it) the host's `MemAvailable`. `None` for a
+    /// discrete GPU: wgpu reports no memory budget, so only the limits can be checked.
+    pub fn available_memory(&self) -> Option<AvailableMemory> {
+        let what = match self.info.device_type {
+            wgpu::DeviceType::Cpu => "CPU adapter",
+            wgpu::DeviceType::IntegratedGpu => "integrated GPU (it shares the host's memory)",
+            _ => return None,
+        };
+        Some(AvailableMemory {
+            bytes: host_memory_available()?,
+            what: what.into(),
+        })
+    }
+
     /// Whether GPU timestamps can be written between passes.
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
@@ -290,5 +390,19 @@ fn no_adapter_error(seen: &[wgpu::Adapter], options: &ContextOptions) -> Error {
                 _ => String::new(),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo =
+            "MemTotal:       32768000 kB\nMemFree:  100 kB\nMemAvailable:   23634616 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(23_634_616 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! `wgpu-optim`: checks the fused GPU optimizers against PyTorch and the CPU reference.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -21,24 +22,25 @@ use wgpu_optim::{ContextOptions, GpuContext, GradScaler, TrainingOptions};
     long_about = "Fused WGSL optimizer steps, checked against torch.optim.\n\n\
         With no command: picks the best adapter (discrete GPU, then integrated, then software), \
         prints it, replays the built-in PyTorch fixture on it and benchmarks every optimizer \
-        briefly, then prints one table. Exits 1 if any conformance case fails."
+        briefly, then prints one table. Exits 1 if any conformance case fails.\n\n\
+        --backend and --adapter go before or after the command."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Adapter choice for the default run.
+    /// Adapter choice, for every command that opens one.
     #[command(flatten)]
     adapter: AdapterArgs,
 }
 
-/// Which adapter to run on.
+/// Which adapter to run on: global options, read by every command that opens an adapter.
 #[derive(clap::Args, Clone, Debug, Default)]
 struct AdapterArgs {
     /// Only consider adapters of this backend (default: `WGPU_BACKEND`, else every backend).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     backend: Option<Backend>,
     /// Only consider adapters whose name contains this (case-insensitive).
-    #[arg(long, value_name = "SUBSTRING")]
+    #[arg(long, value_name = "SUBSTRING", global = true)]
     adapter: Option<String>,
 }
 
@@ -59,6 +61,15 @@ impl Backend {
             Backend::Dx12 => wgpu::Backends::DX12,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Vulkan => "vulkan",
+            Backend::Gl => "gl",
+            Backend::Metal => "metal",
+            Backend::Dx12 => "dx12",
+        }
+    }
 }
 
 impl AdapterArgs {
@@ -68,6 +79,18 @@ impl AdapterArgs {
             adapter_name: self.adapter.clone(),
             ..Default::default()
         })?)
+    }
+
+    /// The options given, as typed: "--backend gl --adapter nvidia".
+    fn given(&self) -> Vec<String> {
+        let mut given = Vec::new();
+        if let Some(b) = self.backend {
+            given.push(format!("--backend {}", b.name()));
+        }
+        if let Some(a) = &self.adapter {
+            given.push(format!("--adapter {a}"));
+        }
+        given
     }
 }
 
@@ -80,8 +103,6 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        adapter: AdapterArgs,
     },
     /// Measure each optimizer's effective bandwidth as a fraction of this adapter's copy kernel.
     Bench {
@@ -89,32 +110,39 @@ enum Command {
         #[arg(long = "optimizer", value_name = "NAME", num_args = 1..)]
         optimizers: Vec<String>,
         /// Sizes in elements: a number, 2^k, or gpt2 (GPT-2 small's 148 tensors, 124M).
-        #[arg(long, value_name = "N", num_args = 1.., default_values = ["2^20", "2^24"])]
+        #[arg(
+            long,
+            value_name = "N",
+            num_args = 1..,
+            default_values = ["2^20", "2^24"],
+            allow_negative_numbers = true
+        )]
         sizes: Vec<String>,
-        /// Timed steps per measurement; the median is reported.
-        #[arg(long, default_value_t = 30)]
+        /// Timed steps per measurement (at least 1); the median is reported.
+        #[arg(long, value_name = "N", default_value_t = 30, value_parser = at_least_one, allow_negative_numbers = true)]
         steps: usize,
         /// Untimed steps before timing.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = whole_number, allow_negative_numbers = true)]
         warmup: usize,
         /// Clip every step by the global gradient norm (measures the norm pass's cost).
-        #[arg(long, value_name = "MAX_NORM")]
+        #[arg(long, value_name = "MAX_NORM", value_parser = positive_finite, allow_negative_numbers = true)]
         max_grad_norm: Option<f64>,
         /// Loss scaling with GradScaler's defaults (measures the non-finite check's cost).
         #[arg(long)]
         grad_scaler: bool,
-        /// Cut the optimizer's arenas into buffers of at most this many MiB (default: the
-        /// adapter's storage binding limit). For studying how allocation sizes change speed.
-        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        /// Cut the optimizer's arenas into buffers of at most this many MiB (default and
+        /// maximum: the adapter's storage binding limit). For studying how allocation sizes
+        /// change speed.
+        #[arg(long, value_name = "MIB", value_parser = mebibytes, allow_negative_numbers = true)]
         segment_mib: Option<u64>,
-        /// Also write the full results (adapter, copy ceiling, every measurement) as JSON.
+        /// Also write the full results (adapter, copy ceiling, every measurement) as JSON
+        /// (checked for writing before anything is measured).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
-        #[command(flatten)]
-        adapter: AdapterArgs,
     },
     /// Merge `bench --json` files from different machines into a markdown table and a chart of
-    /// GB/s and fraction of copy bandwidth per optimizer per adapter (PNG and SVG).
+    /// GB/s and fraction of copy bandwidth per optimizer per adapter (PNG and SVG). Opens no
+    /// adapter.
     Report {
         /// Result files written by `wgpu-optim bench --json FILE`.
         #[arg(required = true, value_name = "FILE")]
@@ -126,15 +154,46 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
     },
-    /// List every adapter wgpu finds, best first, with the limits that matter here.
+    /// List every adapter wgpu finds, best first, with the limits that matter here (only those
+    /// of --backend, and whose names contain --adapter, when given).
     Adapters {
-        /// Only this backend.
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A whole number of at least 1 (`--steps`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match whole_number(text)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// A whole number, 0 or more (`--warmup`).
+fn whole_number(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err("must not be negative".into()),
+        Ok(n) => usize::try_from(n).map_err(|_| "is too large".into()),
+        Err(_) => Err("must be a whole number".into()),
+    }
+}
+
+/// A finite number > 0 (`--max-grad-norm`).
+fn positive_finite(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a finite number > 0".into()),
+        Err(_) => Err("must be a number".into()),
+    }
+}
+
+/// A whole number of MiB, at least 1, returned in bytes (`--segment-mib`).
+fn mebibytes(text: &str) -> Result<u64, String> {
+    let mib = at_least_one(text)? as u64;
+    mib.checked_mul(1 << 20)
+        .ok_or_else(|| "is more bytes than 64 bits count".into())
 }
 
 fn main() -> ExitCode {
@@ -148,15 +207,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let adapter = cli.adapter;
     let Some(command) = cli.command else {
-        return run_default(&cli.adapter);
+        return run_default(&adapter);
     };
     match command {
-        Command::Conformance {
-            file,
-            json,
-            adapter,
-        } => run_conformance(file, json, &adapter),
+        Command::Conformance { file, json } => run_conformance(file, json, &adapter),
         Command::Bench {
             optimizers,
             sizes,
@@ -166,7 +222,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             grad_scaler,
             segment_mib,
             json,
-            adapter,
         } => {
             let options = BenchOptions {
                 steps,
@@ -174,9 +229,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 training: TrainingOptions {
                     max_grad_norm,
                     grad_scaler: grad_scaler.then(GradScaler::default),
-                    schedule: None,
+                    ..Default::default()
                 },
-                max_segment_bytes: segment_mib.map(|mib| mib << 20),
+                max_segment_bytes: segment_mib,
                 ..Default::default()
             };
             run_bench(&optimizers, &sizes, &options, json, &adapter)
@@ -186,39 +241,138 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chart,
             markdown,
         } => {
-            let files = files
-                .iter()
-                .map(|f| report::BenchFile::load(f))
-                .collect::<Result<Vec<_>, _>>()?;
-            let table = report::markdown(&files);
-            print!("{table}");
-            if let Some(path) = markdown {
-                std::fs::write(&path, &table)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            let given = adapter.given();
+            if !given.is_empty() {
+                anyhow::bail!(
+                    "report opens no adapter (it merges result files, each made on the adapter \
+                     it names): {} does not apply; adapter options are for conformance, bench \
+                     and adapters",
+                    given.join(" ")
+                );
             }
-            let (png, svg) = report::write_chart(&files, &chart)?;
-            eprintln!("chart: {} and {}", png.display(), svg.display());
-            Ok(ExitCode::SUCCESS)
+            run_report(&files, &chart, markdown.as_deref())
         }
-        Command::Adapters { backend, json } => {
-            let adapters = list_adapters(backend.map(Backend::backends));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&adapters)?);
-            } else if adapters.is_empty() {
-                anyhow::bail!(wgpu_optim::Error::NoAdapter {
-                    detail: String::new()
-                });
-            } else {
-                for (i, a) in adapters.iter().enumerate() {
-                    if i > 0 {
-                        println!();
-                    }
-                    print!("{}", describe_adapter(a));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Adapters { json } => run_adapters(json, &adapter),
+    }
+}
+
+/// A file a command writes when its work is done, opened for writing before the work starts,
+/// so that a path that cannot be written fails at once. A file it created and never wrote is
+/// removed again.
+struct Output {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    created: bool,
+    done: bool,
+}
+
+impl Output {
+    fn open(path: &Path, what: &str) -> Result<Self> {
+        let created = std::fs::symlink_metadata(path).is_err();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write the {what} to {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Some(file),
+            created,
+            done: false,
+        })
+    }
+
+    /// Replaces the file's contents.
+    fn write(mut self, contents: &[u8]) -> Result<()> {
+        let mut file = self.file.take().expect("open until written");
+        file.set_len(0)
+            .and_then(|()| file.write_all(contents))
+            .and_then(|()| file.flush())
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// Someone else has written the file: keep it.
+    fn keep(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.file = None;
+        if self.created && !self.done {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+fn run_report(files: &[PathBuf], chart: &Path, markdown: Option<&Path>) -> Result<ExitCode> {
+    let files = files
+        .iter()
+        .map(|f| report::BenchFile::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let markdown = markdown
+        .map(|p| Output::open(p, "markdown table"))
+        .transpose()?;
+    let (png, svg) = report::chart_paths(chart);
+    let charts = [Output::open(&png, "chart")?, Output::open(&svg, "chart")?];
+    let table = report::markdown(&files);
+    print!("{table}");
+    if let Some(out) = markdown {
+        out.write(table.as_bytes())?;
+    }
+    let (png, svg) = report::write_chart(&files, chart)?;
+    for output in charts {
+        output.keep();
+    }
+    eprintln!("chart: {} and {}", png.display(), svg.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_adapters(json: bool, adapter: &AdapterArgs) -> Result<ExitCode> {
+    let all = list_adapters(adapter.backend.map(Backend::backends))?;
+    if all.is_empty() && !json {
+        anyhow::bail!(wgpu_optim::Error::NoAdapter {
+            detail: adapter
+                .backend
+                .map_or(String::new(), |b| format!(" for backend {}", b.name())),
+        });
+    }
+    let adapters: Vec<&AdapterSummary> = match &adapter.adapter {
+        None => all.iter().collect(),
+        Some(wanted) => {
+            let lower = wanted.to_lowercase();
+            let matching: Vec<_> = all
+                .iter()
+                .filter(|a| a.name.to_lowercase().contains(&lower))
+                .collect();
+            if matching.is_empty() && !all.is_empty() {
+                anyhow::bail!(wgpu_optim::Error::NoMatchingAdapter {
+                    wanted: wanted.clone(),
+                    available: all
+                        .iter()
+                        .map(|a| format!("`{}` ({})", a.name, a.backend))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            matching
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&adapters)?);
+    } else {
+        for (i, a) in adapters.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", describe_adapter(a));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_conformance(file: Option<PathBuf>, json: bool, adapter: &AdapterArgs) -> Result<ExitCode> {
@@ -287,9 +441,10 @@ fn run_conformance(file: Option<PathBuf>, json: bool, adapter: &AdapterArgs) -> 
             .filter(|s| s.status == Status::Pass)
             .count();
         println!(
-            "cases: {} pass, {} fail; schedules: {} of {} pass",
+            "cases: {} pass, {} fail, {} unsupported; schedules: {} of {} pass",
             count(Status::Pass),
             count(Status::Fail),
+            count(Status::Unsupported),
             schedules,
             report.schedules.len()
         );
@@ -322,7 +477,12 @@ fn run_bench(
         .iter()
         .map(|s| Workload::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let output = json
+        .as_deref()
+        .map(|p| Output::open(p, "bench results"))
+        .transpose()?;
     let ctx = adapter.context()?;
+    // bench::run checks every workload against the device's limits and memory first.
     let bar = progress_bar((configs.len() * workloads.len()) as u64, "bench");
     let report = bench::run(&ctx, &configs, &workloads, options, |r| {
         bar.set_message(format!("{} {}", r.optimizer, r.workload));
@@ -330,9 +490,8 @@ fn run_bench(
     })?;
     bar.finish_and_clear();
     print!("{}", report.table());
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(output) = output {
+        output.write(serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -473,5 +632,6 @@ fn status_word(status: Status) -> &'static str {
     match status {
         Status::Pass => "pass",
         Status::Fail => "FAIL",
+        Status::Unsupported => "unsupported",
     }
 }

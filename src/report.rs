@@ -30,11 +30,13 @@ pub struct BenchFile {
 impl BenchFile {
     /// Reads one result file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Fixture {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Report {
+            what: "bench result file",
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::Fixture {
+        serde_json::from_str(&text).map_err(|e| Error::Report {
+            what: "bench result file",
             path: path.display().to_string(),
             reason: format!("not a `wgpu-optim bench --json` file: {e}"),
         })
@@ -133,25 +135,42 @@ pub fn chart_workload(files: &[BenchFile]) -> Option<String> {
         .cloned()
 }
 
-/// Writes `<stem>.png` and `<stem>.svg`; returns their paths.
+/// The chart's files for `stem`: `<stem>.png` and `<stem>.svg`.
+pub fn chart_paths(stem: &Path) -> (PathBuf, PathBuf) {
+    (stem.with_extension("png"), stem.with_extension("svg"))
+}
+
+/// Writes `<stem>.png` and `<stem>.svg`; returns their paths. A file that cannot be written
+/// is an error naming it.
 pub fn write_chart(files: &[BenchFile], stem: &Path) -> Result<(PathBuf, PathBuf)> {
     let workload =
         chart_workload(files).ok_or_else(|| Error::Empty("no results to chart".into()))?;
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
+    let (png, svg) = chart_paths(stem);
+    let failed = |path: &Path, reason: String| Error::Report {
+        what: "chart",
+        path: path.display().to_string(),
+        reason,
+    };
+    // The PNG encoder opens its file only at the end and reports a failure as a debug dump:
+    // open it first, for an error that says what went wrong.
+    std::fs::File::create(&png).map_err(|e| failed(&png, e.to_string()))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| Error::Empty("the built-in font does not load".into()))?;
+        .map_err(|_| failed(&png, "the built-in font does not load".into()))?;
     let size = (1200, 900);
     draw(
         &BitMapBackend::new(&png, size).into_drawing_area(),
         files,
         &workload,
-    )?;
+    )
+    .map_err(|e| failed(&png, e))?;
+    let mut text = String::new();
     draw(
-        &SVGBackend::new(&svg, size).into_drawing_area(),
+        &SVGBackend::with_string(&mut text, size).into_drawing_area(),
         files,
         &workload,
-    )?;
+    )
+    .map_err(|e| failed(&svg, e))?;
+    std::fs::write(&svg, text).map_err(|e| failed(&svg, e.to_string()))?;
     Ok((png, svg))
 }
 
@@ -165,8 +184,8 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(213, 94, 0),
 ];
 
-fn chart_error<E: std::fmt::Display>(e: E) -> Error {
-    Error::Empty(format!("drawing the chart failed: {e}"))
+fn chart_error<E: std::fmt::Display>(e: E) -> String {
+    format!("drawing the chart failed: {e}")
 }
 
 /// One quantity per (adapter, optimizer): what a panel shows.
@@ -183,7 +202,7 @@ fn draw<B: DrawingBackend>(
     area: &DrawingArea<B, Shift>,
     files: &[BenchFile],
     workload: &str,
-) -> Result<()>
+) -> std::result::Result<(), String>
 where
     B::ErrorType: 'static,
 {
@@ -239,7 +258,7 @@ fn draw_panel<B: DrawingBackend>(
     files: &[BenchFile],
     workload: &str,
     panel: &Panel,
-) -> Result<()>
+) -> std::result::Result<(), String>
 where
     B::ErrorType: 'static,
 {

@@ -103,3 +103,36 @@ fn a_file_that_is_not_a_bench_result_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_result_file_that_cannot_be_read_is_named_as_one() {
+    let err = BenchFile::load(Path::new("/no/such/result.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("bench result file /no/such/result.json: ") && !err.contains("fixture"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_chart_that_cannot_be_written_is_one_line_naming_it() {
+    let stem = std::env::temp_dir()
+        .join(format!("wgpu-optim-no-such-dir-{}", std::process::id()))
+        .join("chart");
+    let err = report::write_chart(&real_files(), &stem)
+        .unwrap_err()
+        .to_string();
+    let png = stem.with_extension("png");
+    assert!(
+        err.starts_with(&format!("chart {}: ", png.display()))
+            && err.contains("No such file or directory")
+            && !err.contains("IoError")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    assert_eq!(
+        report::chart_paths(&stem),
+        (png, stem.with_extension("svg"))
+    );
+}

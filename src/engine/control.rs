@@ -278,8 +278,12 @@ impl Control {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        // The window is one binding: a device that binds little gets a shorter one, which
+        // slides more often.
+        let max_rows = (ctx.max_binding_bytes() / 16).saturating_sub(1).max(2);
         let mut window = FactorWindow {
-            ahead: window_rows,
+            ahead: window_rows.min(max_rows / 2),
+            max_rows,
             ..Default::default()
         };
         let factors = factor_buffer(ctx, &window.slide(config, 0));
@@ -502,6 +506,8 @@ struct FactorWindow {
     counter: StepCounter,
     /// Rows to hold past the next step ([`FACTOR_WINDOW_ROWS`] but in tests).
     ahead: u64,
+    /// The most rows the device can bind.
+    max_rows: u64,
 }
 
 impl FactorWindow {
@@ -524,7 +530,10 @@ impl FactorWindow {
         for _ in self.base..base {
             self.counter = config.advance(&self.counter);
         }
-        let wanted = next.max(base + 1) - base + self.ahead;
+        // Past `max_rows` (a caller recording more steps into one encoder than the device can
+        // bind rows for, with every step skippable) the last rows would be reused: no real
+        // device binds so little (128 MiB holds 8 million rows).
+        let wanted = (next.max(base + 1) - base + self.ahead).min(self.max_rows);
         let FactorRows { rows, converged } =
             step_factor_rows(config, &self.counter, wanted as usize);
         self.base = base;

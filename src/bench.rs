@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::arena::ALIGN_ELEMS;
 use crate::engine::control::{
-    ControlSettings, NORM_ELEMENTS_PER_THREAD, StepControl, TrainingOptions,
+    ControlSettings, FACTOR_WINDOW_ROWS, NORM_ELEMENTS_PER_THREAD, StepControl, TrainingOptions,
 };
 use crate::engine::{Optimizer, Role, Span, TensorId, TensorInit};
 use crate::error::{Error, Result};
@@ -616,9 +616,9 @@ impl DeviceFacts {
 /// out; counting 8 where an older layout used 4 errs on the safe side).
 const NORM_PARTIAL_BYTES: u64 = 8;
 
-/// An upper bound on one group's step-factor buffer: a window of 2^16 rows of 16 bytes and a
-/// header row, or a whole table of fewer rows.
-const FACTOR_BYTES_BOUND: u64 = ((1 << 16) + 2) * 16;
+/// An upper bound on one group's step-factor buffer: a header row, then the next step's row
+/// and a window of [`FACTOR_WINDOW_ROWS`] more (fewer once the factors converge), 16 bytes each.
+const FACTOR_BYTES_BOUND: u64 = (FACTOR_WINDOW_ROWS + 2) * 16;
 
 /// What one measurement of a configuration on a workload allocates on the device, counted as
 /// [`measure_copy`] and [`PreparedSteps::new`] allocate it.

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::arena::ALIGN_ELEMS;
 use crate::engine::control::{
-    ControlSettings, FACTOR_WINDOW_ROWS, NORM_ELEMENTS_PER_THREAD, StepControl, TrainingOptions,
+    ControlSettings, FACTOR_WINDOW_ROWS, NORM_ELEMENTS_PER_THREAD, PARTIAL_BYTES, StepControl,
+    TrainingOptions,
 };
 use crate::engine::{Optimizer, Role, Span, TensorId, TensorInit};
 use crate::error::{Error, Result};
@@ -612,10 +613,6 @@ impl DeviceFacts {
     }
 }
 
-/// Bytes of one partial sum of the norm pass (a pair of f32, as `engine::control` lays them
-/// out; counting 8 where an older layout used 4 errs on the safe side).
-const NORM_PARTIAL_BYTES: u64 = 8;
-
 /// An upper bound on one group's step-factor buffer: a header row, then the next step's row
 /// and a window of [`FACTOR_WINDOW_ROWS`] more (fewer once the factors converge), 16 bytes each.
 const FACTOR_BYTES_BOUND: u64 = (FACTOR_WINDOW_ROWS + 2) * 16;
@@ -803,13 +800,13 @@ pub fn footprint(
     });
     // The norm pass: one partial sum per workgroup per segment, each segment's run aligned,
     // all in one buffer that the finalize kernel binds whole.
-    let align = (facts.min_storage_buffer_offset_alignment / NORM_PARTIAL_BYTES).max(1) as u128;
+    let align = (facts.min_storage_buffer_offset_alignment / PARTIAL_BYTES).max(1) as u128;
     let partials_of = |elems: u128| {
         let threads = (elems / ALIGN_ELEMS as u128).div_ceil(NORM_ELEMENTS_PER_THREAD as u128);
         workgroup_count(threads, max_dim).next_multiple_of(align)
     };
     let partial_count = ((segments - 1) * partials_of(segment_elems) + partials_of(last)).max(1);
-    let partial_bytes = partial_count * NORM_PARTIAL_BYTES as u128;
+    let partial_bytes = partial_count * PARTIAL_BYTES as u128;
     check(partial_bytes <= facts.binding_bytes as u128, &|| {
         format!(
             "the norm pass's partial sums over its {segments} segments take one buffer of {}, \
@@ -1031,7 +1028,7 @@ mod tests {
         .unwrap();
         // 64 segments of 2^25 elements; each norm dispatch 2^25 / 4 / 16 / 256 = 2048
         // workgroups, one partial sum each.
-        let partials = 64 * 2048 * NORM_PARTIAL_BYTES as u128;
+        let partials = 64 * 2048 * PARTIAL_BYTES as u128;
         let control = partials
             + (std::mem::size_of::<StepControl>() + std::mem::size_of::<ControlSettings>()) as u128
             + 16

@@ -483,8 +483,9 @@ impl Control {
     }
 }
 
-/// Bytes of one partial sum of squares: a (q, e) pair of f32 (`shaders/reduce.wgsl`).
-const PARTIAL_BYTES: u64 = 8;
+/// Bytes of one partial sum of squares of the norm pass: a (q, e) pair of f32
+/// (`shaders/reduce.wgsl`).
+pub const PARTIAL_BYTES: u64 = 8;
 
 /// Which steps' factors the device's window holds, and the bounds the host knows on the
 /// device's step count (which skipped steps do not advance, so the host cannot know it

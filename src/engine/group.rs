@@ -78,6 +78,15 @@ pub(crate) struct TensorPlace {
     pub external: bool,
 }
 
+/// How large a group's buffers may be.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupSizes {
+    /// The largest segment buffer.
+    pub segment_bytes: u64,
+    /// Rows of the step-factor window ahead of the step.
+    pub factor_window_rows: u64,
+}
+
 /// One parameter group on the GPU.
 pub(crate) struct Group {
     pub config: OptimizerConfig,
@@ -173,10 +182,13 @@ impl Group {
         options: TrainingOptions,
         inits: &[TensorInit],
         first_tensor: usize,
-        segment_bytes: u64,
-        factor_window_rows: u64,
+        sizes: GroupSizes,
         placeholders: &[wgpu::Buffer],
     ) -> Result<Self> {
+        let GroupSizes {
+            segment_bytes,
+            factor_window_rows,
+        } = sizes;
         options.validate()?;
         for (t, init) in inits.iter().enumerate() {
             if let TensorInit::External(ext) = init {

@@ -220,8 +220,10 @@ impl<'a> OptimizerBuilder<'a> {
                 options.clone(),
                 inits,
                 tensors.len(),
-                segment_bytes,
-                self.factor_window_rows,
+                group::GroupSizes {
+                    segment_bytes,
+                    factor_window_rows: self.factor_window_rows,
+                },
                 &placeholders,
             )?);
             tensors.extend((0..inits.len()).map(|local| (g, local)));

@@ -237,3 +237,81 @@ fn unknown_optimizers_and_hyperparameters_are_rejected() {
             .to_string();
     assert!(err.contains("betas"), "{err}");
 }
+
+/// The fixtures of the later issues (reduced-precision storage, more optimizers), shipped as
+/// byte-identical copies: every case runs or says why not; none aborts the run or fails.
+#[test]
+fn fixtures_of_features_not_built_yet_say_unsupported_and_never_abort() {
+    let ctx = context();
+    for name in ["formats.json", "more-optimizers.json"] {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data")
+            .join(name);
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/conformance")
+            .join(name);
+        if let Ok(original) = std::fs::read(&shared) {
+            assert!(
+                original == std::fs::read(&shipped).unwrap(),
+                "data/{name} differs from the shared one"
+            );
+        }
+        let fixture = Fixture::load(&shipped).unwrap();
+        let report = conformance::run(&ctx, &fixture);
+        assert_eq!(report.cases.len(), fixture.cases.len());
+        for case in &report.cases {
+            match case.status {
+                Status::Pass => {}
+                Status::Unsupported => assert!(
+                    case.note.as_ref().is_some_and(|n| n.contains("not")),
+                    "{name} {}: unsupported without a reason",
+                    case.name
+                ),
+                Status::Fail => panic!("{name} {}: {:?}", case.name, case.note),
+            }
+        }
+        assert!(report.passed(), "{name}");
+    }
+}
+
+#[test]
+fn a_fixture_with_nothing_to_check_is_an_error() {
+    let err = Fixture::parse(
+        r#"{"format": "optimizer-conformance/1", "source": "test",
+            "tolerance": {"rel_l2": 1e-5, "lr_rel": 1e-9}, "cases": [], "schedules": []}"#,
+        "empty.json",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("empty.json") && err.contains("no cases"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_finite_errors_are_reported_as_such_in_json_never_null() {
+    // SGD with a step that overflows float32 (3e38 * 3e38) but not float64: the GPU's
+    // parameters become infinite, the CPU reference is exact.
+    let fixture = Fixture::parse(
+        r#"{"format": "optimizer-conformance/1", "source": "test",
+            "tolerance": {"rel_l2": 1e-5, "lr_rel": 1e-9},
+            "cases": [{"name": "overflow", "optimizer": "sgd", "hyper": {"lr": 3e38},
+                       "shapes": [[1]], "params": [[1.0]], "grads": [[[3e38]]],
+                       "expected": [[[-9e76]]]}],
+            "schedules": []}"#,
+        "overflow.json",
+    )
+    .unwrap();
+    let report = conformance::run(&context(), &fixture);
+    let case = &report.cases[0];
+    assert_eq!(case.status, Status::Fail);
+    let json = serde_json::to_value(&report).unwrap();
+    let row = &json["cases"][0];
+    assert_eq!(row["gpu_rel_l2"], "inf", "{row}");
+    assert_eq!(row["cpu_rel_l2"], 0.0, "{row}");
+    assert!(
+        row["note"].as_str().unwrap().contains("GPU's error is inf"),
+        "{row}"
+    );
+}

@@ -1,36 +1,57 @@
-//! Checkpoints: an optimizer's whole state in one safetensors file, from which a run resumes
-//! bit for bit as if it had never stopped.
+//! Checkpoints: an optimizer's whole state in one safetensors file (or the same bytes in
+//! memory), from which a run resumes bit for bit as if it had never stopped.
 //!
-//! The file holds, per group, the step control (`group{g}.control`: the 32 bytes of
+//! The file holds, per group, the step control (`group{g}.control`: the bytes of
 //! [`StepControl`]: step count, loss scale, growth tracker, ...) and, per tensor, its
 //! parameters (`tensor{t}.param`) and every optimizer state (`tensor{t}.exp_avg`, ...), float32.
 //! Its metadata (`wgpu-optim` key, JSON) holds each group's hyperparameters, training options
-//! (clipping, loss scaler, schedule), iteration count and tensor lengths.
+//! (clipping, loss scaler, schedule), iteration count and tensor lengths, and the segment size
+//! the arenas were cut with.
 //!
-//! Loading checks everything against the optimizer first (format, groups, optimizers, states,
-//! tensor lengths, every tensor's dtype and size) and writes nothing unless all of it matches.
+//! A checkpoint is untrusted input. Loading first checks the bytes on their own (a complete
+//! safetensors file; metadata that parses, valid hyperparameters and options, every declared
+//! tensor present with the declared dtype and length, nothing else; a plausible step control),
+//! then against the optimizer (groups, optimizers, states, tensor lengths), and writes nothing
+//! unless all of it holds. Nothing is allocated before the bytes are known to hold the data it
+//! is for: every size is checked with checked arithmetic against the input's length.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::tensor::{Metadata, TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::control::{StepControl, TrainingOptions};
-use super::group::check_factor_table;
-use super::{GroupId, Optimizer, Role, TensorId, check_usage};
+use super::{GroupId, Optimizer, Role, TensorId, TensorInit, check_usage};
+use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::optim::{OptimizerConfig, UpdateRule, step_factor_table};
+use crate::optim::{OptimizerConfig, UpdateRule};
 
 /// The metadata key and the version of the layout.
 const METADATA_KEY: &str = "wgpu-optim";
 const FORMAT: &str = "wgpu-optim-checkpoint/1";
+
+/// What errors about in-memory checkpoints name instead of a path.
+const MEMORY: &str = "<memory>";
+
+/// The smallest segment size [`Optimizer::from_checkpoint`] accepts from a file: smaller ones
+/// would make the number of GPU objects (several per segment) out of proportion to the data.
+const MIN_CHECKPOINT_SEGMENT_BYTES: u64 = 1024;
+
+/// The longest error reason; what a file says is quoted, escaped and cut to fit.
+const MAX_REASON_CHARS: usize = 400;
 
 /// What the metadata says of the whole optimizer.
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     format: String,
     groups: Vec<GroupRecord>,
+    /// The size of the arenas' segments, when some group's arena has more than one (the
+    /// layout, and so the order in which a clipping norm is summed, depends on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    segment_bytes: Option<u64>,
 }
 
 /// What the metadata says of one group.
@@ -45,6 +66,29 @@ struct GroupRecord {
     states: Vec<String>,
 }
 
+/// A checkpoint whose bytes have been checked on their own: everything its metadata declares
+/// is there, with the declared type and size.
+struct Parsed<'a> {
+    manifest: Manifest,
+    /// One per group.
+    controls: Vec<StepControl>,
+    /// Per tensor, in [`TensorId`] order: the parameters, then each state of its group in the
+    /// manifest's order, as the file's bytes (float32, little-endian).
+    tensors: Vec<Vec<&'a [u8]>>,
+}
+
+/// A checkpoint being written: its tensors, by name, and its metadata.
+struct Contents {
+    blobs: Vec<(String, Blob)>,
+    metadata: HashMap<String, String>,
+}
+
+/// One tensor of a checkpoint being written.
+enum Blob {
+    Control(StepControl),
+    Values(Vec<f32>),
+}
+
 fn control_name(group: usize) -> String {
     format!("group{group}.control")
 }
@@ -53,20 +97,104 @@ fn tensor_name(tensor: usize, role: &str) -> String {
     format!("tensor{tensor}.{role}")
 }
 
+/// The states a configuration keeps, by name, in binding order.
+fn kept_states(config: &OptimizerConfig) -> Vec<&'static str> {
+    config
+        .kernel()
+        .state_slots
+        .iter()
+        .zip(config.initial_states())
+        .filter(|(_, s)| s.is_some())
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 impl Optimizer {
-    /// Writes the whole optimizer state to `path` (waits for the GPU). Parameters are saved too
+    /// The whole optimizer state as the bytes of a checkpoint (a safetensors file; waits for the
+    /// GPU): what [`save_checkpoint`](Self::save_checkpoint) writes. Parameters are saved too
     /// (caller-owned ones need `COPY_SRC`), so that loading restores everything a step reads.
+    pub fn save_checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        let Contents { blobs, metadata } = self.checkpoint_contents()?;
+        safetensors::serialize(views(&blobs, MEMORY)?, Some(metadata))
+            .map_err(|e| checkpoint_error(MEMORY, format!("building the file: {e}")))
+    }
+
+    /// Writes the whole optimizer state to `path` (waits for the GPU): the bytes of
+    /// [`save_checkpoint_bytes`](Self::save_checkpoint_bytes), streamed to the file.
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut blobs: Vec<(String, Dtype, usize, Vec<u8>)> = Vec::new();
+        let origin = path.as_ref().display().to_string();
+        let Contents { blobs, metadata } = self.checkpoint_contents()?;
+        safetensors::serialize_to_file(views(&blobs, &origin)?, Some(metadata), path.as_ref())
+            .map_err(|e| checkpoint_error(&origin, format!("writing: {e}")))
+    }
+
+    /// Restores the whole optimizer state from the bytes of a checkpoint, as
+    /// [`load_checkpoint`](Self::load_checkpoint) does from a file.
+    ///
+    /// Like PyTorch's `Optimizer.load_state_dict`, which restores the param groups' settings
+    /// along with the state, this **replaces every group's hyperparameters** (learning rate,
+    /// betas, weight decay, ...) **and training options** (clipping, loss scaler, schedule,
+    /// `skip_nonfinite`) with the saved ones, besides the step counts, iteration counts, loss
+    /// scales, parameters and every state. Change them after loading to resume with others.
+    ///
+    /// The optimizer must have the same groups, optimizers, states and tensor lengths as the
+    /// one saved. The bytes are untrusted: anything wrong with them (truncated, corrupted,
+    /// another optimizer's, nonsense values) is an [`Error::Checkpoint`] naming `<memory>`,
+    /// and then nothing is changed. (A caller-owned parameter buffer without `COPY_DST` is an
+    /// [`Error::BadBuffer`], also before anything is written; only a failure of the device
+    /// itself while writing can leave a load half done.)
+    pub fn load_checkpoint_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.load_from(MEMORY, bytes)
+    }
+
+    /// Restores the whole optimizer state from `path` (a file that
+    /// [`save_checkpoint`](Self::save_checkpoint) wrote).
+    ///
+    /// Like PyTorch's `Optimizer.load_state_dict`, this **replaces every group's
+    /// hyperparameters and training options** with the saved ones, besides the step counts,
+    /// iteration counts, loss scales, parameters and every state: see
+    /// [`load_checkpoint_bytes`](Self::load_checkpoint_bytes). If the file cannot be read,
+    /// is not a checkpoint, is damaged or does not fit this optimizer, the error
+    /// ([`Error::Checkpoint`], naming the path) says why and nothing is changed.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let origin = path.as_ref().display().to_string();
+        let bytes = std::fs::read(path.as_ref()).map_err(|e| checkpoint_error(&origin, e))?;
+        self.load_from(&origin, &bytes)
+    }
+
+    /// Builds an optimizer from the bytes of a checkpoint alone: one group per saved group,
+    /// with the saved hyperparameters and training options, and tensors of the saved lengths
+    /// in the optimizer's own arenas (cut into segments of the saved size), then loads
+    /// everything, so that stepping it continues exactly (bit for bit) where the saved one
+    /// stood. Tensors that were caller-owned buffers come back as the optimizer's own (laid
+    /// out in the arena, so a clipping norm over them may round differently).
+    ///
+    /// The bytes are untrusted: they are checked in full (every tensor the metadata declares
+    /// must be there, with its data) before any GPU buffer is allocated. A checkpoint whose
+    /// arenas were cut into segments smaller than 1 KiB is refused (too many GPU objects):
+    /// build such an optimizer yourself and [`load_checkpoint_bytes`](Self::load_checkpoint_bytes)
+    /// into it.
+    pub fn from_checkpoint(ctx: &GpuContext, bytes: &[u8]) -> Result<Self> {
+        Self::build_from(ctx, MEMORY, bytes)
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) with the bytes of a file.
+    pub fn from_checkpoint_file(ctx: &GpuContext, path: impl AsRef<Path>) -> Result<Self> {
+        let origin = path.as_ref().display().to_string();
+        let bytes = std::fs::read(path.as_ref()).map_err(|e| checkpoint_error(&origin, e))?;
+        Self::build_from(ctx, &origin, &bytes)
+    }
+
+    /// Reads everything back from the device: one blob per safetensors tensor, and the
+    /// metadata.
+    fn checkpoint_contents(&self) -> Result<Contents> {
+        let mut blobs = Vec::new();
         let mut groups = Vec::with_capacity(self.groups.len());
+        let mut segment_bytes = None;
         for (g, group) in self.groups.iter().enumerate() {
-            let control = self.read_control(GroupId(g))?;
             blobs.push((
                 control_name(g),
-                Dtype::U8,
-                std::mem::size_of::<StepControl>(),
-                bytemuck::bytes_of(&control).to_vec(),
+                Blob::Control(self.read_control(GroupId(g))?),
             ));
             groups.push(GroupRecord {
                 config: group.config.clone(),
@@ -75,141 +203,87 @@ impl Optimizer {
                 tensors: group.tensors.iter().map(|t| t.len).collect(),
                 states: group.state_names().iter().map(|s| s.to_string()).collect(),
             });
+            // Arena segments come first and all but the last have the layout's segment size.
+            let arena: Vec<_> = group
+                .segments
+                .iter()
+                .filter(|s| s.external_tensor.is_none())
+                .collect();
+            if arena.len() > 1 {
+                segment_bytes = segment_bytes.or(Some(arena[0].param.len * 4));
+            }
         }
         for t in 0..self.tensors.len() {
             let tensor = TensorId(t);
-            let len = self.tensor_len(tensor)?;
             let (g, _) = self.locate(tensor)?;
-            let roles = std::iter::once("param").chain(self.groups[g].state_names());
-            for role in roles {
-                let values = match role {
-                    "param" => self.read_param(tensor)?,
-                    state => self.read_state(tensor, state)?,
-                };
+            blobs.push((
+                tensor_name(t, "param"),
+                Blob::Values(self.read_param(tensor)?),
+            ));
+            for state in self.groups[g].state_names() {
                 blobs.push((
-                    tensor_name(t, role),
-                    Dtype::F32,
-                    len as usize,
-                    bytemuck::cast_slice(&values).to_vec(),
+                    tensor_name(t, state),
+                    Blob::Values(self.read_state(tensor, state)?),
                 ));
             }
         }
         let manifest = Manifest {
             format: FORMAT.into(),
             groups,
+            segment_bytes,
         };
         let metadata = HashMap::from([(
             METADATA_KEY.to_string(),
             serde_json::to_string(&manifest).expect("the manifest serializes"),
         )]);
-        let views = blobs
-            .iter()
-            .map(|(name, dtype, len, bytes)| {
-                TensorView::new(*dtype, vec![*len], bytes).map(|view| (name.clone(), view))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| checkpoint_error(path, format!("building the file: {e}")))?;
-        safetensors::serialize_to_file(views, Some(metadata), path)
-            .map_err(|e| checkpoint_error(path, format!("writing: {e}")))
+        Ok(Contents { blobs, metadata })
     }
 
-    /// Restores the whole optimizer state from `path`: hyperparameters, training options,
-    /// step counts, loss scales, parameters and every state. The optimizer must have the same
-    /// groups, optimizers, states and tensor lengths as the one saved; if anything differs, or
-    /// the file is truncated or not a checkpoint, nothing is changed.
-    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| checkpoint_error(path, e.to_string()))?;
-        let file = SafeTensors::deserialize(&bytes)
-            .map_err(|e| checkpoint_error(path, format!("not a complete safetensors file: {e}")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| checkpoint_error(path, e.to_string()))?;
-        let manifest: Manifest = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(METADATA_KEY))
-            .ok_or_else(|| {
-                checkpoint_error(path, "not a wgpu-optim checkpoint (no metadata)".into())
-            })
-            .and_then(|text| {
-                serde_json::from_str(text)
-                    .map_err(|e| checkpoint_error(path, format!("unreadable metadata: {e}")))
-            })?;
-        self.check_manifest(path, &manifest)?;
-        let tensor = |name: &str, dtype: Dtype, len: usize| -> Result<&[u8]> {
-            let view = file
-                .tensor(name)
-                .map_err(|_| checkpoint_error(path, format!("tensor `{name}` is missing")))?;
-            if view.dtype() != dtype || view.shape() != [len] {
+    /// Loads a checkpoint's bytes into this optimizer; `origin` names them in errors.
+    fn load_from(&mut self, origin: &str, bytes: &[u8]) -> Result<()> {
+        let parsed = parse(bytes).map_err(|reason| checkpoint_error(origin, reason))?;
+        self.check_fits(origin, &parsed.manifest)?;
+        self.apply(&parsed)
+    }
+
+    /// Builds an optimizer of a checkpoint's shape and loads the checkpoint into it.
+    fn build_from(ctx: &GpuContext, origin: &str, bytes: &[u8]) -> Result<Self> {
+        // Every byte is checked before anything is allocated on the device.
+        let parsed = parse(bytes).map_err(|reason| checkpoint_error(origin, reason))?;
+        let mut builder = Optimizer::builder(ctx);
+        if let Some(segment_bytes) = parsed.manifest.segment_bytes {
+            if segment_bytes < MIN_CHECKPOINT_SEGMENT_BYTES {
                 return Err(checkpoint_error(
-                    path,
+                    origin,
                     format!(
-                        "tensor `{name}` is {:?} {:?}, expected {dtype:?} [{len}]",
-                        view.dtype(),
-                        view.shape()
+                        "its arenas were cut into segments of {segment_bytes} bytes, fewer than \
+                         the {MIN_CHECKPOINT_SEGMENT_BYTES} an optimizer built from a checkpoint \
+                         may use: build one yourself and load the checkpoint into it"
                     ),
                 ));
             }
-            Ok(view.data())
-        };
-        // Everything is checked before anything is written.
-        let mut controls = Vec::with_capacity(manifest.groups.len());
-        for g in 0..manifest.groups.len() {
-            let data = tensor(
-                &control_name(g),
-                Dtype::U8,
-                std::mem::size_of::<StepControl>(),
-            )?;
-            controls.push(bytemuck::pod_read_unaligned::<StepControl>(data));
+            builder = builder.max_segment_bytes(segment_bytes);
         }
-        let mut contents: Vec<(TensorId, Role, &[u8])> = Vec::new();
-        let mut t = 0;
-        for record in &manifest.groups {
-            for &len in &record.tensors {
-                let id = TensorId(t);
-                contents.push((
-                    id,
-                    Role::Param,
-                    tensor(&tensor_name(t, "param"), Dtype::F32, len as usize)?,
-                ));
-                for state in &record.states {
-                    let data = tensor(&tensor_name(t, state), Dtype::F32, len as usize)?;
-                    contents.push((id, Role::State(state), data));
-                }
-                let (g, local) = self.locate(id)?;
-                let spans = self.groups[g].spans(Role::Param, local, 0..len)?;
-                check_usage(&spans, id, Role::Param, wgpu::BufferUsages::COPY_DST)?;
-                t += 1;
-            }
+        for record in &parsed.manifest.groups {
+            builder = builder.group_with(
+                record.config.clone(),
+                record.options.clone(),
+                record.tensors.iter().map(|&len| TensorInit::Zeros(len)),
+            );
         }
-
-        for (g, (record, control)) in manifest.groups.iter().zip(controls).enumerate() {
-            let group = &mut self.groups[g];
-            group.reconfigure(&self.ctx, record.config.clone())?;
-            group.control.apply(&self.ctx, &record.options);
-            group.control.write_state(&self.ctx, &control);
-            group.options = record.options.clone();
-            group.iterations = record.iterations;
-        }
-        for (id, role, data) in contents {
-            let values: Vec<f32> = bytemuck::pod_collect_to_vec(data);
-            self.write(id, role, 0, &values)?;
-        }
-        Ok(())
+        let mut optimizer = builder.build()?;
+        optimizer.check_fits(origin, &parsed.manifest)?;
+        optimizer.apply(&parsed)?;
+        Ok(optimizer)
     }
 
-    /// The file's groups must be this optimizer's, in kind and size, and its settings valid.
-    fn check_manifest(&self, path: &Path, manifest: &Manifest) -> Result<()> {
-        let mismatch = |reason: String| checkpoint_error(path, reason);
-        if manifest.format != FORMAT {
-            return Err(mismatch(format!(
-                "format `{}`, expected `{FORMAT}`",
-                manifest.format
-            )));
-        }
+    /// The file's groups must be this optimizer's, in kind and size, and its parameters
+    /// writable.
+    fn check_fits(&self, origin: &str, manifest: &Manifest) -> Result<()> {
+        let mismatch = |reason: String| checkpoint_error(origin, reason);
         if manifest.groups.len() != self.groups.len() {
             return Err(mismatch(format!(
-                "{} parameter groups, this optimizer has {}",
+                "{} parameter groups in the file, this optimizer has {}",
                 manifest.groups.len(),
                 self.groups.len()
             )));
@@ -222,7 +296,7 @@ impl Optimizer {
                     group.config.name()
                 )));
             }
-            let here: Vec<String> = group.state_names().iter().map(|s| s.to_string()).collect();
+            let here = group.state_names();
             if record.states != here {
                 return Err(mismatch(format!(
                     "group {g} keeps states [{}] in the file, [{}] here",
@@ -233,25 +307,289 @@ impl Optimizer {
             let lens: Vec<u64> = group.tensors.iter().map(|t| t.len).collect();
             if record.tensors != lens {
                 return Err(mismatch(format!(
-                    "group {g} has tensors of lengths {:?} in the file, {lens:?} here",
-                    record.tensors
+                    "group {g} has tensors of lengths {} in the file, {} here",
+                    list(&record.tensors),
+                    list(&lens)
                 )));
             }
-            record.config.validate()?;
-            record.options.validate()?;
-            check_factor_table(
-                &self.ctx,
-                &record.config,
-                &step_factor_table(&record.config)?,
-            )?;
+        }
+        for t in 0..self.tensors.len() {
+            let id = TensorId(t);
+            let (g, local) = self.locate(id)?;
+            let spans = self.groups[g].spans(Role::Param, local, 0..self.tensor_len(id)?)?;
+            check_usage(&spans, id, Role::Param, wgpu::BufferUsages::COPY_DST)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checked checkpoint that fits this optimizer.
+    fn apply(&mut self, parsed: &Parsed) -> Result<()> {
+        for (g, (record, control)) in parsed
+            .manifest
+            .groups
+            .iter()
+            .zip(&parsed.controls)
+            .enumerate()
+        {
+            let group = &mut self.groups[g];
+            group.reconfigure(&self.ctx, record.config.clone())?;
+            group.control.apply(&self.ctx, &record.options);
+            group.control.write_state(&self.ctx, control);
+            group.options = record.options.clone();
+            group.iterations = record.iterations;
+        }
+        let mut t = 0;
+        for record in &parsed.manifest.groups {
+            for _ in &record.tensors {
+                let roles = std::iter::once(Role::Param)
+                    .chain(record.states.iter().map(|s| Role::State(s.as_str())));
+                for (role, data) in roles.zip(&parsed.tensors[t]) {
+                    // The file's data is used in place when it is aligned for f32.
+                    let values: Cow<[f32]> = match bytemuck::try_cast_slice(data) {
+                        Ok(values) => Cow::Borrowed(values),
+                        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(data)),
+                    };
+                    self.write(TensorId(t), role, 0, &values)?;
+                }
+                t += 1;
+            }
         }
         Ok(())
     }
 }
 
-fn checkpoint_error(path: &Path, reason: String) -> Error {
+/// The safetensors views of the blobs.
+fn views<'a>(blobs: &'a [(String, Blob)], origin: &str) -> Result<Vec<(&'a str, TensorView<'a>)>> {
+    blobs
+        .iter()
+        .map(|(name, blob)| {
+            let (dtype, bytes) = match blob {
+                Blob::Control(control) => (Dtype::U8, bytemuck::bytes_of(control)),
+                Blob::Values(values) => (Dtype::F32, bytemuck::cast_slice(values)),
+            };
+            let len = bytes.len() / dtype.bitsize().div_ceil(8);
+            TensorView::new(dtype, vec![len], bytes).map(|view| (name.as_str(), view))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| checkpoint_error(origin, format!("building the file: {e}")))
+}
+
+/// Checks a checkpoint's bytes on their own, without an optimizer: the reason is one line.
+fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
+    let (header_len, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a complete safetensors file: {e}"))?;
+    // `read_metadata` checked that the header and the data add up to the input exactly.
+    let data = header_len
+        .checked_add(8)
+        .and_then(|start| bytes.get(start..))
+        .ok_or("not a complete safetensors file: the header runs past the end")?;
+    let text = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or("not a wgpu-optim checkpoint (no `wgpu-optim` metadata)")?;
+    let manifest: Manifest =
+        serde_json::from_str(text).map_err(|e| format!("unreadable metadata: {e}"))?;
+    if manifest.format != FORMAT {
+        return Err(format!(
+            "format {}, expected `{FORMAT}`",
+            quote(&manifest.format)
+        ));
+    }
+    if manifest.groups.is_empty() {
+        return Err("no parameter groups".into());
+    }
+    if let Some(segment_bytes) = manifest.segment_bytes
+        && (segment_bytes < 16 || segment_bytes % 16 != 0)
+    {
+        return Err(format!(
+            "segments of {segment_bytes} bytes (a positive multiple of 16 expected)"
+        ));
+    }
+
+    let mut controls = Vec::new();
+    for (g, record) in manifest.groups.iter().enumerate() {
+        let context = |e: Error| format!("group {g}: {e}");
+        record.config.validate().map_err(context)?;
+        record.options.validate().map_err(context)?;
+        let kept = kept_states(&record.config);
+        if record.states != kept {
+            return Err(format!(
+                "group {g} lists states [{}], but {} with its hyperparameters keeps [{}]",
+                record
+                    .states
+                    .iter()
+                    .map(|s| quote(s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                record.config.name(),
+                kept.join(", ")
+            ));
+        }
+        let elements = record
+            .tensors
+            .iter()
+            .try_fold(0u64, |sum, &len| sum.checked_add(len))
+            .ok_or_else(|| format!("group {g}: its tensor lengths overflow"))?;
+        if elements == 0 {
+            return Err(format!("group {g} has no elements"));
+        }
+        let blob = tensor_data(&header, data, &control_name(g), Dtype::U8, CONTROL_BYTES)?;
+        let control: StepControl = bytemuck::pod_read_unaligned(blob);
+        check_control(&control, record).map_err(|e| format!("group {g}'s step control: {e}"))?;
+        controls.push(control);
+    }
+
+    // Every tensor the metadata declares, found one by one: what is kept grows with what the
+    // file holds, never with what it claims.
+    let mut tensors = Vec::new();
+    for record in &manifest.groups {
+        for &len in &record.tensors {
+            let t = tensors.len();
+            let bytes = usize::try_from(len)
+                .ok()
+                .and_then(|n| n.checked_mul(4))
+                .ok_or_else(|| format!("tensor {t} declares {len} elements, more than fit"))?;
+            let mut blobs = Vec::with_capacity(1 + record.states.len());
+            for role in std::iter::once("param").chain(record.states.iter().map(String::as_str)) {
+                blobs.push(tensor_data(
+                    &header,
+                    data,
+                    &tensor_name(t, role),
+                    Dtype::F32,
+                    bytes,
+                )?);
+            }
+            tensors.push(blobs);
+        }
+    }
+    let declared = manifest.groups.len() + tensors.iter().map(Vec::len).sum::<usize>();
+    let held = header.offset_keys().len();
+    if held != declared {
+        return Err(format!(
+            "holds {held} tensors, but its metadata accounts for {declared}"
+        ));
+    }
+    Ok(Parsed {
+        manifest,
+        controls,
+        tensors,
+    })
+}
+
+/// Bytes of a group's [`StepControl`] in the file.
+const CONTROL_BYTES: usize = std::mem::size_of::<StepControl>();
+
+/// The bytes of tensor `name`, which must be one-dimensional, of `dtype`, `bytes` long.
+fn tensor_data<'a>(
+    header: &Metadata,
+    data: &'a [u8],
+    name: &str,
+    dtype: Dtype,
+    bytes: usize,
+) -> std::result::Result<&'a [u8], String> {
+    let info = header
+        .info(name)
+        .ok_or_else(|| format!("tensor `{name}` is missing"))?;
+    let width = dtype.bitsize() / 8;
+    let expected = bytes / width;
+    if info.dtype != dtype || info.shape.len() != 1 || info.shape[0] != expected {
+        let shape = if info.shape.len() <= 4 {
+            format!("{:?}", info.shape)
+        } else {
+            format!("[{} dimensions]", info.shape.len())
+        };
+        return Err(format!(
+            "tensor `{name}` is {:?} {shape}, expected {dtype:?} [{expected}]",
+            info.dtype
+        ));
+    }
+    let (start, end) = info.data_offsets;
+    match data.get(start..end) {
+        Some(slice) if slice.len() == bytes => Ok(slice),
+        _ => Err(format!(
+            "tensor `{name}` lies at bytes {start}..{end} of {} bytes of data",
+            data.len()
+        )),
+    }
+}
+
+/// A step control read from a file must be one the device could have written.
+///
+/// `factors`, `grad_multiplier` and `grad_norm` are recomputed by the next step before anything
+/// reads them (they describe the last step); of those only signs that no step produces are
+/// refused.
+fn check_control(c: &StepControl, record: &GroupRecord) -> std::result::Result<(), String> {
+    if !(c.loss_scale.is_finite() && c.loss_scale > 0.0) {
+        return Err(format!(
+            "loss_scale {} (must be finite and > 0)",
+            c.loss_scale
+        ));
+    }
+    if c.skip > 1 || c.found_inf > 1 {
+        return Err(format!(
+            "skip = {}, found_inf = {} (flags must be 0 or 1)",
+            c.skip, c.found_inf
+        ));
+    }
+    if c.skip == 1 && c.found_inf == 0 {
+        return Err("a skipped step whose gradients were all finite".into());
+    }
+    if let Some(scaler) = &record.options.grad_scaler
+        && c.growth_tracker >= scaler.growth_interval
+    {
+        return Err(format!(
+            "growth_tracker {} past the scaler's growth_interval {}",
+            c.growth_tracker, scaler.growth_interval
+        ));
+    }
+    let counted = c.step as u64 + c.skipped_steps as u64;
+    if counted > record.iterations {
+        return Err(format!(
+            "{} steps applied and {} skipped in {} iterations",
+            c.step, c.skipped_steps, record.iterations
+        ));
+    }
+    if c.grad_norm < 0.0 || c.grad_multiplier < 0.0 {
+        return Err(format!(
+            "grad_norm {}, grad_multiplier {} (neither can be negative)",
+            c.grad_norm, c.grad_multiplier
+        ));
+    }
+    Ok(())
+}
+
+/// A list of lengths, cut short when long.
+fn list(values: &[u64]) -> String {
+    if values.len() <= 8 {
+        format!("{values:?}")
+    } else {
+        format!("{:?}... ({} tensors)", &values[..8], values.len())
+    }
+}
+
+/// A string from a file, quoted and escaped (one line), cut short when long.
+fn quote(text: &str) -> String {
+    let quoted = format!("{text:?}");
+    if quoted.chars().count() > 64 {
+        format!("{}...\"", quoted.chars().take(60).collect::<String>())
+    } else {
+        quoted
+    }
+}
+
+/// An [`Error::Checkpoint`] whose reason is one line of bounded length.
+fn checkpoint_error(origin: &str, reason: impl ToString) -> Error {
+    let mut line: String = reason
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().count() > MAX_REASON_CHARS {
+        line = line.chars().take(MAX_REASON_CHARS).collect::<String>() + "...";
+    }
     Error::Checkpoint {
-        path: path.display().to_string(),
-        reason,
+        path: origin.to_string(),
+        reason: line,
     }
 }

@@ -158,7 +158,13 @@ impl Schedule {
                 eta_min,
             } => {
                 // PyTorch's own integer bookkeeping: the period grows by t_mult at each restart.
-                let (mut t_cur, mut period) = (t, *t_0);
+                // With t_mult = 1 every period is t_0 (a remainder, not a loop of t / t_0
+                // rounds); otherwise the periods grow geometrically, so the loop is short.
+                let (mut t_cur, mut period) = if *t_mult == 1 {
+                    (t % t_0, *t_0)
+                } else {
+                    (t, *t_0)
+                };
                 while t_cur >= period {
                     t_cur -= period;
                     period = period.saturating_mul(*t_mult);
@@ -243,6 +249,23 @@ mod tests {
         schedule.validate().unwrap();
         let lrs: Vec<f64> = (0..7).map(|t| schedule.lr(1.0, t)).collect();
         assert_eq!(lrs, [1.0, 1.0, 0.5, 0.5, 0.5, 0.125, 0.125]);
+    }
+
+    #[test]
+    fn warm_restarts_take_no_time_at_any_iteration_count() {
+        let schedule = Schedule::CosineWarmRestarts {
+            t_0: 1,
+            t_mult: 1,
+            eta_min: 0.0,
+        };
+        assert_eq!(schedule.lr(1.0, 1 << 62), 1.0);
+        let growing = Schedule::CosineWarmRestarts {
+            t_0: 1,
+            t_mult: 2,
+            eta_min: 0.0,
+        };
+        // Restarts at 1, 3, 7, ...: 2^62 - 1 starts a period.
+        assert_eq!(growing.lr(1.0, (1 << 62) - 1), 1.0);
     }
 
     #[test]

@@ -523,13 +523,14 @@ impl FactorWindow {
     /// `ahead` more; returns the buffer's contents (header row first).
     fn slide(&mut self, config: &OptimizerConfig, next: u64) -> Vec<[f32; 4]> {
         let base = self.step_min;
-        // Slide the cached counter forward; only a step count set back (a checkpoint) restarts.
-        if self.stale || base < self.base {
-            self.counter = StepCounter::default();
-            self.base = 0;
-        }
-        for _ in self.base..base {
-            self.counter = config.advance(&self.counter);
+        // Slide the cached counter forward a window's worth; a new step count (a checkpoint) or
+        // new hyperparameters compute it afresh.
+        if self.stale || base < self.base || base - self.base > self.ahead {
+            self.counter = config.counter_at(base);
+        } else {
+            for _ in self.base..base {
+                self.counter = config.advance(&self.counter);
+            }
         }
         // Past `max_rows` (a caller recording more steps into one encoder than the device can
         // bind rows for, with every step skippable) the last rows would be reused: no real

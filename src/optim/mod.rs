@@ -84,6 +84,14 @@ pub trait UpdateRule {
             ..*counter
         }
     }
+    /// The counter after `step` steps from the start: what `step` calls of
+    /// [`advance`](Self::advance) give, without making them where the counter is the step alone.
+    fn counter_at(&self, step: u64) -> StepCounter {
+        StepCounter {
+            step,
+            ..StepCounter::default()
+        }
+    }
     /// The kernel's per-iteration values (its `…Scalars` struct, as bytes) at learning rate
     /// `lr`: hyperparameters and what depends on the learning rate, nothing that depends on the
     /// step number (the device keeps that: see [`step_factors`](Self::step_factors)).
@@ -120,7 +128,12 @@ pub trait UpdateRule {
 
 /// Any of the optimizers, as a value (what a parameter group holds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "optimizer", content = "hyper", rename_all = "lowercase")]
+#[serde(
+    tag = "optimizer",
+    content = "hyper",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
 pub enum OptimizerConfig {
     Sgd(Sgd),
     Sgdw(Sgdw),
@@ -216,6 +229,9 @@ impl UpdateRule for OptimizerConfig {
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         each_config!(self, c => c.advance(counter))
     }
+    fn counter_at(&self, step: u64) -> StepCounter {
+        each_config!(self, c => c.counter_at(step))
+    }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         each_config!(self, c => c.scalars(lr))
     }
@@ -308,11 +324,6 @@ pub fn step_factor_rows(
     }
 }
 
-/// The counter after `steps` steps from the start.
-pub fn counter_at(rule: &impl UpdateRule, steps: u64) -> StepCounter {
-    (0..steps).fold(StepCounter::default(), |c, _| rule.advance(&c))
-}
-
 /// Every kernel family, for the shader tests.
 pub fn all_kernels() -> [&'static Kernel; 8] {
     [
@@ -381,4 +392,48 @@ pub(crate) fn slots<const N: usize>(states: &mut [Vec<f64>]) -> &mut [Vec<f64>; 
     states
         .try_into()
         .unwrap_or_else(|_| panic!("expected {N} state slots"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_unknown_keys_is_refused() {
+        let ok: OptimizerConfig =
+            serde_json::from_str(r#"{"optimizer": "adam", "hyper": {"lr": 0.1}}"#).unwrap();
+        assert_eq!(ok.lr(), 0.1);
+        for bad in [
+            r#"{"optimizer": "adam", "hyper": {"lr": 0.1}, "lr": null}"#,
+            r#"{"optimizer": "adam", "hyper": {"lr": 0.1, "momentum": 0.9}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<OptimizerConfig>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_at_a_step_are_the_ones_the_steps_make() {
+        let rules: [OptimizerConfig; 3] = [
+            Adam::default().into(),
+            NAdam::default().into(),
+            NAdam {
+                beta1: 0.999999,
+                momentum_decay: 1e9,
+                ..Default::default()
+            }
+            .into(),
+        ];
+        for rule in rules {
+            let mut counter = StepCounter::default();
+            for step in 1..=3000u64 {
+                counter = rule.advance(&counter);
+                if step % 500 == 0 {
+                    assert_eq!(rule.counter_at(step), counter, "{rule:?} at {step}");
+                }
+            }
+        }
+    }
 }

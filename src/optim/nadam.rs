@@ -122,6 +122,18 @@ impl UpdateRule for NAdam {
             mu_product: counter.mu_product * self.mu(step),
         }
     }
+    fn counter_at(&self, step: u64) -> StepCounter {
+        // The running product, in the order the steps make it; once it underflows to 0 it
+        // stays there.
+        let mut counter = StepCounter::default();
+        while counter.step < step {
+            counter = self.advance(&counter);
+            if counter.mu_product == 0.0 {
+                return StepCounter { step, ..counter };
+            }
+        }
+        counter
+    }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         let decoupled = self.decoupled_weight_decay;
         uniform_bytes(&NadamScalars {

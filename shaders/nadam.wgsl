@@ -1,7 +1,7 @@
 // NAdam (Dozat 2016), with the momentum-decay schedule of torch.optim.NAdam:
 //   g = g + wd * p  (or, decoupled, p = p - (lr * wd) * p)
 //   m = m + (1 - b1) * (g - m);   v = b2 * v + (1 - b2) * g * g
-//   denom = sqrt(v / (1 - b2^t)) + eps
+//   denom = sqrt(v) / sqrt(1 - b2^t) + eps
 //   p = p - lr (1 - mu_t) / (1 - prod mu_1..t) * g / denom
 //         - lr mu_{t+1} / (1 - prod mu_1..t+1) * m / denom
 // where mu_t = b1 (1 - 0.96^(t psi) / 2), psi the momentum decay; the host computes the products.
@@ -18,7 +18,7 @@ struct NadamScalars {
     beta1: f32,
 }
 
-// Step factors (host-computed by step): x = 1 / (1 - beta2^t), y = (1 - mu_t) / (1 - prod
+// Step factors (host-computed by step): x = 1 / sqrt(1 - beta2^t), y = (1 - mu_t) / (1 - prod
 // mu_1..t), z = mu_{t+1} / (1 - prod mu_1..t+1).
 
 override MAXIMIZE: bool = false;
@@ -53,7 +53,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
     let f = control.factors;
-    let denom = sqrt(v * f.x) + s.eps;
+    // sqrt(v) / sqrt(1 - beta2^t): v / (1 - beta2^t) would overflow where v itself fits.
+    let denom = sqrt(v) * f.x + s.eps;
     p = p - s.lr * f.y * g / denom;
     param[i] = p - s.lr * f.z * m / denom;
 }

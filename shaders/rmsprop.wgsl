@@ -41,13 +41,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let sq = s.alpha * square_avg[i] + s.one_minus_alpha * g * g;
+    let sq_old = square_avg[i];
+    let sq = s.alpha * sq_old + s.one_minus_alpha * g * g;
     square_avg[i] = sq;
     var avg: V;
     if (CENTERED) {
-        let ga = lerp_to(grad_avg[i], g, s.one_minus_alpha, s.alpha);
+        let ga_old = grad_avg[i];
+        let ga = lerp_to(ga_old, g, s.one_minus_alpha, s.alpha);
         grad_avg[i] = ga;
-        avg = sqrt(sq - ga * ga) + s.eps;
+        // The variance sq - ga^2, updated as a variance (Welford):
+        //   alpha (sq_old - ga_old^2) + alpha (1 - alpha) (g - ga_old)^2,
+        // equal in exact arithmetic, without subtracting two rounded squares of the same size
+        // (with alpha = 0 that difference is 0 exactly, not a rounding error whose square root
+        // outweighs eps). Never below 0 in exact arithmetic: clamped against rounding.
+        let d = g - ga_old;
+        let variance = s.alpha * (sq_old - ga_old * ga_old) + s.alpha * s.one_minus_alpha * d * d;
+        avg = sqrt(max(variance, V(0.0))) + s.eps;
     } else {
         avg = sqrt(sq) + s.eps;
     }

@@ -133,7 +133,7 @@ impl Adam {
             } else if self.weight_decay != 0.0 {
                 g += self.weight_decay * param[i];
             }
-            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
             exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
             let second_moment = if self.amsgrad {
                 max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);

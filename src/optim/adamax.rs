@@ -122,7 +122,7 @@ impl UpdateRule for Adamax {
             if self.weight_decay != 0.0 {
                 g += self.weight_decay * param[i];
             }
-            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
             exp_inf[i] = (self.beta2 * exp_inf[i]).max(g.abs() + self.eps);
             param[i] -= lr / bias_correction * exp_avg[i] / exp_inf[i];
         }

@@ -382,6 +382,16 @@ pub(crate) mod check {
     }
 }
 
+/// `start + weight * (end - start)` as torch's `lerp` (and the kernels' `lerp_to`) compute it:
+/// from the nearer end, so that a weight of 1 gives `end` exactly.
+pub(crate) fn lerp(start: f64, end: f64, weight: f64) -> f64 {
+    if weight < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
+}
+
 /// `values` as little-endian bytes of `T`, the uniform's layout.
 pub(crate) fn uniform_bytes<T: bytemuck::Pod>(value: &T) -> Vec<u8> {
     bytemuck::bytes_of(value).to_vec()

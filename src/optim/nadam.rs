@@ -158,7 +158,9 @@ impl UpdateRule for NAdam {
     fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
         let (grad_coef, exp_avg_coef) = self.coefficients(counter);
         let bias_correction2 = 1.0 - self.beta2.powf(counter.step as f64);
-        [1.0 / bias_correction2, grad_coef, exp_avg_coef, 0.0]
+        // 1 / sqrt(1 - beta2^t): the kernel divides sqrt(v) by it, not v (v / (1 - beta2^t)
+        // overflows float32 for gradients near 1e19 whose v still fits).
+        [1.0 / bias_correction2.sqrt(), grad_coef, exp_avg_coef, 0.0]
     }
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         // mu_t tends to beta1 (to beta1 / 2 without momentum decay); its product to 0.
@@ -188,9 +190,9 @@ impl UpdateRule for NAdam {
             } else if self.weight_decay != 0.0 {
                 g += self.weight_decay * param[i];
             }
-            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
             exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
-            let denom = (exp_avg_sq[i] / bias_correction2).sqrt() + self.eps;
+            let denom = exp_avg_sq[i].sqrt() / bias_correction2.sqrt() + self.eps;
             param[i] -= grad_coef * g / denom;
             param[i] -= exp_avg_coef * exp_avg[i] / denom;
         }

@@ -169,7 +169,7 @@ impl UpdateRule for RAdam {
             } else if self.weight_decay != 0.0 {
                 g += self.weight_decay * param[i];
             }
-            exp_avg[i] += (1.0 - self.beta1) * (g - exp_avg[i]);
+            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
             exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
             let corrected = exp_avg[i] / bias_correction1;
             param[i] -= match rect {

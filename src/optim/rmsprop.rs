@@ -119,10 +119,16 @@ impl UpdateRule for RmsProp {
             if self.weight_decay != 0.0 {
                 g += self.weight_decay * param[i];
             }
-            square_avg[i] = self.alpha * square_avg[i] + (1.0 - self.alpha) * g * g;
+            let (sq_old, ga_old) = (square_avg[i], grad_avg.get(i).copied().unwrap_or(0.0));
+            square_avg[i] = self.alpha * sq_old + (1.0 - self.alpha) * g * g;
             let avg = if self.centered {
-                grad_avg[i] += (1.0 - self.alpha) * (g - grad_avg[i]);
-                (square_avg[i] - grad_avg[i] * grad_avg[i]).sqrt() + self.eps
+                grad_avg[i] = super::lerp(ga_old, g, 1.0 - self.alpha);
+                // sq - ga^2 updated as a variance, as the kernel does (equal in exact
+                // arithmetic; no cancellation of two equal squares), clamped at 0.
+                let d = g - ga_old;
+                let variance = self.alpha * (sq_old - ga_old * ga_old)
+                    + self.alpha * (1.0 - self.alpha) * d * d;
+                variance.max(0.0).sqrt() + self.eps
             } else {
                 square_avg[i].sqrt() + self.eps
             };

@@ -26,29 +26,31 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
     let first = (wg.y * nwg.x + wg.x) * WORKGROUP_SIZE * NORM_ELEMENTS_PER_THREAD + lid;
     let len = arrayLength(&grad);
-    // The plain float32 sum: right unless a square overflows or the squares are tiny.
+    // The plain float32 sum, and the largest magnitude by its bits (for non-negative floats
+    // the integer order is the numeric one, inf and NaN above all; integer tests of loaded
+    // bits cannot be folded away the way floating-point tests of inf or NaN can).
     var square_sum = 0.0;
-    var largest = 0.0;
-    var non_finite = false;
+    var top = VU(0u);
     for (var k = 0u; k < NORM_ELEMENTS_PER_THREAD; k = k + 1u) {
         let i = first + k * WORKGROUP_SIZE;
         if (i < len) {
             let g = grad[i];
             square_sum = square_sum + hsum(g * g);
-            largest = max(largest, hmax(abs(g)));
-            non_finite = non_finite || !all(finite_v(g));
+            top = max(top, bitcast<VU>(g) & VU(0x7fffffffu));
         }
     }
+    let largest_bits = hmax_u(top);
+    let non_finite = largest_bits >= 0x7f800000u;
     if (non_finite) {
         atomicOr(&flags[0], 1u);
     }
     var squares = squares_normalized(square_sum, 0.0);
-    // Overflowed (or NaN), or so small that squares may have lost bits to underflow: again,
-    // scaled by a power of two from the largest finite magnitude (non-finite values count 0;
-    // the flag above reports them).
-    let sum_finite = (bitcast<u32>(square_sum) & 0x7f800000u) != 0x7f800000u;
-    if (!sum_finite || (square_sum < 1e-18 && largest > 0.0)) {
-        largest = 0.0;
+    // Above 2^60 a sum of 64 squares may overflow; below 2^-40 squares of the smaller
+    // elements may vanish. Then again, scaled by a power of two from the largest finite
+    // magnitude (non-finite values count 0: the flag reports them). Rare: the plain sum
+    // serves every gradient in between.
+    if (largest_bits > 0x5d800000u || (largest_bits < 0x2b800000u && largest_bits != 0u)) {
+        var largest = 0.0;
         for (var k = 0u; k < NORM_ELEMENTS_PER_THREAD; k = k + 1u) {
             let i = first + k * WORKGROUP_SIZE;
             if (i < len) {

@@ -75,11 +75,13 @@ impl Element {
             Element::Vec4 => {
                 "alias V = vec4<f32>;\nalias VU = vec4<u32>;\nalias VI = vec4<i32>;\nalias VB = vec4<bool>;\n\
                  fn hsum(v: V) -> f32 { return v.x + v.y + v.z + v.w; }\n\
-                 fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n"
+                 fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n\
+                 fn hmax_u(v: VU) -> u32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n"
             }
             Element::Scalar => {
                 "alias V = f32;\nalias VU = u32;\nalias VI = i32;\nalias VB = bool;\nfn hsum(v: V) -> f32 { return v; }\n\
-                 fn hmax(v: V) -> f32 { return v; }\n"
+                 fn hmax(v: V) -> f32 { return v; }\n\
+                 fn hmax_u(v: VU) -> u32 { return v; }\n"
             }
         }
     }

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::group::Segment;
+use super::segment::Segment;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{

@@ -11,64 +11,13 @@ use std::ops::Range;
 
 use super::arena::{ArenaLayout, Piece};
 use super::control::{Control, TrainingOptions, initial_state};
+use super::segment::{Segment, View};
 use super::transfer::{self, Span};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarBinding, workgroups_for};
 use crate::optim::{OptimizerConfig, UpdateRule};
-
-/// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
-#[derive(Clone, Debug)]
-pub(crate) struct View {
-    pub buffer: wgpu::Buffer,
-    pub offset: u64,
-    pub len: u64,
-}
-
-impl View {
-    fn whole(buffer: wgpu::Buffer) -> Self {
-        let len = buffer.size() / 4;
-        Self {
-            buffer,
-            offset: 0,
-            len,
-        }
-    }
-
-    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(self.len * 4),
-        })
-    }
-}
-
-/// One dispatch's worth of elements.
-pub(crate) struct Segment {
-    pub element: Element,
-    pub param: View,
-    pub grad: View,
-    /// One per state slot of the kernel; `None` where the configuration keeps no such state.
-    pub states: Vec<Option<View>>,
-    pub bind_group: Option<wgpu::BindGroup>,
-    pub workgroups: (u32, u32),
-    /// The group-local index of the external tensor this segment belongs to, if any.
-    pub external_tensor: Option<usize>,
-}
-
-impl Segment {
-    fn view(&self, role: Role, slot: Option<usize>) -> &View {
-        match role {
-            Role::Param => &self.param,
-            Role::Grad => &self.grad,
-            Role::State(_) => self.states[slot.expect("state slot resolved")]
-                .as_ref()
-                .expect("state kept"),
-        }
-    }
-}
 
 /// Where one tensor's elements lie: runs in segments.
 pub(crate) struct TensorPlace {

@@ -18,6 +18,7 @@ pub mod arena;
 mod checkpoint;
 pub mod control;
 mod group;
+mod segment;
 mod transfer;
 
 use std::ops::Range;

@@ -1,0 +1,58 @@
+//! A segment: one dispatch's worth of elements, and the views (buffer, offset, length) it binds
+//! for each role. The group lays segments out; the step control and the update kernels bind
+//! them.
+
+use super::Role;
+use crate::kernels::Element;
+
+/// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl View {
+    pub(crate) fn whole(buffer: wgpu::Buffer) -> Self {
+        let len = buffer.size() / 4;
+        Self {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.len * 4),
+        })
+    }
+}
+
+/// One dispatch's worth of elements.
+pub(crate) struct Segment {
+    pub element: Element,
+    pub param: View,
+    pub grad: View,
+    /// One per state slot of the kernel; `None` where the configuration keeps no such state.
+    pub states: Vec<Option<View>>,
+    pub bind_group: Option<wgpu::BindGroup>,
+    pub workgroups: (u32, u32),
+    /// The group-local index of the external tensor this segment belongs to, if any.
+    pub external_tensor: Option<usize>,
+}
+
+impl Segment {
+    pub(crate) fn view(&self, role: Role, slot: Option<usize>) -> &View {
+        match role {
+            Role::Param => &self.param,
+            Role::Grad => &self.grad,
+            Role::State(_) => self.states[slot.expect("state slot resolved")]
+                .as_ref()
+                .expect("state kept"),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 // Fills a run of a buffer with pseudo-random values that depend only on (seed, element index):
 //   dst[start + i] = offset + scale * u(seed, first + i),   u uniform in [-1, 1)
-// so that the CPU (`fill::random_value`) computes the very same bits for any element without
+// so that the CPU (`RandomFill::value` in src/fill.rs) computes the very same bits for any element without
 // holding the data: how the large tests and the benchmarks get real, non-zero inputs quickly.
 
 struct FillParams {

@@ -14,33 +14,15 @@
 //! | `nadam` | [`nadam`] | `shaders/nadam.wgsl` |
 //! | `radam` | [`radam`] | `shaders/radam.wgsl` |
 //! | `adamax` | [`adamax`] | `shaders/adamax.wgsl` |
-
-pub mod adadelta;
-pub mod adagrad;
-pub mod adam;
-pub mod adamax;
-pub mod adamw;
-pub mod nadam;
-pub mod radam;
-pub mod rmsprop;
-pub mod sgd;
-pub mod sgdw;
+//!
+//! Adding an optimizer: a module here with its hyperparameters (serde, PyTorch's names and
+//! defaults) implementing [`UpdateRule`], its kernel in `shaders/`, and one line in the
+//! `optimizers!` list below; then a fixture case and a README row.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernel;
-
-pub use adadelta::Adadelta;
-pub use adagrad::Adagrad;
-pub use adam::Adam;
-pub use adamax::Adamax;
-pub use adamw::AdamW;
-pub use nadam::NAdam;
-pub use radam::RAdam;
-pub use rmsprop::RmsProp;
-pub use sgd::Sgd;
-pub use sgdw::Sgdw;
 
 /// The per-group scalar state that advances with every applied step.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,52 +108,61 @@ pub trait UpdateRule {
     }
 }
 
-/// Any of the optimizers, as a value (what a parameter group holds).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(
-    tag = "optimizer",
-    content = "hyper",
-    rename_all = "lowercase",
-    deny_unknown_fields
-)]
-pub enum OptimizerConfig {
-    Sgd(Sgd),
-    Sgdw(Sgdw),
-    Adagrad(Adagrad),
-    #[serde(rename = "rmsprop")]
-    RmsProp(RmsProp),
-    Adadelta(Adadelta),
-    Adam(Adam),
-    #[serde(rename = "adamw")]
-    AdamW(AdamW),
-    #[serde(rename = "nadam")]
-    NAdam(NAdam),
-    #[serde(rename = "radam")]
-    RAdam(RAdam),
-    Adamax(Adamax),
-}
+/// Declares every optimizer once: its module, its type and the name the fixtures, the command
+/// line and the reports use (the type's [`UpdateRule::name`]). From this one list come the
+/// modules, the [`OptimizerConfig`] enum (serialized as `{"optimizer": name, "hyper": {...}}`),
+/// [`OPTIMIZER_NAMES`], the `From` conversions and the dispatch to each optimizer's
+/// [`UpdateRule`]. Adding an optimizer is one line here.
+macro_rules! optimizers {
+    ($($module:ident :: $ty:ident => $name:literal),* $(,)?) => {
+        $(pub mod $module;)*
+        $(pub use $module::$ty;)*
 
-/// Every optimizer name, in the order the tables list them.
-pub const OPTIMIZER_NAMES: [&str; 10] = [
-    "sgd", "sgdw", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
-];
+        /// Any of the optimizers, as a value (what a parameter group holds).
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "optimizer", content = "hyper", deny_unknown_fields)]
+        pub enum OptimizerConfig {
+            $(#[serde(rename = $name)] $ty($ty),)*
+        }
 
-/// Forwards a method call to whichever optimizer the enum holds.
-macro_rules! each_config {
-    ($value:expr, $c:ident => $body:expr) => {
-        match $value {
-            OptimizerConfig::Sgd($c) => $body,
-            OptimizerConfig::Sgdw($c) => $body,
-            OptimizerConfig::Adagrad($c) => $body,
-            OptimizerConfig::RmsProp($c) => $body,
-            OptimizerConfig::Adadelta($c) => $body,
-            OptimizerConfig::Adam($c) => $body,
-            OptimizerConfig::AdamW($c) => $body,
-            OptimizerConfig::NAdam($c) => $body,
-            OptimizerConfig::RAdam($c) => $body,
-            OptimizerConfig::Adamax($c) => $body,
+        /// Every optimizer name, in the order the tables list them.
+        pub const OPTIMIZER_NAMES: [&str; [$($name),*].len()] = [$($name),*];
+
+        $(impl From<$ty> for OptimizerConfig {
+            fn from(c: $ty) -> Self {
+                OptimizerConfig::$ty(c)
+            }
+        })*
+
+        impl OptimizerConfig {
+            /// The optimizer it holds, as its update rule.
+            pub fn rule(&self) -> &dyn UpdateRule {
+                match self {
+                    $(OptimizerConfig::$ty(c) => c,)*
+                }
+            }
+
+            /// The same, to change (the learning rate).
+            pub fn rule_mut(&mut self) -> &mut dyn UpdateRule {
+                match self {
+                    $(OptimizerConfig::$ty(c) => c,)*
+                }
+            }
         }
     };
+}
+
+optimizers! {
+    sgd::Sgd => "sgd",
+    sgdw::Sgdw => "sgdw",
+    adagrad::Adagrad => "adagrad",
+    rmsprop::RmsProp => "rmsprop",
+    adadelta::Adadelta => "adadelta",
+    adam::Adam => "adam",
+    adamw::AdamW => "adamw",
+    nadam::NAdam => "nadam",
+    radam::RAdam => "radam",
+    adamax::Adamax => "adamax",
 }
 
 impl OptimizerConfig {
@@ -183,7 +174,7 @@ impl OptimizerConfig {
     /// The optimizer called `name` with the hyperparameters of a JSON object in PyTorch's
     /// argument names (`betas` split into `beta1`, `beta2`); missing keys take the defaults.
     pub fn from_hyper(name: &str, hyper: &serde_json::Value) -> Result<Self> {
-        if !OPTIMIZER_NAMES.contains(&name) {
+        let Some(known) = OPTIMIZER_NAMES.iter().find(|n| **n == name) else {
             return Err(Error::InvalidConfig {
                 optimizer: "optimizer",
                 reason: format!(
@@ -191,14 +182,10 @@ impl OptimizerConfig {
                     OPTIMIZER_NAMES.join(", ")
                 ),
             });
-        }
+        };
         let tagged = serde_json::json!({ "optimizer": name, "hyper": hyper });
         serde_json::from_value(tagged).map_err(|e| Error::InvalidConfig {
-            optimizer: OPTIMIZER_NAMES
-                .iter()
-                .find(|n| **n == name)
-                .copied()
-                .unwrap_or("optimizer"),
+            optimizer: known,
             reason: e.to_string(),
         })
     }
@@ -206,40 +193,40 @@ impl OptimizerConfig {
 
 impl UpdateRule for OptimizerConfig {
     fn name(&self) -> &'static str {
-        each_config!(self, c => c.name())
+        self.rule().name()
     }
     fn kernel(&self) -> &'static Kernel {
-        each_config!(self, c => c.kernel())
+        self.rule().kernel()
     }
     fn validate(&self) -> Result<()> {
-        each_config!(self, c => c.validate())
+        self.rule().validate()
     }
     fn lr(&self) -> f64 {
-        each_config!(self, c => c.lr())
+        self.rule().lr()
     }
     fn set_lr(&mut self, lr: f64) {
-        each_config!(self, c => c.set_lr(lr))
+        self.rule_mut().set_lr(lr)
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
-        each_config!(self, c => c.flags())
+        self.rule().flags()
     }
     fn initial_states(&self) -> Vec<Option<f64>> {
-        each_config!(self, c => c.initial_states())
+        self.rule().initial_states()
     }
     fn advance(&self, counter: &StepCounter) -> StepCounter {
-        each_config!(self, c => c.advance(counter))
+        self.rule().advance(counter)
     }
     fn counter_at(&self, step: u64) -> StepCounter {
-        each_config!(self, c => c.counter_at(step))
+        self.rule().counter_at(step)
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
-        each_config!(self, c => c.scalars(lr))
+        self.rule().scalars(lr)
     }
     fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
-        each_config!(self, c => c.step_factors(counter))
+        self.rule().step_factors(counter)
     }
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
-        each_config!(self, c => c.step_factors_limit())
+        self.rule().step_factors_limit()
     }
     fn reference_step(
         &self,
@@ -249,31 +236,9 @@ impl UpdateRule for OptimizerConfig {
         grad: &[f64],
         states: &mut [Vec<f64>],
     ) {
-        each_config!(self, c => c.reference_step(counter, lr, param, grad, states))
+        self.rule().reference_step(counter, lr, param, grad, states)
     }
 }
-
-macro_rules! impl_from_config {
-    ($($variant:ident($ty:ty)),*) => {
-        $(impl From<$ty> for OptimizerConfig {
-            fn from(c: $ty) -> Self {
-                OptimizerConfig::$variant(c)
-            }
-        })*
-    };
-}
-impl_from_config!(
-    Sgd(Sgd),
-    Sgdw(Sgdw),
-    Adagrad(Adagrad),
-    RmsProp(RmsProp),
-    Adadelta(Adadelta),
-    Adam(Adam),
-    AdamW(AdamW),
-    NAdam(NAdam),
-    RAdam(RAdam),
-    Adamax(Adamax)
-);
 
 /// Consecutive rows of [`UpdateRule::step_factors`], in float32, as the device reads them.
 #[derive(Clone, Debug, PartialEq)]
@@ -324,18 +289,19 @@ pub fn step_factor_rows(
     }
 }
 
-/// Every kernel family, for the shader tests.
-pub fn all_kernels() -> [&'static Kernel; 8] {
-    [
-        &sgd::KERNEL,
-        &adagrad::KERNEL,
-        &rmsprop::KERNEL,
-        &adadelta::KERNEL,
-        &adam::KERNEL,
-        &nadam::KERNEL,
-        &radam::KERNEL,
-        &adamax::KERNEL,
-    ]
+/// Every kernel family (optimizers that share one, such as Adam and AdamW, count once), for
+/// the shader tests.
+pub fn all_kernels() -> Vec<&'static Kernel> {
+    let mut kernels: Vec<&'static Kernel> = Vec::new();
+    for name in OPTIMIZER_NAMES {
+        let kernel = OptimizerConfig::default_for(name)
+            .expect("every registered optimizer has defaults")
+            .kernel();
+        if !kernels.iter().any(|k| std::ptr::eq(*k, kernel)) {
+            kernels.push(kernel);
+        }
+    }
+    kernels
 }
 
 /// Checks shared by the optimizers' `validate`.
@@ -407,6 +373,21 @@ pub(crate) fn slots<const N: usize>(states: &mut [Vec<f64>]) -> &mut [Vec<f64>; 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_registered_optimizer_answers_to_its_name() {
+        for name in OPTIMIZER_NAMES {
+            let config = OptimizerConfig::default_for(name).unwrap();
+            assert_eq!(config.name(), name);
+            config.validate().unwrap();
+            let text = serde_json::to_string(&config).unwrap();
+            assert_eq!(
+                serde_json::from_str::<OptimizerConfig>(&text).unwrap(),
+                config
+            );
+        }
+        assert_eq!(all_kernels().len(), 8);
+    }
 
     #[test]
     fn a_config_with_unknown_keys_is_refused() {

@@ -260,6 +260,10 @@ fn betas_rho_and_alpha_outside_the_unit_interval_are_rejected() {
             },
             "beta2",
         );
+    }
+    // As torch: Adadelta's rho may be 1, RMSprop's alpha anything >= 0, SGD's dampening
+    // anything finite; below, above or not a number is refused.
+    for bad in [1.5, -0.1, f64::NAN] {
         rejects(
             Adadelta {
                 rho: bad,
@@ -267,6 +271,8 @@ fn betas_rho_and_alpha_outside_the_unit_interval_are_rejected() {
             },
             "rho",
         );
+    }
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
         rejects(
             RmsProp {
                 alpha: bad,
@@ -274,6 +280,70 @@ fn betas_rho_and_alpha_outside_the_unit_interval_are_rejected() {
             },
             "alpha",
         );
+        rejects(
+            Sgd {
+                dampening: if bad < 0.0 { f64::NEG_INFINITY } else { bad },
+                momentum: 0.9,
+                ..Default::default()
+            },
+            "dampening",
+        );
+    }
+}
+
+#[test]
+fn edges_torch_accepts_are_accepted_and_step() {
+    let ctx = common::context();
+    let configs: Vec<OptimizerConfig> = vec![
+        Adadelta {
+            rho: 1.0,
+            ..Default::default()
+        }
+        .into(),
+        RmsProp {
+            alpha: 1.0,
+            ..Default::default()
+        }
+        .into(),
+        RmsProp {
+            alpha: 1.5,
+            centered: true,
+            ..Default::default()
+        }
+        .into(),
+        Sgd {
+            momentum: 0.9,
+            dampening: -0.5,
+            ..Default::default()
+        }
+        .into(),
+        Sgd {
+            momentum: 0.9,
+            dampening: 2.0,
+            ..Default::default()
+        }
+        .into(),
+    ];
+    for config in configs {
+        let params = vec![vec![1.0f32, -2.0, 0.5]];
+        let mut opt = Optimizer::builder(&ctx)
+            .group(config.clone(), &params)
+            .build()
+            .unwrap_or_else(|e| panic!("{config:?}: {e}"));
+        let mut reference =
+            ReferenceGroup::new(config.clone(), vec![vec![1.0, -2.0, 0.5]]).unwrap();
+        for step in 0..3 {
+            let grads = vec![vec![0.25f32 * (step as f32 + 1.0), -0.5, 0.125]];
+            common::step_both(&mut opt, &mut reference, &grads);
+        }
+        let gpu = opt.read_param(TensorId(0)).unwrap();
+        for (g, r) in gpu.iter().zip(&reference.params[0]) {
+            assert!(
+                (*g as f64 - r).abs() <= 1e-5 * r.abs().max(1.0),
+                "{config:?}: {gpu:?} against {:?}",
+                reference.params[0]
+            );
+        }
     }
 }
 

@@ -64,7 +64,8 @@ impl UpdateRule for Adadelta {
     }
     fn validate(&self) -> Result<()> {
         check::non_negative("adadelta", "lr", self.lr)?;
-        check::unit_interval("adadelta", "rho", self.rho)?;
+        // torch.optim.Adadelta accepts rho in [0, 1] (1: the averages never move).
+        check::closed_unit_interval("adadelta", "rho", self.rho)?;
         check::non_negative("adadelta", "eps", self.eps)?;
         check::non_negative("adadelta", "weight_decay", self.weight_decay)
     }

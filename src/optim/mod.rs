@@ -322,7 +322,33 @@ pub(crate) mod check {
         Ok(())
     }
 
-    /// A value in [0, 1) (betas, rho, alpha).
+    /// A finite value, of either sign (SGD's dampening: torch checks nothing there).
+    pub fn finite(optimizer: &'static str, name: &'static str, value: f64) -> Result<()> {
+        if value.is_nan() {
+            return Err(invalid(optimizer, name, value, "must not be NaN"));
+        }
+        if !value.is_finite() {
+            return Err(invalid(optimizer, name, value, "must be finite"));
+        }
+        Ok(())
+    }
+
+    /// A value in [0, 1], as torch checks Adadelta's rho.
+    pub fn closed_unit_interval(
+        optimizer: &'static str,
+        name: &'static str,
+        value: f64,
+    ) -> Result<()> {
+        if value.is_nan() {
+            return Err(invalid(optimizer, name, value, "must not be NaN"));
+        }
+        if !(0.0..=1.0).contains(&value) {
+            return Err(invalid(optimizer, name, value, "must be in [0, 1]"));
+        }
+        Ok(())
+    }
+
+    /// A value in [0, 1) (betas).
     pub fn unit_interval(optimizer: &'static str, name: &'static str, value: f64) -> Result<()> {
         if value.is_nan() {
             return Err(invalid(optimizer, name, value, "must not be NaN"));

@@ -69,7 +69,9 @@ impl UpdateRule for RmsProp {
     }
     fn validate(&self) -> Result<()> {
         check::non_negative("rmsprop", "lr", self.lr)?;
-        check::unit_interval("rmsprop", "alpha", self.alpha)?;
+        // torch.optim.RMSprop only asks alpha >= 0 (above 1 the average is not one, but
+        // torch accepts it).
+        check::non_negative("rmsprop", "alpha", self.alpha)?;
         check::non_negative("rmsprop", "eps", self.eps)?;
         check::non_negative("rmsprop", "weight_decay", self.weight_decay)?;
         check::non_negative("rmsprop", "momentum", self.momentum)

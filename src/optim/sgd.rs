@@ -65,7 +65,8 @@ pub(crate) fn validate_momentum(
     nesterov: bool,
 ) -> Result<()> {
     check::non_negative(optimizer, "momentum", momentum)?;
-    check::non_negative(optimizer, "dampening", dampening)?;
+    // torch.optim.SGD checks nothing of dampening: any finite value.
+    check::finite(optimizer, "dampening", dampening)?;
     if nesterov && (momentum <= 0.0 || dampening != 0.0) {
         return Err(Error::InvalidConfig {
             optimizer,

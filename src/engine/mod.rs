@@ -15,10 +15,13 @@
 //! it does not wait for the GPU.
 
 pub mod arena;
+mod builder;
 mod checkpoint;
 pub mod control;
 mod group;
+mod scope;
 mod segment;
+mod tensor;
 mod transfer;
 
 use std::ops::Range;
@@ -26,266 +29,13 @@ use std::ops::Range;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
-use crate::kernels::MAX_STATE_SLOTS;
 use crate::optim::{OptimizerConfig, UpdateRule};
+pub use builder::OptimizerBuilder;
 use control::{StepControl, StepReport, TrainingOptions};
 use group::Group;
+use scope::GpuErrorScope;
+pub use tensor::{ExternalTensor, GroupId, Role, TensorId, TensorInit};
 pub(crate) use transfer::{Span, read as read_spans};
-
-/// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TensorId(pub usize);
-
-/// A parameter group of an [`Optimizer`], numbered in the order groups were added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupId(pub usize);
-
-/// A tensor whose parameters and gradients stay in the caller's own buffers (for example those
-/// of another wgpu-based framework), updated in place without copies. The optimizer keeps only
-/// the states. Both buffers need `BufferUsages::STORAGE` (plus `COPY_SRC` to read them back and
-/// `COPY_DST` to write them through the optimizer), and offsets aligned to the device's
-/// `min_storage_buffer_offset_alignment`. Lengths that are multiples of 4 at 16-byte offsets get
-/// the `vec4` kernel; others the scalar one.
-///
-/// The buffers must belong to the optimizer's device. A buffer of another device of the same
-/// `wgpu::Instance` is reported as [`Error::BadBuffer`]; one of another instance cannot be told
-/// apart by wgpu (its ids are per instance), so keep one instance per process.
-#[derive(Clone, Debug)]
-pub struct ExternalTensor {
-    pub param: wgpu::Buffer,
-    /// Byte offset of the first parameter in `param`.
-    pub param_offset: u64,
-    pub grad: wgpu::Buffer,
-    /// Byte offset of the first gradient in `grad`.
-    pub grad_offset: u64,
-    /// Elements (f32).
-    pub len: u64,
-}
-
-impl ExternalTensor {
-    /// `len` elements at the start of each buffer.
-    pub fn new(param: &wgpu::Buffer, grad: &wgpu::Buffer, len: u64) -> Self {
-        Self {
-            param: param.clone(),
-            param_offset: 0,
-            grad: grad.clone(),
-            grad_offset: 0,
-            len,
-        }
-    }
-}
-
-/// The initial contents of a parameter tensor.
-#[derive(Clone, Debug)]
-pub enum TensorInit<'a> {
-    /// These values, copied into the optimizer's arena.
-    Values(&'a [f32]),
-    /// This many zeros (fill them later with [`Optimizer::write_param`]).
-    Zeros(u64),
-    /// The caller's buffers, used in place.
-    External(ExternalTensor),
-}
-
-impl TensorInit<'_> {
-    fn len(&self) -> u64 {
-        match self {
-            TensorInit::Values(v) => v.len() as u64,
-            TensorInit::Zeros(n) => *n,
-            TensorInit::External(e) => e.len,
-        }
-    }
-}
-
-impl From<ExternalTensor> for TensorInit<'_> {
-    fn from(tensor: ExternalTensor) -> Self {
-        TensorInit::External(tensor)
-    }
-}
-
-impl<'a> From<&'a [f32]> for TensorInit<'a> {
-    fn from(values: &'a [f32]) -> Self {
-        TensorInit::Values(values)
-    }
-}
-
-impl<'a> From<&'a Vec<f32>> for TensorInit<'a> {
-    fn from(values: &'a Vec<f32>) -> Self {
-        TensorInit::Values(values)
-    }
-}
-
-/// Which buffer of a tensor to read or write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role<'a> {
-    Param,
-    Grad,
-    /// An optimizer state by PyTorch's name (`"exp_avg"`, `"momentum_buffer"`, ...).
-    State(&'a str),
-}
-
-/// Collects parameter groups, then allocates everything at once.
-pub struct OptimizerBuilder<'a> {
-    ctx: GpuContext,
-    groups: Vec<(OptimizerConfig, TrainingOptions, Vec<TensorInit<'a>>)>,
-    max_segment_bytes: Option<u64>,
-    factor_window_rows: u64,
-}
-
-impl<'a> OptimizerBuilder<'a> {
-    /// Adds a parameter group: an optimizer configuration and its tensors.
-    pub fn group<I, T>(self, config: impl Into<OptimizerConfig>, tensors: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<TensorInit<'a>>,
-    {
-        self.group_with(config, TrainingOptions::default(), tensors)
-    }
-
-    /// Adds a parameter group with gradient clipping, loss scaling or a schedule.
-    pub fn group_with<I, T>(
-        mut self,
-        config: impl Into<OptimizerConfig>,
-        options: TrainingOptions,
-        tensors: I,
-    ) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<TensorInit<'a>>,
-    {
-        self.groups.push((
-            config.into(),
-            options,
-            tensors.into_iter().map(Into::into).collect(),
-        ));
-        self
-    }
-
-    /// Caps the size of one segment buffer (default: the device's binding limit). Smaller
-    /// segments mean more dispatches per step; tests use tiny ones to cross many boundaries.
-    pub fn max_segment_bytes(mut self, bytes: u64) -> Self {
-        self.max_segment_bytes = Some(bytes);
-        self
-    }
-
-    /// Rows of step factors each group keeps ahead of its step (default
-    /// [`FACTOR_WINDOW_ROWS`](control::FACTOR_WINDOW_ROWS)); the window slides every this many
-    /// steps until the factors converge. Tests use tiny windows to slide it often.
-    pub fn factor_window_rows(mut self, rows: u64) -> Self {
-        self.factor_window_rows = rows.max(1);
-        self
-    }
-
-    /// Validates every group, then allocates and fills the arenas and builds the pipelines and
-    /// bind groups. On error nothing is left allocated.
-    pub fn build(self) -> Result<Optimizer> {
-        if self.groups.is_empty() {
-            return Err(Error::Empty(
-                "an optimizer needs at least one parameter group".into(),
-            ));
-        }
-        for (g, (config, options, tensors)) in self.groups.iter().enumerate() {
-            config.validate()?;
-            options.validate()?;
-            if tensors.iter().map(TensorInit::len).sum::<u64>() == 0 {
-                return Err(Error::Empty(format!("parameter group {g} has no elements")));
-            }
-        }
-        let binding_bytes = self.ctx.max_binding_bytes();
-        let segment_bytes = self
-            .max_segment_bytes
-            .map_or(binding_bytes, |b| b.min(binding_bytes));
-        if segment_bytes < 16 {
-            return Err(Error::InvalidConfig {
-                optimizer: "optimizer",
-                reason: format!("segments of {segment_bytes} bytes cannot hold one vec4"),
-            });
-        }
-        let ctx = self.ctx;
-        let scope = GpuErrorScope::push(&ctx.device);
-        let placeholders: Vec<wgpu::Buffer> = (0..MAX_STATE_SLOTS)
-            .map(|slot| {
-                ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("unused state slot {slot}")),
-                    size: 16,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
-        let mut groups = Vec::with_capacity(self.groups.len());
-        let mut tensors = Vec::new();
-        for (g, (config, options, inits)) in self.groups.iter().enumerate() {
-            groups.push(Group::new(
-                &ctx,
-                config.clone(),
-                options.clone(),
-                inits,
-                tensors.len(),
-                group::GroupSizes {
-                    segment_bytes,
-                    factor_window_rows: self.factor_window_rows,
-                },
-                &placeholders,
-            )?);
-            tensors.extend((0..inits.len()).map(|local| (g, local)));
-        }
-        scope.pop("the optimizer's buffers")?;
-        let optimizer = Optimizer {
-            ctx,
-            groups,
-            tensors,
-        };
-        for (g, (_, _, inits)) in self.groups.iter().enumerate() {
-            optimizer.groups[g].initialize(&optimizer.ctx, inits)?;
-        }
-        Ok(optimizer)
-    }
-}
-
-/// Catches wgpu's validation and out-of-memory errors around a block of calls, so that they
-/// become an [`Error`] instead of wgpu's default panic.
-///
-/// Fields drop in declaration order, which pops the inner (validation) scope first, as the
-/// scope stack requires when an early return drops the guard unpopped.
-struct GpuErrorScope {
-    validation: wgpu::ErrorScopeGuard,
-    memory: wgpu::ErrorScopeGuard,
-}
-
-impl GpuErrorScope {
-    fn push(device: &wgpu::Device) -> Self {
-        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        Self { validation, memory }
-    }
-
-    fn pop(self, what: &str) -> Result<()> {
-        let validation = pollster::block_on(self.validation.pop());
-        let memory = pollster::block_on(self.memory.pop());
-        if memory.is_some() {
-            return Err(Error::OutOfMemory { what: what.into() });
-        }
-        match validation {
-            Some(e) => Err(Error::Gpu(error_chain(&e))),
-            None => Ok(()),
-        }
-    }
-}
-
-/// An error and its causes on one line ("a: b: c"); wgpu keeps the useful part in the causes.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 /// Parameter groups on the GPU and the optimizer states that go with them.
 pub struct Optimizer {
@@ -315,12 +65,7 @@ impl std::fmt::Debug for Optimizer {
 impl Optimizer {
     /// Starts an optimizer on `ctx`; add groups to the builder, then `build()`.
     pub fn builder<'a>(ctx: &GpuContext) -> OptimizerBuilder<'a> {
-        OptimizerBuilder {
-            ctx: ctx.clone(),
-            groups: Vec::new(),
-            max_segment_bytes: None,
-            factor_window_rows: control::FACTOR_WINDOW_ROWS,
-        }
+        OptimizerBuilder::new(ctx)
     }
 
     /// The device this optimizer runs on.

@@ -1,0 +1,93 @@
+//! The handles and descriptions of tensors a caller hands the engine: ids, caller-owned
+//! buffers, initial contents, and which buffer of a tensor a read or write means.
+
+/// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+/// A parameter group of an [`Optimizer`], numbered in the order groups were added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub usize);
+
+/// A tensor whose parameters and gradients stay in the caller's own buffers (for example those
+/// of another wgpu-based framework), updated in place without copies. The optimizer keeps only
+/// the states. Both buffers need `BufferUsages::STORAGE` (plus `COPY_SRC` to read them back and
+/// `COPY_DST` to write them through the optimizer), and offsets aligned to the device's
+/// `min_storage_buffer_offset_alignment`. Lengths that are multiples of 4 at 16-byte offsets get
+/// the `vec4` kernel; others the scalar one.
+///
+/// The buffers must belong to the optimizer's device. A buffer of another device of the same
+/// `wgpu::Instance` is reported as [`Error::BadBuffer`]; one of another instance cannot be told
+/// apart by wgpu (its ids are per instance), so keep one instance per process.
+#[derive(Clone, Debug)]
+pub struct ExternalTensor {
+    pub param: wgpu::Buffer,
+    /// Byte offset of the first parameter in `param`.
+    pub param_offset: u64,
+    pub grad: wgpu::Buffer,
+    /// Byte offset of the first gradient in `grad`.
+    pub grad_offset: u64,
+    /// Elements (f32).
+    pub len: u64,
+}
+
+impl ExternalTensor {
+    /// `len` elements at the start of each buffer.
+    pub fn new(param: &wgpu::Buffer, grad: &wgpu::Buffer, len: u64) -> Self {
+        Self {
+            param: param.clone(),
+            param_offset: 0,
+            grad: grad.clone(),
+            grad_offset: 0,
+            len,
+        }
+    }
+}
+
+/// The initial contents of a parameter tensor.
+#[derive(Clone, Debug)]
+pub enum TensorInit<'a> {
+    /// These values, copied into the optimizer's arena.
+    Values(&'a [f32]),
+    /// This many zeros (fill them later with [`Optimizer::write_param`]).
+    Zeros(u64),
+    /// The caller's buffers, used in place.
+    External(ExternalTensor),
+}
+
+impl TensorInit<'_> {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            TensorInit::Values(v) => v.len() as u64,
+            TensorInit::Zeros(n) => *n,
+            TensorInit::External(e) => e.len,
+        }
+    }
+}
+
+impl From<ExternalTensor> for TensorInit<'_> {
+    fn from(tensor: ExternalTensor) -> Self {
+        TensorInit::External(tensor)
+    }
+}
+
+impl<'a> From<&'a [f32]> for TensorInit<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        TensorInit::Values(values)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for TensorInit<'a> {
+    fn from(values: &'a Vec<f32>) -> Self {
+        TensorInit::Values(values)
+    }
+}
+
+/// Which buffer of a tensor to read or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role<'a> {
+    Param,
+    Grad,
+    /// An optimizer state by PyTorch's name (`"exp_avg"`, `"momentum_buffer"`, ...).
+    State(&'a str),
+}

@@ -922,6 +922,7 @@ pub fn bench_optimizer(
 /// Measures every configuration on every workload, each right after a measurement of the copy
 /// ceiling (a long run's conditions drift: each fraction is taken against its neighbour),
 /// calling `progress` after each result.
+#[cfg(feature = "cli")]
 pub fn run(
     ctx: &GpuContext,
     configs: &[OptimizerConfig],

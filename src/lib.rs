@@ -29,14 +29,26 @@ pub mod fill;
 pub mod kernels;
 pub mod optim;
 pub mod reference;
+#[cfg(feature = "cli")]
 pub mod report;
 pub mod schedule;
 
-pub use context::{ContextOptions, GpuContext};
+/// The wgpu this crate is built against: name buffers and devices through it to get the same
+/// version.
+pub use wgpu;
+
+pub use context::{AdapterSummary, AvailableMemory, ContextOptions, GpuContext};
 pub use engine::control::{GradScaler, StepReport, TrainingOptions};
-pub use engine::{GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit};
+pub use engine::{
+    ExternalTensor, GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit,
+};
 pub use error::{Error, Result};
-pub use optim::{OptimizerConfig, StepCounter, UpdateRule};
+pub use fill::RandomFill;
+pub use kernels::{Element, Kernel, ScalarBinding, StructLayout};
+pub use optim::{
+    Adadelta, Adagrad, Adam, AdamW, Adamax, NAdam, OptimizerConfig, RAdam, RmsProp, Sgd, Sgdw,
+    StepCounter, UpdateRule,
+};
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
 

@@ -1,5 +1,7 @@
 //! The `wgpu-optim` binary as a newcomer meets it.
 
+#![cfg(feature = "cli")]
+
 use std::process::{Command, Output};
 
 fn wgpu_optim(args: &[&str]) -> Output {

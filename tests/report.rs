@@ -1,6 +1,8 @@
 //! `report`: two real result files made on this machine (lavapipe's Vulkan and llvmpipe's GL
 //! backends, `data/bench/`) merged into a markdown table and a chart.
 
+#![cfg(feature = "cli")]
+
 use std::path::{Path, PathBuf};
 
 use wgpu_optim::optim::OPTIMIZER_NAMES;

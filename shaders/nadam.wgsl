@@ -21,26 +21,12 @@ struct NadamScalars {
 // Step factors (host-computed by step): x = 1 / sqrt(1 - beta2^t), y = (1 - mu_t) / (1 - prod
 // mu_1..t), z = mu_{t+1} / (1 - prod mu_1..t+1).
 
-override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
 
-@group(0) @binding(1) var<storage, read_write> param: array<V>;
-@group(0) @binding(2) var<storage, read> grad: array<V>;
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param) || control.skip != 0u) {
-        return;
-    }
-    var g = load_grad(i);
-    if (MAXIMIZE) {
-        g = -g;
-    }
-    var p = param[i];
+// One element of the step, through the storage accessors (see `Kernel::assemble`).
+fn update(i: u32) {
+    var g = load_descent_grad(i);
+    var p = load_param(i);
     if (DECOUPLED) {
         // p - (lr * wd) * p, not p * (1 - lr * wd): that factor rounds near 1 in float32 and
         // the rounding compounds over thousands of steps.
@@ -48,13 +34,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     } else if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let m = lerp_to(exp_avg[i], g, s.one_minus_beta1, s.beta1);
-    exp_avg[i] = m;
-    let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
-    exp_avg_sq[i] = v;
+    let m = lerp_to(load_exp_avg(i), g, s.one_minus_beta1, s.beta1);
+    store_exp_avg(i, m);
+    let v = s.beta2 * load_exp_avg_sq(i) + s.one_minus_beta2 * g * g;
+    store_exp_avg_sq(i, v);
     let f = control.factors;
     // sqrt(v) / sqrt(1 - beta2^t): v / (1 - beta2^t) would overflow where v itself fits.
     let denom = sqrt(v) * f.x + s.eps;
     p = p - s.lr * f.y * g / denom;
-    param[i] = p - s.lr * f.z * m / denom;
+    store_param(i, p - s.lr * f.z * m / denom);
 }

@@ -18,37 +18,22 @@ struct RmspropScalars {
 
 override CENTERED: bool = false;
 override MOMENTUM: bool = false;
-override MAXIMIZE: bool = false;
 
-@group(0) @binding(1) var<storage, read_write> param: array<V>;
-@group(0) @binding(2) var<storage, read> grad: array<V>;
-@group(0) @binding(3) var<storage, read_write> square_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> grad_avg: array<V>;
-@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<V>;
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param) || control.skip != 0u) {
-        return;
-    }
-    var g = load_grad(i);
-    if (MAXIMIZE) {
-        g = -g;
-    }
-    let p = param[i];
+// One element of the step, through the storage accessors (see `Kernel::assemble`).
+fn update(i: u32) {
+    var g = load_descent_grad(i);
+    let p = load_param(i);
     if (s.weight_decay != 0.0) {
         g = g + s.weight_decay * p;
     }
-    let sq_old = square_avg[i];
+    let sq_old = load_square_avg(i);
     let sq = s.alpha * sq_old + s.one_minus_alpha * g * g;
-    square_avg[i] = sq;
+    store_square_avg(i, sq);
     var avg: V;
     if (CENTERED) {
-        let ga_old = grad_avg[i];
+        let ga_old = load_grad_avg(i);
         let ga = lerp_to(ga_old, g, s.one_minus_alpha, s.alpha);
-        grad_avg[i] = ga;
+        store_grad_avg(i, ga);
         // The variance sq - ga^2, updated as a variance (Welford):
         //   alpha (sq_old - ga_old^2) + alpha (1 - alpha) (g - ga_old)^2,
         // equal in exact arithmetic, without subtracting two rounded squares of the same size
@@ -61,10 +46,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         avg = sqrt(sq) + s.eps;
     }
     if (MOMENTUM) {
-        let buf = s.momentum * momentum_buffer[i] + g / avg;
-        momentum_buffer[i] = buf;
-        param[i] = p - s.lr * buf;
+        let buf = s.momentum * load_momentum_buffer(i) + g / avg;
+        store_momentum_buffer(i, buf);
+        store_param(i, p - s.lr * buf);
     } else {
-        param[i] = p - s.lr * g / avg;
+        store_param(i, p - s.lr * g / avg);
     }
 }

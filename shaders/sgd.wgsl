@@ -21,25 +21,12 @@ struct SgdScalars {
 
 override MOMENTUM: bool = false;
 override NESTEROV: bool = false;
-override MAXIMIZE: bool = false;
 override DECOUPLED: bool = false;
 
-@group(0) @binding(1) var<storage, read_write> param: array<V>;
-@group(0) @binding(2) var<storage, read> grad: array<V>;
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = element_index(wg, nwg, lid);
-    if (i >= arrayLength(&param) || control.skip != 0u) {
-        return;
-    }
-    var d = load_grad(i);
-    if (MAXIMIZE) {
-        d = -d;
-    }
-    let p = param[i];
+// One element of the step, through the storage accessors (see `Kernel::assemble`).
+fn update(i: u32) {
+    var d = load_descent_grad(i);
+    let p = load_param(i);
     if (DECOUPLED) {
         d = s.lr * d;
     } else if (s.weight_decay != 0.0) {
@@ -50,9 +37,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         // contents are not read then, and may hold anything.
         var buf = d;
         if (control.step != 1u) {
-            buf = s.momentum * momentum_buffer[i] + s.dampening_keep * d;
+            buf = s.momentum * load_momentum_buffer(i) + s.dampening_keep * d;
         }
-        momentum_buffer[i] = buf;
+        store_momentum_buffer(i, buf);
         if (NESTEROV) {
             d = d + s.momentum * buf;
         } else {
@@ -61,8 +48,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     if (DECOUPLED) {
         // Not p * (1 - lr * wd): that factor rounds near 1 in float32.
-        param[i] = p - s.decay * p - d;
+        store_param(i, p - s.decay * p - d);
     } else {
-        param[i] = p - s.lr * d;
+        store_param(i, p - s.lr * d);
     }
 }

@@ -1,12 +1,10 @@
 // What every optimizer kernel reads besides its tensors: the group's step control
-// (`control.wgsl`), which the finalize kernel updated just before, on the device.
+// (`control.wgsl`), which the finalize kernel updated just before, on the device. The tensors
+// themselves are reached through the storage accessors the host generates after this piece
+// (`Kernel::assemble` in src/kernels.rs): load_param/store_param, load_grad (unscaled and
+// clipped by the control's multiplier), load_<state>/store_<state>.
 
 @group(0) @binding(6) var<uniform> control: StepControl;
-
-// This step's gradient element: unscaled and clipped.
-fn load_grad(i: u32) -> V {
-    return grad[i] * control.grad_multiplier;
-}
 
 // A running average's update, `start + weight * (end - start)`, written as torch's `lerp` does
 // it: from the nearer end, so that a weight of 1 (beta1 = 0) gives `end` exactly and a weight
@@ -16,4 +14,16 @@ fn lerp_to(start: V, end: V, weight: f32, one_minus_weight: f32) -> V {
         return start + weight * (end - start);
     }
     return end - (end - start) * one_minus_weight;
+}
+
+// torch's `maximize`: every optimizer ascends instead when it is set.
+override MAXIMIZE: bool = false;
+
+// The gradient the rule descends along: this step's gradient, negated to maximize.
+fn load_descent_grad(i: u32) -> V {
+    let g = load_grad(i);
+    if (MAXIMIZE) {
+        return -g;
+    }
+    return g;
 }

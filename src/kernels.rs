@@ -1,11 +1,14 @@
 //! The WGSL kernels: their sources, how they are assembled, and a cache of compiled pipelines.
 //!
-//! Each optimizer family has one file in `shaders/` with one entry point, `main`. Its bindings
-//! are always the same shape: `@binding(0)` the per-step uniform, `@binding(1)` the parameters
-//! (read-write), `@binding(2)` the gradients (read), `@binding(3..)` the optimizer states
-//! (read-write), one per slot of [`Kernel::state_slots`]. A slot the configuration does not use
-//! is bound to a tiny placeholder buffer that the kernel never touches: its flags are
-//! pipeline-overridable constants, so the untaken branches compile away.
+//! Each optimizer family has one file in `shaders/` holding its update rule, `fn update(i)`,
+//! written against storage accessors (`load_param`, `store_param`, `load_grad`,
+//! `load_<state>`, `store_<state>`) that the host generates ([`Kernel::storage`]), with the
+//! bindings and the entry point `main` ([`Kernel::assemble`]). The bindings are always the same
+//! shape: `@binding(0)` the per-step uniform, `@binding(1)` the parameters (read-write),
+//! `@binding(2)` the gradients (read), `@binding(3..)` the optimizer states (read-write), one per
+//! slot of [`Kernel::state_slots`], and `@binding(6)` the step control. A slot the
+//! configuration does not use is bound to a tiny placeholder buffer that the kernel never
+//! touches: its flags are pipeline-overridable constants, so the untaken branches compile away.
 //!
 //! The element type is chosen at assembly: the host prepends `alias V = vec4<f32>;` for arena
 //! segments (whose lengths are multiples of 4, so every load is 16 bytes wide) or
@@ -154,13 +157,60 @@ impl Kernel {
             ScalarBinding::Uniform => "@group(0) @binding(0) var<uniform> s",
         };
         format!(
-            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{declaration}: {};\n",
+            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
+            self.storage(),
             self.source,
-            self.scalars.name
+            self.scalars.name,
+            ENTRY_POINT_WGSL,
         )
     }
+
+    /// The storage layer of the kernel: one binding per role and the accessors the update rule
+    /// reads and writes through (`load_param`, `store_param`, `load_grad`, and `load_<state>`,
+    /// `store_<state>` per state slot), so that the rule never names a buffer and never knows
+    /// how its values are stored. Every role is float32 (`V`) today; a storage format (16-bit
+    /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
+    /// different rule.
+    pub fn storage(&self) -> String {
+        let mut wgsl = String::from(
+            "@group(0) @binding(1) var<storage, read_write> param: array<V>;\n\
+             @group(0) @binding(2) var<storage, read> grad: array<V>;\n\
+             fn element_count() -> u32 { return arrayLength(&param); }\n\
+             fn load_param(i: u32) -> V { return param[i]; }\n\
+             fn store_param(i: u32, value: V) { param[i] = value; }\n\
+             // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
+             fn load_grad(i: u32) -> V { return grad[i] * control.grad_multiplier; }\n",
+        );
+        for (slot, name) in self.state_slots.iter().enumerate() {
+            let binding = FIRST_STATE_BINDING + slot as u32;
+            wgsl.push_str(&format!(
+                "@group(0) @binding({binding}) var<storage, read_write> {name}: array<V>;\n\
+                 fn load_{name}(i: u32) -> V {{ return {name}[i]; }}\n\
+                 fn store_{name}(i: u32, value: V) {{ {name}[i] = value; }}\n"
+            ));
+        }
+        wgsl
+    }
 }
+
+/// The binding of the first state slot; the others follow.
+pub const FIRST_STATE_BINDING: u32 = 3;
+
+/// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
+/// on the elements of a step that is not skipped. It never returns before its end, so that a
+/// storage format may gather the whole workgroup at a barrier after the update (an 8-bit
+/// blockwise state takes its block's absolute maximum by a workgroup reduction).
+const ENTRY_POINT_WGSL: &str = "
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element_index(wg, nwg, lid);
+    if (i < element_count() && control.skip == 0u) {
+        update(i);
+    }
+}
+";
 
 /// A helper kernel (gradient norm, step finalize, random fill, bandwidth copy): its own
 /// bindings, no flags.
@@ -243,7 +293,7 @@ impl KernelCache {
                     entries.push(buffer_entry(0, wgpu::BufferBindingType::Uniform));
                 }
                 entries.extend([storage(1, false), storage(2, true)]);
-                entries.extend((0..states as u32).map(|s| storage(3 + s, false)));
+                entries.extend((0..states as u32).map(|s| storage(FIRST_STATE_BINDING + s, false)));
                 // The step control, read as a uniform.
                 entries.push(buffer_entry(6, wgpu::BufferBindingType::Uniform));
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -323,7 +323,7 @@ impl Group {
             ]);
             for (slot, state) in segment.states.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
-                    binding: 3 + slot as u32,
+                    binding: crate::kernels::FIRST_STATE_BINDING + slot as u32,
                     resource: state.as_ref().map_or_else(
                         || self.placeholders[slot].as_entire_binding(),
                         View::binding,

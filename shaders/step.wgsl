@@ -4,7 +4,8 @@
 // (`Kernel::assemble` in src/kernels.rs): load_param/store_param, load_grad (unscaled and
 // clipped by the control's multiplier), load_<state>/store_<state>.
 
-@group(0) @binding(6) var<uniform> control: StepControl;
+// `control`, the group's `StepControl` read as a uniform, is declared with the bindings by the
+// host (`Kernel::storage`).
 
 // A running average's update, `start + weight * (end - start)`, written as torch's `lerp` does
 // it: from the nearer end, so that a weight of 1 (beta1 = 0) gives `end` exactly and a weight

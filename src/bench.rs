@@ -21,7 +21,7 @@ use crate::engine::control::{
     ControlSettings, FACTOR_WINDOW_ROWS, NORM_ELEMENTS_PER_THREAD, PARTIAL_BYTES, StepControl,
     TrainingOptions,
 };
-use crate::engine::{Optimizer, Role, Span, TensorId, TensorInit};
+use crate::engine::{Optimizer, Role, TensorId, TensorInit};
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
 use crate::kernels::{
@@ -29,6 +29,7 @@ use crate::kernels::{
     workgroups_for,
 };
 use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::transfer::{self, Span};
 
 /// The copy kernel that measures the ceiling.
 pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
@@ -402,7 +403,7 @@ fn read_u64s(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Result<Vec<u64>> {
         len: buffer.size() / 4,
     };
     // The words are moved, never computed on: their bits come back intact.
-    let words: Vec<f32> = crate::engine::read_spans(ctx, &[span])?;
+    let words: Vec<f32> = transfer::read(ctx, &[span])?;
     Ok(bytemuck::pod_collect_to_vec(&words))
 }
 

@@ -4,9 +4,9 @@
 //! elements against the CPU reference.
 
 use crate::context::GpuContext;
-use crate::engine::Span;
 use crate::error::{Error, Result};
 use crate::kernels::{BindingKind, Element, UtilityKernel, shader_struct, workgroups_for};
+use crate::transfer::Span;
 
 shader_struct! {
     /// The uniform of `shaders/fill.wgsl`.

@@ -173,14 +173,15 @@ impl Kernel {
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
     pub fn storage(&self) -> String {
-        let mut wgsl = String::from(
-            "@group(0) @binding(1) var<storage, read_write> param: array<V>;\n\
+        let mut wgsl = format!(
+            "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n\
+             @group(0) @binding(1) var<storage, read_write> param: array<V>;\n\
              @group(0) @binding(2) var<storage, read> grad: array<V>;\n\
-             fn element_count() -> u32 { return arrayLength(&param); }\n\
-             fn load_param(i: u32) -> V { return param[i]; }\n\
-             fn store_param(i: u32, value: V) { param[i] = value; }\n\
+             fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
+             fn load_param(i: u32) -> V {{ return param[i]; }}\n\
+             fn store_param(i: u32, value: V) {{ param[i] = value; }}\n\
              // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
-             fn load_grad(i: u32) -> V { return grad[i] * control.grad_multiplier; }\n",
+             fn load_grad(i: u32) -> V {{ return grad[i] * control.grad_multiplier; }}\n",
         );
         for (slot, name) in self.state_slots.iter().enumerate() {
             let binding = FIRST_STATE_BINDING + slot as u32;
@@ -196,6 +197,10 @@ impl Kernel {
 
 /// The binding of the first state slot; the others follow.
 pub const FIRST_STATE_BINDING: u32 = 3;
+
+/// The binding of the group's step control in every optimizer kernel (after the most state
+/// slots any kernel has).
+pub const CONTROL_BINDING: u32 = FIRST_STATE_BINDING + MAX_STATE_SLOTS as u32;
 
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
 /// on the elements of a step that is not skipped. It never returns before its end, so that a
@@ -295,7 +300,10 @@ impl KernelCache {
                 entries.extend([storage(1, false), storage(2, true)]);
                 entries.extend((0..states as u32).map(|s| storage(FIRST_STATE_BINDING + s, false)));
                 // The step control, read as a uniform.
-                entries.push(buffer_entry(6, wgpu::BufferBindingType::Uniform));
+                entries.push(buffer_entry(
+                    CONTROL_BINDING,
+                    wgpu::BufferBindingType::Uniform,
+                ));
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
                     entries: &entries,

@@ -32,6 +32,7 @@ pub mod reference;
 #[cfg(feature = "cli")]
 pub mod report;
 pub mod schedule;
+mod transfer;
 
 /// The wgpu this crate is built against: name buffers and devices through it to get the same
 /// version.

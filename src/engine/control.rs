@@ -424,9 +424,9 @@ impl Control {
         if can_skip && !self.window.stale {
             // Skipped steps do not count: read how far the device really got (the steps
             // submitted so far; later ones only add), to keep the window small.
-            if let Ok(words) = super::transfer::read(
+            if let Ok(words) = crate::transfer::read(
                 ctx,
-                &[super::transfer::Span {
+                &[crate::transfer::Span {
                     buffer: &self.buffer,
                     offset: 0,
                     len: self.buffer.size() / 4,

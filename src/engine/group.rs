@@ -12,12 +12,12 @@ use std::ops::Range;
 use super::arena::{ArenaLayout, Piece};
 use super::control::{Control, TrainingOptions, initial_state};
 use super::segment::{Segment, View};
-use super::transfer::{self, Span};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarBinding, workgroups_for};
 use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::transfer::{self, Span};
 
 /// Where one tensor's elements lie: runs in segments.
 pub(crate) struct TensorPlace {
@@ -317,7 +317,7 @@ impl Group {
                     resource: segment.grad.binding(),
                 },
                 wgpu::BindGroupEntry {
-                    binding: 6,
+                    binding: crate::kernels::CONTROL_BINDING,
                     resource: self.control.buffer.as_entire_binding(),
                 },
             ]);

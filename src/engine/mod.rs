@@ -22,7 +22,6 @@ mod group;
 mod scope;
 mod segment;
 mod tensor;
-mod transfer;
 
 use std::ops::Range;
 
@@ -30,12 +29,12 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
 use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::transfer::{self, Span};
 pub use builder::OptimizerBuilder;
 use control::{StepControl, StepReport, TrainingOptions};
 use group::Group;
 use scope::GpuErrorScope;
 pub use tensor::{ExternalTensor, GroupId, Role, TensorId, TensorInit};
-pub(crate) use transfer::{Span, read as read_spans};
 
 /// Parameter groups on the GPU and the optimizer states that go with them.
 pub struct Optimizer {

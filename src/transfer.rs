@@ -1,4 +1,5 @@
-//! Moving f32 data between the host and GPU buffers, in bounded chunks so that a 2.4 GB tensor
+//! Moving f32 data between the host and GPU buffers (for the engine, the random fill and the
+//! bench, below all three), in bounded chunks so that a 2.4 GB tensor
 //! never needs a 2.4 GB staging buffer (which `max_buffer_size` may forbid anyway).
 
 use crate::context::GpuContext;

@@ -31,6 +31,9 @@ pub const CONTROL_WGSL: &str = include_str!("../shaders/control.wgsl");
 /// The bindings and helpers every optimizer kernel uses to read its step control.
 pub const STEP_WGSL: &str = include_str!("../shaders/step.wgsl");
 
+/// The start the Adam-family rules share: their uniform, the weight decay and the two moments.
+pub const ADAM_FAMILY_WGSL: &str = include_str!("../shaders/adam_family.wgsl");
+
 /// A workgroup-wide sum, shared by the norm and finalize kernels.
 pub const REDUCE_WGSL: &str = include_str!("../shaders/reduce.wgsl");
 
@@ -141,6 +144,8 @@ pub struct Kernel {
     pub name: &'static str,
     /// WGSL source of the family (without the common prelude).
     pub source: &'static str,
+    /// Shared rule pieces it builds on, put before the source (e.g. [`ADAM_FAMILY_WGSL`]).
+    pub pieces: &'static [&'static str],
     /// Names of the state buffers bound at `@binding(3)`, `@binding(4)`, ...
     pub state_slots: &'static [&'static str],
     /// The boolean `override` constants the source declares.
@@ -157,9 +162,10 @@ impl Kernel {
             ScalarBinding::Uniform => "@group(0) @binding(0) var<uniform> s",
         };
         format!(
-            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{declaration}: {};\n{}",
+            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
             self.storage(),
+            self.pieces.join("\n"),
             self.source,
             self.scalars.name,
             ENTRY_POINT_WGSL,

@@ -50,6 +50,7 @@ shader_struct! {
 pub static KERNEL: Kernel = Kernel {
     name: "adadelta",
     source: include_str!("../../shaders/adadelta.wgsl"),
+    pieces: &[],
     state_slots: &["square_avg", "acc_delta"],
     flags: &["MAXIMIZE"],
     scalars: &AdadeltaScalars::LAYOUT,

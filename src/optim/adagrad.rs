@@ -48,6 +48,7 @@ shader_struct! {
 pub static KERNEL: Kernel = Kernel {
     name: "adagrad",
     source: include_str!("../../shaders/adagrad.wgsl"),
+    pieces: &[],
     state_slots: &["sum"],
     flags: &["MAXIMIZE"],
     scalars: &AdagradScalars::LAYOUT,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
 use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, shader_struct};
 
 /// `torch.optim.Adam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ impl Default for Adam {
 }
 
 shader_struct! {
-    /// The uniform of `shaders/adam.wgsl`, shared with AdamW.
+    /// The uniform of the Adam family (`shaders/adam_family.wgsl`): Adam, AdamW, NAdam, RAdam.
     pub struct AdamScalars {
         pub one_minus_beta1: f32,
         pub beta2: f32,
@@ -53,10 +53,39 @@ shader_struct! {
     }
 }
 
+impl AdamScalars {
+    /// The uniform of an Adam-family step at learning rate `lr`, as bytes: the weight decay
+    /// goes to the gradient (L2) or, `decoupled`, to the parameter as lr * weight_decay.
+    pub(crate) fn bytes(
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+        lr: f64,
+    ) -> Vec<u8> {
+        uniform_bytes(&AdamScalars {
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            eps: eps as f32,
+            weight_decay: if decoupled { 0.0 } else { weight_decay as f32 },
+            decay: if decoupled {
+                (lr * weight_decay) as f32
+            } else {
+                0.0
+            },
+            lr: lr as f32,
+            beta1: beta1 as f32,
+        })
+    }
+}
+
 /// The Adam family's kernel: Adam, and AdamW with `DECOUPLED`.
 pub static KERNEL: Kernel = Kernel {
     name: "adam",
     source: include_str!("../../shaders/adam.wgsl"),
+    pieces: &[ADAM_FAMILY_WGSL],
     state_slots: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
     flags: &["AMSGRAD", "MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
@@ -81,24 +110,14 @@ pub(crate) fn validate_adam_like(
 impl Adam {
     /// Adam's uniform; `decoupled` makes it AdamW's.
     pub(crate) fn scalars_with(&self, decoupled: bool, lr: f64) -> Vec<u8> {
-        uniform_bytes(&AdamScalars {
-            one_minus_beta1: (1.0 - self.beta1) as f32,
-            beta2: self.beta2 as f32,
-            one_minus_beta2: (1.0 - self.beta2) as f32,
-            eps: self.eps as f32,
-            weight_decay: if decoupled {
-                0.0
-            } else {
-                self.weight_decay as f32
-            },
-            decay: if decoupled {
-                (lr * self.weight_decay) as f32
-            } else {
-                0.0
-            },
-            lr: lr as f32,
-            beta1: self.beta1 as f32,
-        })
+        AdamScalars::bytes(
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            decoupled,
+            lr,
+        )
     }
 
     /// [1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)]: the bias corrections of step t.

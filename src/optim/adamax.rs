@@ -51,6 +51,7 @@ shader_struct! {
 pub static KERNEL: Kernel = Kernel {
     name: "adamax",
     source: include_str!("../../shaders/adamax.wgsl"),
+    pieces: &[],
     state_slots: &["exp_avg", "exp_inf"],
     flags: &["MAXIMIZE"],
     scalars: &AdamaxScalars::LAYOUT,

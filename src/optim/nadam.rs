@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::adam::validate_adam_like;
-use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
+use super::adam::{AdamScalars, validate_adam_like};
+use super::{StepCounter, UpdateRule, check, slots};
 use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel};
 
 /// `torch.optim.NAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,28 +40,14 @@ impl Default for NAdam {
     }
 }
 
-shader_struct! {
-    /// The uniform of `shaders/nadam.wgsl`.
-    pub struct NadamScalars {
-        pub one_minus_beta1: f32,
-        pub beta2: f32,
-        pub one_minus_beta2: f32,
-        pub eps: f32,
-        pub weight_decay: f32,
-        /// Decoupled decay: lr * weight_decay (0 with L2 decay).
-        pub decay: f32,
-        pub lr: f32,
-        pub beta1: f32,
-    }
-}
-
 /// NAdam's kernel.
 pub static KERNEL: Kernel = Kernel {
     name: "nadam",
     source: include_str!("../../shaders/nadam.wgsl"),
+    pieces: &[ADAM_FAMILY_WGSL],
     state_slots: &["exp_avg", "exp_avg_sq"],
     flags: &["MAXIMIZE", "DECOUPLED"],
-    scalars: &NadamScalars::LAYOUT,
+    scalars: &AdamScalars::LAYOUT,
 };
 
 impl NAdam {
@@ -135,25 +121,14 @@ impl UpdateRule for NAdam {
         counter
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
-        let decoupled = self.decoupled_weight_decay;
-        uniform_bytes(&NadamScalars {
-            one_minus_beta1: (1.0 - self.beta1) as f32,
-            beta2: self.beta2 as f32,
-            one_minus_beta2: (1.0 - self.beta2) as f32,
-            eps: self.eps as f32,
-            weight_decay: if decoupled {
-                0.0
-            } else {
-                self.weight_decay as f32
-            },
-            decay: if decoupled {
-                (lr * self.weight_decay) as f32
-            } else {
-                0.0
-            },
-            lr: lr as f32,
-            beta1: self.beta1 as f32,
-        })
+        AdamScalars::bytes(
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+            lr,
+        )
     }
     fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
         let (grad_coef, exp_avg_coef) = self.coefficients(counter);

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::adam::validate_adam_like;
-use super::{StepCounter, UpdateRule, slots, uniform_bytes};
+use super::adam::{AdamScalars, validate_adam_like};
+use super::{StepCounter, UpdateRule, slots};
 use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel};
 
 /// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,28 +36,14 @@ impl Default for RAdam {
     }
 }
 
-shader_struct! {
-    /// The uniform of `shaders/radam.wgsl`.
-    pub struct RadamScalars {
-        pub one_minus_beta1: f32,
-        pub beta2: f32,
-        pub one_minus_beta2: f32,
-        pub eps: f32,
-        pub weight_decay: f32,
-        /// Decoupled decay: lr * weight_decay (0 with L2 decay).
-        pub decay: f32,
-        pub lr: f32,
-        pub beta1: f32,
-    }
-}
-
 /// RAdam's kernel.
 pub static KERNEL: Kernel = Kernel {
     name: "radam",
     source: include_str!("../../shaders/radam.wgsl"),
+    pieces: &[ADAM_FAMILY_WGSL],
     state_slots: &["exp_avg", "exp_avg_sq"],
     flags: &["MAXIMIZE", "DECOUPLED"],
-    scalars: &RadamScalars::LAYOUT,
+    scalars: &AdamScalars::LAYOUT,
 };
 
 impl RAdam {
@@ -108,25 +94,14 @@ impl UpdateRule for RAdam {
         vec![Some(0.0), Some(0.0)]
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
-        let decoupled = self.decoupled_weight_decay;
-        uniform_bytes(&RadamScalars {
-            one_minus_beta1: (1.0 - self.beta1) as f32,
-            beta2: self.beta2 as f32,
-            one_minus_beta2: (1.0 - self.beta2) as f32,
-            eps: self.eps as f32,
-            weight_decay: if decoupled {
-                0.0
-            } else {
-                self.weight_decay as f32
-            },
-            decay: if decoupled {
-                (lr * self.weight_decay) as f32
-            } else {
-                0.0
-            },
-            lr: lr as f32,
-            beta1: self.beta1 as f32,
-        })
+        AdamScalars::bytes(
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+            lr,
+        )
     }
     /// [step size per unit of lr, 1 if rectified else 0]: r_t sqrt(1 - b2^t) / (1 - b1^t) once
     /// rho_t > 5, else 1 / (1 - b1^t).

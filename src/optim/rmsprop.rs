@@ -55,6 +55,7 @@ shader_struct! {
 pub static KERNEL: Kernel = Kernel {
     name: "rmsprop",
     source: include_str!("../../shaders/rmsprop.wgsl"),
+    pieces: &[],
     state_slots: &["square_avg", "grad_avg", "momentum_buffer"],
     flags: &["CENTERED", "MOMENTUM", "MAXIMIZE"],
     scalars: &RmspropScalars::LAYOUT,

@@ -52,6 +52,7 @@ shader_struct! {
 pub static KERNEL: Kernel = Kernel {
     name: "sgd",
     source: include_str!("../../shaders/sgd.wgsl"),
+    pieces: &[],
     state_slots: &["momentum_buffer"],
     flags: &["MOMENTUM", "NESTEROV", "MAXIMIZE", "DECOUPLED"],
     scalars: &SgdScalars::LAYOUT,

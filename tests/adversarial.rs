@@ -146,8 +146,14 @@ fn the_fixture_and_its_side_file_describe_the_same_cases() {
     }
 }
 
+/// The float64 reference keeps a core busy for seconds; lavapipe runs the GPU test's many
+/// small dispatches on a thread pool of its own, which stalls (20x and more) when the other
+/// test holds one of the machine's two cores. One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_float64_reference_passes_every_case() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let fixture = fixture();
     let mut failures = Vec::new();
     let mut worst = (0.0f64, "");
@@ -185,6 +191,7 @@ fn selected(name: &str) -> bool {
 
 #[test]
 fn the_gpu_passes_or_is_no_worse_than_torch_in_float32() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ctx = context();
     let fixture = fixture();
     let side = side_file();

@@ -97,18 +97,6 @@ fn tensor_name(tensor: usize, role: &str) -> String {
     format!("tensor{tensor}.{role}")
 }
 
-/// The states a configuration keeps, by name, in binding order.
-fn kept_states(config: &OptimizerConfig) -> Vec<&'static str> {
-    config
-        .kernel()
-        .state_slots
-        .iter()
-        .zip(config.initial_states())
-        .filter(|(_, s)| s.is_some())
-        .map(|(name, _)| *name)
-        .collect()
-}
-
 impl Optimizer {
     /// The whole optimizer state as the bytes of a checkpoint (a safetensors file; waits for the
     /// GPU): what [`save_checkpoint`](Self::save_checkpoint) writes. Parameters are saved too
@@ -412,7 +400,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
         let context = |e: Error| format!("group {g}: {e}");
         record.config.validate().map_err(context)?;
         record.options.validate().map_err(context)?;
-        let kept = kept_states(&record.config);
+        let kept = record.config.state_names();
         if record.states != kept {
             return Err(format!(
                 "group {g} lists states [{}], but {} with its hyperparameters keeps [{}]",

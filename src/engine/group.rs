@@ -429,14 +429,7 @@ impl Group {
 
     /// Names of the states this group keeps.
     pub fn state_names(&self) -> Vec<&'static str> {
-        self.config
-            .kernel()
-            .state_slots
-            .iter()
-            .zip(self.config.initial_states())
-            .filter(|(_, s)| s.is_some())
-            .map(|(name, _)| *name)
-            .collect()
+        self.config.state_names()
     }
 
     /// Recompiles (or fetches from the cache) the pipelines after a configuration change.

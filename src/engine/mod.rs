@@ -208,15 +208,7 @@ impl Optimizer {
                     current.name(),
                     self.groups[group.0].state_names().join(", "),
                     config.name(),
-                    config
-                        .kernel()
-                        .state_slots
-                        .iter()
-                        .zip(config.initial_states())
-                        .filter(|(_, s)| s.is_some())
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    config.state_names().join(", "),
                 ),
             });
         }

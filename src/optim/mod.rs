@@ -166,6 +166,18 @@ optimizers! {
 }
 
 impl OptimizerConfig {
+    /// The names of the states this configuration keeps, in binding order (AMSGrad's maximum
+    /// only with `amsgrad`, and so on).
+    pub fn state_names(&self) -> Vec<&'static str> {
+        self.kernel()
+            .state_slots
+            .iter()
+            .zip(self.initial_states())
+            .filter(|(_, s)| s.is_some())
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// The optimizer called `name` with PyTorch's default hyperparameters.
     pub fn default_for(name: &str) -> Result<Self> {
         Self::from_hyper(name, &serde_json::Value::Object(Default::default()))

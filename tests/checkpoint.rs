@@ -19,9 +19,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use wgpu_optim::engine::control::StepControl;
 use wgpu_optim::optim::{Adam, AdamW, Sgd};
-use wgpu_optim::{
-    Error, GpuContext, GradScaler, GroupId, Optimizer, Schedule, TensorId, TrainingOptions,
-};
+use wgpu_optim::{Error, GpuContext, GroupId, Optimizer, TensorId, TrainingOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation accounting: every allocation made by the current thread while tracking is on.
@@ -79,33 +77,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 
 const SOURCE_SIZES: [&[usize]; 2] = [&[5, 257, 1500], &[33, 4]];
 
-fn source_options() -> TrainingOptions {
-    TrainingOptions {
-        max_grad_norm: Some(1.0),
-        grad_scaler: Some(GradScaler {
-            init_scale: 1024.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 3,
-        }),
-        schedule: Some(Schedule::Sequential {
-            schedules: vec![
-                Schedule::Linear {
-                    start_factor: 0.25,
-                    end_factor: 1.0,
-                    total_iters: 4,
-                },
-                Schedule::Cosine {
-                    t_max: 10,
-                    eta_min: 1e-4,
-                },
-            ],
-            milestones: vec![4],
-        }),
-        ..Default::default()
-    }
-}
-
 /// Two groups: AdamW with clipping, a dynamic loss scale and a schedule, cut into several
 /// segments; SGD with Nesterov momentum.
 fn source(ctx: &GpuContext) -> Optimizer {
@@ -121,7 +92,7 @@ fn source(ctx: &GpuContext) -> Optimizer {
                 weight_decay: 0.1,
                 ..Default::default()
             },
-            source_options(),
+            training_options(),
             &params[0],
         )
         .group(
@@ -420,7 +391,7 @@ fn loading_restores_hyperparameters_and_training_options() {
     }
     assert_eq!(
         other.training_options(GroupId(0)).unwrap(),
-        &source_options()
+        &training_options()
     );
     assert_eq!(
         other.training_options(GroupId(1)).unwrap(),
@@ -985,7 +956,7 @@ fn small_checkpoint(ctx: &GpuContext) -> Vec<u8> {
     let mut source = Optimizer::builder(ctx)
         .group_with(
             AdamW::default(),
-            source_options(),
+            training_options(),
             [&vec![0.5f32; 3], &vec![-1.0f32; 6]],
         )
         .group(

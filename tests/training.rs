@@ -24,33 +24,6 @@ fn rel_l2(gpu: &[f32], reference: &[f64]) -> f64 {
     (err / norm).sqrt()
 }
 
-fn options() -> TrainingOptions {
-    TrainingOptions {
-        max_grad_norm: Some(1.0),
-        grad_scaler: Some(GradScaler {
-            init_scale: 1024.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 3,
-        }),
-        schedule: Some(Schedule::Sequential {
-            schedules: vec![
-                Schedule::Linear {
-                    start_factor: 0.25,
-                    end_factor: 1.0,
-                    total_iters: 4,
-                },
-                Schedule::Cosine {
-                    t_max: 10,
-                    eta_min: 1e-4,
-                },
-            ],
-            milestones: vec![4],
-        }),
-        ..Default::default()
-    }
-}
-
 /// Runs `config` with clipping, a dynamic scaler and a schedule on the GPU and the reference,
 /// gradients multiplied by the current loss scale, infinities in the iterations `inf_at`.
 fn check(config: OptimizerConfig, seed: u64, inf_at: &[usize]) {
@@ -59,7 +32,7 @@ fn check(config: OptimizerConfig, seed: u64, inf_at: &[usize]) {
     let mut rng = rng(seed);
     let sizes = [1usize, 5, 257, 4099];
     let params: Vec<Vec<f32>> = sizes.iter().map(|&n| params(&mut rng, n)).collect();
-    let options = options();
+    let options = training_options();
     let mut opt = Optimizer::builder(&ctx)
         .group_with(config.clone(), options.clone(), &params)
         .max_segment_bytes(4096)
@@ -231,7 +204,7 @@ fn a_resumed_run_is_bit_identical_to_one_that_never_stopped() {
         .collect();
     let build = |params: &[Vec<Vec<f32>>]| {
         Optimizer::builder(&ctx)
-            .group_with(configs[0].clone(), options(), &params[0])
+            .group_with(configs[0].clone(), training_options(), &params[0])
             .group(configs[1].clone(), &params[1])
             .build()
             .unwrap()
@@ -315,7 +288,10 @@ fn a_resumed_run_is_bit_identical_to_one_that_never_stopped() {
         .unwrap();
     resumed.load_checkpoint(&file).unwrap();
     assert_eq!(resumed.iterations(GroupId(0)).unwrap(), 7);
-    assert_eq!(resumed.training_options(GroupId(0)).unwrap(), &options());
+    assert_eq!(
+        resumed.training_options(GroupId(0)).unwrap(),
+        &training_options()
+    );
     for k in 7..STEPS {
         step(&mut resumed, k);
     }

@@ -123,3 +123,32 @@ pub fn step_both(opt: &mut Optimizer, reference: &mut ReferenceGroup, grads: &[V
         .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
         .unwrap();
 }
+
+/// Clipping, a dynamic loss scaler that grows every 3 good steps, and a warm-up-then-cosine
+/// schedule: every training-loop feature at once, for the training and checkpoint tests.
+pub fn training_options() -> wgpu_optim::TrainingOptions {
+    wgpu_optim::TrainingOptions {
+        max_grad_norm: Some(1.0),
+        grad_scaler: Some(wgpu_optim::GradScaler {
+            init_scale: 1024.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 3,
+        }),
+        schedule: Some(wgpu_optim::Schedule::Sequential {
+            schedules: vec![
+                wgpu_optim::Schedule::Linear {
+                    start_factor: 0.25,
+                    end_factor: 1.0,
+                    total_iters: 4,
+                },
+                wgpu_optim::Schedule::Cosine {
+                    t_max: 10,
+                    eta_min: 1e-4,
+                },
+            ],
+            milestones: vec![4],
+        }),
+        ..Default::default()
+    }
+}

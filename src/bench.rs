@@ -28,7 +28,7 @@ use crate::kernels::{
     BindingKind, Element, MAX_STATE_SLOTS, ScalarBinding, UtilityKernel, WORKGROUP_SIZE,
     workgroups_for,
 };
-use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 use crate::transfer::{self, Span};
 
 /// The copy kernel that measures the ceiling.

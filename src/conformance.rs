@@ -8,7 +8,7 @@ use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::{GradScaler, TrainingOptions};
 use crate::engine::{Optimizer, TensorId};
 use crate::error::{Error, Result};
-use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig};
 use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
 

@@ -6,7 +6,7 @@
 //! bindings and the entry point `main` ([`Kernel::assemble`]). The bindings are always the same
 //! shape: `@binding(0)` the per-step uniform, `@binding(1)` the parameters (read-write),
 //! `@binding(2)` the gradients (read), `@binding(3..)` the optimizer states (read-write), one per
-//! slot of [`Kernel::state_slots`], and `@binding(6)` the step control. A slot the
+//! slot of [`Kernel::states`], and `@binding(6)` the step control. A slot the
 //! configuration does not use is bound to a tiny placeholder buffer that the kernel never
 //! touches: its flags are pipeline-overridable constants, so the untaken branches compile away.
 //!
@@ -137,6 +137,35 @@ macro_rules! shader_struct {
 }
 pub(crate) use shader_struct;
 
+/// One optimizer state a kernel binds: its name (the WGSL accessors are `load_<name>` and
+/// `store_<name>`) and the flag without which a configuration does not keep it.
+#[derive(Debug)]
+pub struct StateSlot {
+    /// The state's name, as PyTorch's `state_dict` calls it (`exp_avg`).
+    pub name: &'static str,
+    /// The kernel flag that turns the state on (`AMSGRAD` for `max_exp_avg_sq`); `None` for a
+    /// state every configuration keeps.
+    pub kept_with: Option<&'static str>,
+}
+
+impl StateSlot {
+    /// A state every configuration keeps.
+    pub const fn always(name: &'static str) -> Self {
+        Self {
+            name,
+            kept_with: None,
+        }
+    }
+
+    /// A state kept only when the kernel flag `flag` is on.
+    pub const fn with_flag(name: &'static str, flag: &'static str) -> Self {
+        Self {
+            name,
+            kept_with: Some(flag),
+        }
+    }
+}
+
 /// One optimizer family's kernel.
 #[derive(Debug)]
 pub struct Kernel {
@@ -146,8 +175,8 @@ pub struct Kernel {
     pub source: &'static str,
     /// Shared rule pieces it builds on, put before the source (e.g. [`ADAM_FAMILY_WGSL`]).
     pub pieces: &'static [&'static str],
-    /// Names of the state buffers bound at `@binding(3)`, `@binding(4)`, ...
-    pub state_slots: &'static [&'static str],
+    /// The state buffers bound at `@binding(3)`, `@binding(4)`, ..., and when each is kept.
+    pub states: &'static [StateSlot],
     /// The boolean `override` constants the source declares.
     pub flags: &'static [&'static str],
     /// The uniform struct at `@binding(0)`.
@@ -155,6 +184,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The names of its state slots, in binding order.
+    pub fn state_names(&self) -> impl Iterator<Item = &'static str> + use<> {
+        self.states.iter().map(|slot| slot.name)
+    }
+
     /// The complete WGSL for one element type and way of receiving the per-step values.
     pub fn assemble(&self, element: Element, scalars: ScalarBinding) -> String {
         let declaration = match scalars {
@@ -189,7 +223,7 @@ impl Kernel {
              // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
              fn load_grad(i: u32) -> V {{ return grad[i] * control.grad_multiplier; }}\n",
         );
-        for (slot, name) in self.state_slots.iter().enumerate() {
+        for (slot, name) in self.state_names().enumerate() {
             let binding = FIRST_STATE_BINDING + slot as u32;
             wgsl.push_str(&format!(
                 "@group(0) @binding({binding}) var<storage, read_write> {name}: array<V>;\n\
@@ -341,7 +375,7 @@ impl KernelCache {
         {
             return p.clone();
         }
-        let layout = self.layout(device, kernel.state_slots.len(), scalars);
+        let layout = self.layout(device, kernel.states.len(), scalars);
         let label = format!("{} {element:?} {scalars:?} {flags:?}", kernel.name);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),

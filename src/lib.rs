@@ -45,10 +45,10 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use fill::RandomFill;
-pub use kernels::{Element, Kernel, ScalarBinding, StructLayout};
+pub use kernels::{Element, Kernel, ScalarBinding, StateSlot, StructLayout};
 pub use optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, NAdam, OptimizerConfig, RAdam, RmsProp, Sgd, Sgdw,
-    StepCounter, UpdateRule,
+    Adadelta, Adagrad, Adam, AdamConfig, AdamW, Adamax, Decoupled, Hyperparameters, L2, NAdam,
+    OptimizerConfig, RAdam, RmsProp, Sgd, SgdConfig, Sgdw, StepCounter, UpdateRule, WeightDecay,
 };
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;

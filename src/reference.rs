@@ -5,7 +5,7 @@
 
 use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
-use crate::optim::{OptimizerConfig, StepCounter, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, StepCounter, UpdateRule};
 
 /// One parameter group on the CPU, in float64.
 #[derive(Clone, Debug)]
@@ -168,12 +168,7 @@ impl ReferenceGroup {
 
     /// A state of a tensor by PyTorch's name, if the configuration keeps it.
     pub fn state(&self, tensor: usize, name: &str) -> Option<&[f64]> {
-        let slot = self
-            .config
-            .kernel()
-            .state_slots
-            .iter()
-            .position(|s| *s == name)?;
+        let slot = self.config.kernel().state_names().position(|s| s == name)?;
         let state = &self.states[tensor][slot];
         (self.config.initial_states()[slot].is_some()).then_some(state.as_slice())
     }

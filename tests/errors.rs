@@ -7,7 +7,7 @@ use wgpu_optim::engine::ExternalTensor;
 use wgpu_optim::optim::*;
 use wgpu_optim::{
     ContextOptions, Error, GpuContext, GroupId, Optimizer, OptimizerConfig, ReferenceGroup, Role,
-    TensorId, UpdateRule,
+    TensorId,
 };
 
 /// Asserts that building an optimizer with `config` fails on hyperparameter `name`.

@@ -236,6 +236,7 @@ fn sgd_every_flag_combination() {
             nesterov,
             weight_decay,
             maximize,
+            ..Default::default()
         },
     );
     assert_eq!(configs.len(), 20);
@@ -252,6 +253,7 @@ fn sgdw_every_flag_combination() {
             nesterov,
             weight_decay: weight_decay * 10.0,
             maximize,
+            ..Default::default()
         },
     );
     check_all(configs, 2);

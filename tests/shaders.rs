@@ -114,7 +114,7 @@ fn bindings_are_the_ones_the_engine_binds() {
                 },
             ),
         ]);
-        for (k, name) in kernel.state_slots.iter().enumerate() {
+        for (k, name) in kernel.state_names().enumerate() {
             expected.push((3 + k as u32, name.to_string(), rw));
         }
         expected.push((6, "control".to_string(), AddressSpace::Uniform));
@@ -232,7 +232,7 @@ fn every_optimizer_sets_exactly_its_kernels_flags() {
         assert_eq!(set, config.kernel().flags, "{name}");
         assert_eq!(
             config.initial_states().len(),
-            config.kernel().state_slots.len(),
+            config.kernel().states.len(),
             "{name}"
         );
     }

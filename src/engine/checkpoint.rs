@@ -27,7 +27,7 @@ use super::control::{StepControl, TrainingOptions};
 use super::{GroupId, Optimizer, Role, TensorId, TensorInit, check_usage};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 
 /// The metadata key and the version of the layout.
 const METADATA_KEY: &str = "wgpu-optim";

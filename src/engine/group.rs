@@ -16,7 +16,7 @@ use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarBinding, workgroups_for};
-use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 use crate::transfer::{self, Span};
 
 /// Where one tensor's elements lie: runs in segments.
@@ -149,8 +149,7 @@ impl Group {
         // One buffer of `elems` per state this configuration keeps, `None` for the others.
         let state_buffers = |elems: u64, label: &dyn Fn(&str) -> String| -> Vec<Option<View>> {
             kernel
-                .state_slots
-                .iter()
+                .state_names()
                 .zip(&keeps)
                 .map(|(name, keep)| {
                     keep.map(|_| View::whole(create_buffer(ctx, &label(name), elems)))
@@ -296,9 +295,9 @@ impl Group {
     /// here, as an error, not a panic.
     fn bind_segments(&mut self, ctx: &GpuContext, first_tensor: usize) -> Result<()> {
         let kernel = self.config.kernel();
-        let bind_layout =
-            ctx.kernels
-                .layout(&ctx.device, kernel.state_slots.len(), self.scalar_binding);
+        let bind_layout = ctx
+            .kernels
+            .layout(&ctx.device, kernel.states.len(), self.scalar_binding);
         for (s, segment) in self.segments.iter_mut().enumerate() {
             let mut entries = Vec::new();
             if let Some(uniform) = &self.uniform {
@@ -390,9 +389,8 @@ impl Group {
     fn slot(&self, name: &str) -> Result<usize> {
         let kernel = self.config.kernel();
         kernel
-            .state_slots
-            .iter()
-            .position(|s| *s == name)
+            .state_names()
+            .position(|s| s == name)
             .filter(|&slot| self.config.initial_states()[slot].is_some())
             .ok_or_else(|| Error::UnknownState {
                 optimizer: self.config.name(),

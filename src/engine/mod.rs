@@ -28,7 +28,7 @@ use std::ops::Range;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
-use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 use crate::transfer::{self, Span};
 pub use builder::OptimizerBuilder;
 use control::{StepControl, StepReport, TrainingOptions};

@@ -1,37 +1,22 @@
 //! Adagrad (Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
 //! Stochastic Optimization", JMLR 2011), as `torch.optim.Adagrad`.
 
-use serde::{Deserialize, Serialize};
+use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use crate::kernels::{Kernel, StateSlot, shader_struct};
 
-use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
-use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
-
-/// `torch.optim.Adagrad`'s arguments and defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Adagrad {
-    pub lr: f64,
-    /// The step size at step t is lr / (1 + (t - 1) * lr_decay).
-    pub lr_decay: f64,
-    pub weight_decay: f64,
-    /// Starting value of the sum of squared gradients.
-    pub initial_accumulator_value: f64,
-    pub eps: f64,
-    pub maximize: bool,
-}
-
-impl Default for Adagrad {
-    fn default() -> Self {
-        Self {
-            lr: 1e-2,
-            lr_decay: 0.0,
-            weight_decay: 0.0,
-            initial_accumulator_value: 0.0,
-            eps: 1e-10,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.Adagrad`'s arguments and defaults.
+    pub struct Adagrad {
+        pub lr: f64 = 1e-2 => non_negative,
+        /// The step size at step t is lr / (1 + (t - 1) * lr_decay).
+        pub lr_decay: f64 = 0.0 => non_negative,
+        pub weight_decay: f64 = 0.0 => non_negative,
+        /// Starting value of the sum of squared gradients.
+        pub initial_accumulator_value: f64 = 0.0 => non_negative,
+        pub eps: f64 = 1e-10 => non_negative,
+        pub maximize: bool = false,
     }
+    name: "adagrad"
 }
 
 shader_struct! {
@@ -49,7 +34,7 @@ pub static KERNEL: Kernel = Kernel {
     name: "adagrad",
     source: include_str!("../../shaders/adagrad.wgsl"),
     pieces: &[],
-    state_slots: &["sum"],
+    states: &[StateSlot::always("sum")],
     flags: &["MAXIMIZE"],
     scalars: &AdagradScalars::LAYOUT,
 };
@@ -62,34 +47,14 @@ impl Adagrad {
 }
 
 impl UpdateRule for Adagrad {
-    fn name(&self) -> &'static str {
-        "adagrad"
-    }
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
-    }
-    fn validate(&self) -> Result<()> {
-        check::non_negative("adagrad", "lr", self.lr)?;
-        check::non_negative("adagrad", "lr_decay", self.lr_decay)?;
-        check::non_negative("adagrad", "weight_decay", self.weight_decay)?;
-        check::non_negative(
-            "adagrad",
-            "initial_accumulator_value",
-            self.initial_accumulator_value,
-        )?;
-        check::non_negative("adagrad", "eps", self.eps)
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![("MAXIMIZE", self.maximize)]
     }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![Some(self.initial_accumulator_value)]
+    fn initial_value(&self, _sum: &str) -> f64 {
+        self.initial_accumulator_value
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         // The kernel decays the rate itself, from the device's step count: it grows without
@@ -112,10 +77,7 @@ impl UpdateRule for Adagrad {
         let [sum] = slots(states);
         let clr = self.clr(counter.step, lr);
         for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
+            let g = l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay);
             sum[i] += g * g;
             param[i] -= clr * g / (sum[i].sqrt() + self.eps);
         }

@@ -1,42 +1,35 @@
 //! Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015) with L2 weight
 //! decay and the AMSGrad variant (Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond",
-//! ICLR 2018), as `torch.optim.Adam`. AdamW ([`super::adamw`]) runs the same kernel with
-//! decoupled decay.
+//! ICLR 2018), as `torch.optim.Adam`. AdamW ([`super::adamw`]) is the same configuration with
+//! decoupled decay, run by the same kernel.
+//!
+//! Also the start every Adam-family rule shares (Adam, AdamW, NAdam, RAdam): [`AdamFamily`]
+//! writes their uniform and computes their decay and moments in float64, as
+//! `shaders/adam_family.wgsl` does on the device.
 
-use serde::{Deserialize, Serialize};
+use super::{L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot, shader_struct};
 
-use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
-use crate::error::Result;
-use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, shader_struct};
-
-/// `torch.optim.Adam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Adam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// L2 penalty, added to the gradient.
-    pub weight_decay: f64,
-    /// Normalize by the running maximum of the second moment.
-    pub amsgrad: bool,
-    pub maximize: bool,
-}
-
-impl Default for Adam {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            amsgrad: false,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.Adam`'s arguments and defaults (`betas` as `beta1`, `beta2`); with
+    /// [`Decoupled`](super::Decoupled) weight decay, `torch.optim.AdamW`'s.
+    pub struct AdamConfig<W: WeightDecay> {
+        pub lr: f64 = 1e-3 => non_negative,
+        pub beta1: f64 = 0.9 => unit_interval,
+        pub beta2: f64 = 0.999 => unit_interval,
+        pub eps: f64 = 1e-8 => non_negative,
+        /// Adam: the L2 penalty, added to the gradient (default 0). AdamW: decoupled, the
+        /// parameter shrinks by `lr * weight_decay` of itself (default 0.01).
+        pub weight_decay: f64 = if W::DECOUPLED { 1e-2 } else { 0.0 } => non_negative,
+        /// Normalize by the running maximum of the second moment.
+        pub amsgrad: bool = false,
+        pub maximize: bool = false,
     }
+    name: if W::DECOUPLED { "adamw" } else { "adam" }
 }
+
+/// `torch.optim.Adam`.
+pub type Adam = AdamConfig<L2>;
 
 shader_struct! {
     /// The uniform of the Adam family (`shaders/adam_family.wgsl`): Adam, AdamW, NAdam, RAdam.
@@ -53,75 +46,113 @@ shader_struct! {
     }
 }
 
-impl AdamScalars {
-    /// The uniform of an Adam-family step at learning rate `lr`, as bytes: the weight decay
-    /// goes to the gradient (L2) or, `decoupled`, to the parameter as lr * weight_decay.
-    pub(crate) fn bytes(
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        decoupled: bool,
-        lr: f64,
-    ) -> Vec<u8> {
+/// What the Adam-family rules share: the hyperparameters that `shaders/adam_family.wgsl`
+/// reads, its uniform, and its decay and moments in float64.
+pub(crate) struct AdamFamily {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Weight decay applied to the parameter (AdamW's) rather than added to the gradient.
+    pub decoupled: bool,
+    pub maximize: bool,
+}
+
+/// The [`AdamFamily`] of a configuration with the Adam family's field names (`beta1`, `beta2`,
+/// `eps`, `weight_decay`, `maximize`), its decay decoupled when `decoupled`.
+macro_rules! adam_family {
+    ($config:expr, $decoupled:expr) => {
+        $crate::optim::adam::AdamFamily {
+            beta1: $config.beta1,
+            beta2: $config.beta2,
+            eps: $config.eps,
+            weight_decay: $config.weight_decay,
+            decoupled: $decoupled,
+            maximize: $config.maximize,
+        }
+    };
+}
+pub(crate) use adam_family;
+
+impl AdamFamily {
+    /// The uniform of a step at learning rate `lr`, as bytes.
+    pub(crate) fn scalars(&self, lr: f64) -> Vec<u8> {
+        let (l2, decoupled) = if self.decoupled {
+            (0.0, lr * self.weight_decay)
+        } else {
+            (self.weight_decay, 0.0)
+        };
         uniform_bytes(&AdamScalars {
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            eps: eps as f32,
-            weight_decay: if decoupled { 0.0 } else { weight_decay as f32 },
-            decay: if decoupled {
-                (lr * weight_decay) as f32
-            } else {
-                0.0
-            },
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            eps: self.eps as f32,
+            weight_decay: l2 as f32,
+            decay: decoupled as f32,
             lr: lr as f32,
-            beta1: beta1 as f32,
+            beta1: self.beta1 as f32,
         })
+    }
+
+    /// The shared start of one element's step, as `adam_moments` in WGSL: decays the parameter
+    /// (decoupled) or the gradient (L2), updates the two moments, and returns the gradient the
+    /// rule goes on with.
+    pub(crate) fn moments(
+        &self,
+        lr: f64,
+        param: &mut f64,
+        grad: f64,
+        exp_avg: &mut f64,
+        exp_avg_sq: &mut f64,
+    ) -> f64 {
+        let g = if self.decoupled {
+            *param *= 1.0 - lr * self.weight_decay;
+            l2_descent_grad(grad, *param, self.maximize, 0.0)
+        } else {
+            l2_descent_grad(grad, *param, self.maximize, self.weight_decay)
+        };
+        *exp_avg = super::lerp(*exp_avg, g, 1.0 - self.beta1);
+        *exp_avg_sq = self.beta2 * *exp_avg_sq + (1.0 - self.beta2) * g * g;
+        g
     }
 }
 
-/// The Adam family's kernel: Adam, and AdamW with `DECOUPLED`.
+/// The kernel of Adam, and of AdamW with `DECOUPLED`.
 pub static KERNEL: Kernel = Kernel {
     name: "adam",
     source: include_str!("../../shaders/adam.wgsl"),
     pieces: &[ADAM_FAMILY_WGSL],
-    state_slots: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+    states: &[
+        StateSlot::always("exp_avg"),
+        StateSlot::always("exp_avg_sq"),
+        StateSlot::with_flag("max_exp_avg_sq", "AMSGRAD"),
+    ],
     flags: &["AMSGRAD", "MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
 };
 
-/// The checks every Adam-like optimizer shares.
-pub(crate) fn validate_adam_like(
-    optimizer: &'static str,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-) -> Result<()> {
-    check::non_negative(optimizer, "lr", lr)?;
-    check::non_negative(optimizer, "eps", eps)?;
-    check::unit_interval(optimizer, "beta1", beta1)?;
-    check::unit_interval(optimizer, "beta2", beta2)?;
-    check::non_negative(optimizer, "weight_decay", weight_decay)
+impl<W: WeightDecay> AdamConfig<W> {
+    fn family(&self) -> AdamFamily {
+        adam_family!(self, W::DECOUPLED)
+    }
 }
 
-impl Adam {
-    /// Adam's uniform; `decoupled` makes it AdamW's.
-    pub(crate) fn scalars_with(&self, decoupled: bool, lr: f64) -> Vec<u8> {
-        AdamScalars::bytes(
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-            decoupled,
-            lr,
-        )
+impl<W: WeightDecay> UpdateRule for AdamConfig<W> {
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
     }
-
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("AMSGRAD", self.amsgrad),
+            ("MAXIMIZE", self.maximize),
+            ("DECOUPLED", W::DECOUPLED),
+        ]
+    }
+    fn scalars(&self, lr: f64) -> Vec<u8> {
+        self.family().scalars(lr)
+    }
     /// [1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)]: the bias corrections of step t.
-    pub(crate) fn bias_corrections(&self, counter: &StepCounter) -> [f64; 4] {
+    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
         let t = counter.step as f64;
         [
             1.0 / (1.0 - self.beta1.powf(t)),
@@ -129,81 +160,6 @@ impl Adam {
             0.0,
             0.0,
         ]
-    }
-
-    /// Adam's reference step; `decoupled` makes it AdamW's.
-    pub(crate) fn reference_with(
-        &self,
-        decoupled: bool,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
-        let [exp_avg, exp_avg_sq, max_exp_avg_sq] = slots(states);
-        let t = counter.step as f64;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
-        for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if decoupled {
-                param[i] *= 1.0 - lr * self.weight_decay;
-            } else if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
-            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
-            exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
-            let second_moment = if self.amsgrad {
-                max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
-                max_exp_avg_sq[i]
-            } else {
-                exp_avg_sq[i]
-            };
-            let denom = second_moment.sqrt() / bias_correction2.sqrt() + self.eps;
-            param[i] -= lr / bias_correction1 * exp_avg[i] / denom;
-        }
-    }
-}
-
-impl UpdateRule for Adam {
-    fn name(&self) -> &'static str {
-        "adam"
-    }
-    fn kernel(&self) -> &'static Kernel {
-        &KERNEL
-    }
-    fn validate(&self) -> Result<()> {
-        validate_adam_like(
-            "adam",
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-        )
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn flags(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            ("AMSGRAD", self.amsgrad),
-            ("MAXIMIZE", self.maximize),
-            ("DECOUPLED", false),
-        ]
-    }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![Some(0.0), Some(0.0), self.amsgrad.then_some(0.0)]
-    }
-    fn scalars(&self, lr: f64) -> Vec<u8> {
-        self.scalars_with(false, lr)
-    }
-    fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
-        self.bias_corrections(counter)
     }
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         Some([1.0, 1.0, 0.0, 0.0])
@@ -216,6 +172,21 @@ impl UpdateRule for Adam {
         grad: &[f64],
         states: &mut [Vec<f64>],
     ) {
-        self.reference_with(false, counter, lr, param, grad, states)
+        let [exp_avg, exp_avg_sq, max_exp_avg_sq] = slots(states);
+        let family = self.family();
+        let t = counter.step as f64;
+        let bias_correction1 = 1.0 - self.beta1.powf(t);
+        let bias_correction2 = 1.0 - self.beta2.powf(t);
+        for i in 0..param.len() {
+            family.moments(lr, &mut param[i], grad[i], &mut exp_avg[i], &mut exp_avg_sq[i]);
+            let second_moment = if self.amsgrad {
+                max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
+                max_exp_avg_sq[i]
+            } else {
+                exp_avg_sq[i]
+            };
+            let denom = second_moment.sqrt() / bias_correction2.sqrt() + self.eps;
+            param[i] -= lr / bias_correction1 * exp_avg[i] / denom;
+        }
     }
 }

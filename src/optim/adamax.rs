@@ -1,36 +1,20 @@
 //! Adamax, Adam under the infinity norm (Kingma & Ba, "Adam: A Method for Stochastic
 //! Optimization", ICLR 2015, section 7.1), as `torch.optim.Adamax`.
 
-use serde::{Deserialize, Serialize};
+use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use crate::kernels::{Kernel, StateSlot, shader_struct};
 
-use super::adam::validate_adam_like;
-use super::{StepCounter, UpdateRule, slots, uniform_bytes};
-use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
-
-/// `torch.optim.Adamax`'s arguments and defaults (`betas` as `beta1`, `beta2`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Adamax {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub maximize: bool,
-}
-
-impl Default for Adamax {
-    fn default() -> Self {
-        Self {
-            lr: 2e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.Adamax`'s arguments and defaults (`betas` as `beta1`, `beta2`).
+    pub struct Adamax {
+        pub lr: f64 = 2e-3 => non_negative,
+        pub beta1: f64 = 0.9 => unit_interval,
+        pub beta2: f64 = 0.999 => unit_interval,
+        pub eps: f64 = 1e-8 => non_negative,
+        pub weight_decay: f64 = 0.0 => non_negative,
+        pub maximize: bool = false,
     }
+    name: "adamax"
 }
 
 shader_struct! {
@@ -52,39 +36,17 @@ pub static KERNEL: Kernel = Kernel {
     name: "adamax",
     source: include_str!("../../shaders/adamax.wgsl"),
     pieces: &[],
-    state_slots: &["exp_avg", "exp_inf"],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_inf")],
     flags: &["MAXIMIZE"],
     scalars: &AdamaxScalars::LAYOUT,
 };
 
 impl UpdateRule for Adamax {
-    fn name(&self) -> &'static str {
-        "adamax"
-    }
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
     }
-    fn validate(&self) -> Result<()> {
-        validate_adam_like(
-            "adamax",
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-        )
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![("MAXIMIZE", self.maximize)]
-    }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![Some(0.0), Some(0.0)]
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&AdamaxScalars {
@@ -119,10 +81,7 @@ impl UpdateRule for Adamax {
         let [exp_avg, exp_inf] = slots(states);
         let bias_correction = 1.0 - self.beta1.powf(counter.step as f64);
         for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
+            let g = l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay);
             exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
             exp_inf[i] = (self.beta2 * exp_inf[i]).max(g.abs() + self.eps);
             param[i] -= lr / bias_correction * exp_avg[i] / exp_inf[i];

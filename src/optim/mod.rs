@@ -15,9 +15,9 @@
 //! | `radam` | [`radam`] | `shaders/radam.wgsl` |
 //! | `adamax` | [`adamax`] | `shaders/adamax.wgsl` |
 //!
-//! Adding an optimizer: a module here with its hyperparameters (serde, PyTorch's names and
-//! defaults) implementing [`UpdateRule`], its kernel in `shaders/`, and one line in the
-//! `optimizers!` list below; then a fixture case and a README row.
+//! Adding an optimizer: a module here declaring its hyperparameters (`hyperparameters!`:
+//! PyTorch's names, defaults and checks) and implementing [`UpdateRule`], its kernel in
+//! `shaders/`, and one line in the `optimizers!` list below; then a fixture case and a README row.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,23 +42,59 @@ impl Default for StepCounter {
     }
 }
 
-/// One optimizer algorithm with its hyperparameters: all that the engine and the reference need.
-pub trait UpdateRule {
+/// An optimizer's hyperparameters as the engine reads them. `hyperparameters!` writes it from
+/// the one declaration of the fields, their defaults and their checks.
+pub trait Hyperparameters {
     /// The name the fixture, the command line and the reports use (`"adamw"`).
     fn name(&self) -> &'static str;
-    /// The kernel family that runs it.
-    fn kernel(&self) -> &'static Kernel;
-    /// PyTorch's argument checks, plus NaN and infinity everywhere.
-    fn validate(&self) -> Result<()>;
     /// The learning rate.
     fn lr(&self) -> f64;
     /// Replaces the learning rate (a schedule's, or `lrs` of a fixture case).
     fn set_lr(&mut self, lr: f64);
-    /// Values of the kernel's `override` flags, in [`Kernel::flags`] order.
+    /// Each hyperparameter's own check (PyTorch's range, plus NaN and infinity), in the order
+    /// they are declared.
+    fn check_each(&self) -> Result<()>;
+}
+
+/// One optimizer algorithm: its kernel, the values the kernel reads, the states it keeps and
+/// its float64 reference. Adding an optimizer is one module implementing this (with its
+/// hyperparameters declared by `hyperparameters!`), its WGSL rule and one line in the
+/// `optimizers!` list.
+pub trait UpdateRule: Hyperparameters {
+    /// The kernel family that runs it.
+    fn kernel(&self) -> &'static Kernel;
+    /// Values of the kernel's `override` flags, in [`Kernel::flags`] order. The flags also say
+    /// which states are kept ([`StateSlot::kept_with`](crate::kernels::StateSlot::kept_with)).
     fn flags(&self) -> Vec<(&'static str, bool)>;
+    /// Checks that involve more than one hyperparameter (SGD's Nesterov momentum), after
+    /// [`check_each`](Hyperparameters::check_each).
+    fn check_together(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Every check PyTorch makes, plus NaN and infinity everywhere.
+    fn validate(&self) -> Result<()> {
+        self.check_each()?;
+        self.check_together()
+    }
+    /// The value every element of state `state` starts from (0 unless overridden: Adagrad's
+    /// `initial_accumulator_value`).
+    fn initial_value(&self, _state: &str) -> f64 {
+        0.0
+    }
     /// One entry per state slot of the kernel: the initial value of each state this
-    /// configuration keeps, `None` for slots it does not use.
-    fn initial_states(&self) -> Vec<Option<f64>>;
+    /// configuration keeps, `None` for slots whose flag is off.
+    fn initial_states(&self) -> Vec<Option<f64>> {
+        let flags = self.flags();
+        let flag_on = |flag: &str| flags.iter().any(|&(name, on)| on && name == flag);
+        self.kernel()
+            .states
+            .iter()
+            .map(|slot| {
+                let kept = slot.kept_with.is_none_or(flag_on);
+                kept.then(|| self.initial_value(slot.name))
+            })
+            .collect()
+    }
     /// The counter after one more step.
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         StepCounter {
@@ -108,6 +144,87 @@ pub trait UpdateRule {
     }
 }
 
+/// Where an optimizer's weight decay goes: into the gradient as an L2 penalty ([`L2`]: Adam,
+/// SGD) or onto the parameter, decoupled ([`Decoupled`]: AdamW, SGDW). A type parameter, so that
+/// each pair is two types (two registry entries, two names, two sets of defaults) declared once.
+pub trait WeightDecay: Clone + std::fmt::Debug + PartialEq {
+    /// Whether the decay is decoupled from the gradient.
+    const DECOUPLED: bool;
+}
+
+/// Weight decay added to the gradient (`g + weight_decay * p`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct L2;
+
+/// Weight decay applied to the parameter (`p - lr * weight_decay * p`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Decoupled;
+
+impl WeightDecay for L2 {
+    const DECOUPLED: bool = false;
+}
+
+impl WeightDecay for Decoupled {
+    const DECOUPLED: bool = true;
+}
+
+/// Declares an optimizer's hyperparameters once: each field with its PyTorch name, its default
+/// and (for numbers) its check from [`check`]. From it come the struct (serde, unknown keys
+/// refused, missing keys defaulted), its `Default` and its [`Hyperparameters`]. An optional
+/// type parameter `<W: WeightDecay>` makes one declaration serve an optimizer and its
+/// decoupled-decay twin (Adam and AdamW): name and defaults may read `W::DECOUPLED`, and the
+/// struct gets a `weight_decay_kind` marker field (filled by `..Default::default()`).
+macro_rules! hyperparameters {
+    (
+        $(#[$meta:meta])*
+        pub struct $ty:ident $(<$decay:ident: WeightDecay>)? {
+            $($(#[$field_meta:meta])* pub $field:ident: $field_ty:ty = $default:expr
+                $(=> $check:ident)?,)*
+        }
+        name: $name:expr
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields, bound = "")]
+        pub struct $ty $(<$decay: $crate::optim::WeightDecay>)? {
+            $($(#[$field_meta])* pub $field: $field_ty,)*
+            $(
+                /// L2 or decoupled weight decay: a type, not a value (see
+                /// [`WeightDecay`](crate::optim::WeightDecay)).
+                #[serde(skip)]
+                pub weight_decay_kind: std::marker::PhantomData<$decay>,
+            )?
+        }
+
+        impl $(<$decay: $crate::optim::WeightDecay>)? Default for $ty $(<$decay>)? {
+            fn default() -> Self {
+                Self {
+                    $($field: $default,)*
+                    $(weight_decay_kind: std::marker::PhantomData::<$decay>,)?
+                }
+            }
+        }
+
+        impl $(<$decay: $crate::optim::WeightDecay>)? $crate::optim::Hyperparameters
+            for $ty $(<$decay>)?
+        {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn lr(&self) -> f64 {
+                self.lr
+            }
+            fn set_lr(&mut self, lr: f64) {
+                self.lr = lr;
+            }
+            fn check_each(&self) -> $crate::error::Result<()> {
+                $($($crate::optim::check::$check(self.name(), stringify!($field), self.$field)?;)?)*
+                Ok(())
+            }
+        }
+    };
+}
+
 /// Declares every optimizer once: its module, its type and the name the fixtures, the command
 /// line and the reports use (the type's [`UpdateRule::name`]). From this one list come the
 /// modules, the [`OptimizerConfig`] enum (serialized as `{"optimizer": name, "hyper": {...}}`),
@@ -152,6 +269,9 @@ macro_rules! optimizers {
     };
 }
 
+pub use adam::AdamConfig;
+pub use sgd::SgdConfig;
+
 optimizers! {
     sgd::Sgd => "sgd",
     sgdw::Sgdw => "sgdw",
@@ -170,11 +290,10 @@ impl OptimizerConfig {
     /// only with `amsgrad`, and so on).
     pub fn state_names(&self) -> Vec<&'static str> {
         self.kernel()
-            .state_slots
-            .iter()
+            .state_names()
             .zip(self.initial_states())
             .filter(|(_, s)| s.is_some())
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name)
             .collect()
     }
 
@@ -203,15 +322,9 @@ impl OptimizerConfig {
     }
 }
 
-impl UpdateRule for OptimizerConfig {
+impl Hyperparameters for OptimizerConfig {
     fn name(&self) -> &'static str {
         self.rule().name()
-    }
-    fn kernel(&self) -> &'static Kernel {
-        self.rule().kernel()
-    }
-    fn validate(&self) -> Result<()> {
-        self.rule().validate()
     }
     fn lr(&self) -> f64 {
         self.rule().lr()
@@ -219,11 +332,23 @@ impl UpdateRule for OptimizerConfig {
     fn set_lr(&mut self, lr: f64) {
         self.rule_mut().set_lr(lr)
     }
+    fn check_each(&self) -> Result<()> {
+        self.rule().check_each()
+    }
+}
+
+impl UpdateRule for OptimizerConfig {
+    fn kernel(&self) -> &'static Kernel {
+        self.rule().kernel()
+    }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         self.rule().flags()
     }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        self.rule().initial_states()
+    fn check_together(&self) -> Result<()> {
+        self.rule().check_together()
+    }
+    fn initial_value(&self, state: &str) -> f64 {
+        self.rule().initial_value(state)
     }
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         self.rule().advance(counter)
@@ -393,6 +518,17 @@ pub(crate) fn lerp(start: f64, end: f64, weight: f64) -> f64 {
         start + weight * (end - start)
     } else {
         end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// The gradient a step descends along, as the kernels' `load_descent_grad` and their L2 decay
+/// give it: negated with `maximize`, plus the L2 penalty `weight_decay * param`.
+pub(crate) fn l2_descent_grad(grad: f64, param: f64, maximize: bool, weight_decay: f64) -> f64 {
+    let g = if maximize { -grad } else { grad };
+    if weight_decay != 0.0 {
+        g + weight_decay * param
+    } else {
+        g
     }
 }
 

@@ -2,42 +2,25 @@
 //! ICLR 2016 workshop), with the momentum-decay schedule of `torch.optim.NAdam`:
 //! mu_t = beta1 (1 - 0.96^(t psi) / 2), psi = `momentum_decay`.
 
-use serde::{Deserialize, Serialize};
+use super::adam::{AdamFamily, AdamScalars, adam_family};
+use super::{StepCounter, UpdateRule, slots};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot};
 
-use super::adam::{AdamScalars, validate_adam_like};
-use super::{StepCounter, UpdateRule, check, slots};
-use crate::error::Result;
-use crate::kernels::{ADAM_FAMILY_WGSL, Kernel};
-
-/// `torch.optim.NAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NAdam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// psi in mu_t = beta1 (1 - 0.96^(t psi) / 2).
-    pub momentum_decay: f64,
-    /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
-    pub decoupled_weight_decay: bool,
-    pub maximize: bool,
-}
-
-impl Default for NAdam {
-    fn default() -> Self {
-        Self {
-            lr: 2e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum_decay: 4e-3,
-            decoupled_weight_decay: false,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.NAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
+    pub struct NAdam {
+        pub lr: f64 = 2e-3 => non_negative,
+        pub beta1: f64 = 0.9 => unit_interval,
+        pub beta2: f64 = 0.999 => unit_interval,
+        pub eps: f64 = 1e-8 => non_negative,
+        pub weight_decay: f64 = 0.0 => non_negative,
+        /// psi in mu_t = beta1 (1 - 0.96^(t psi) / 2).
+        pub momentum_decay: f64 = 4e-3 => non_negative,
+        /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
+        pub decoupled_weight_decay: bool = false,
+        pub maximize: bool = false,
     }
+    name: "nadam"
 }
 
 /// NAdam's kernel.
@@ -45,12 +28,16 @@ pub static KERNEL: Kernel = Kernel {
     name: "nadam",
     source: include_str!("../../shaders/nadam.wgsl"),
     pieces: &[ADAM_FAMILY_WGSL],
-    state_slots: &["exp_avg", "exp_avg_sq"],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq")],
     flags: &["MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
 };
 
 impl NAdam {
+    fn family(&self) -> AdamFamily {
+        adam_family!(self, self.decoupled_weight_decay)
+    }
+
     /// The momentum coefficient mu_t.
     fn mu(&self, t: u64) -> f64 {
         self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
@@ -69,37 +56,14 @@ impl NAdam {
 }
 
 impl UpdateRule for NAdam {
-    fn name(&self) -> &'static str {
-        "nadam"
-    }
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
-    }
-    fn validate(&self) -> Result<()> {
-        validate_adam_like(
-            "nadam",
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-        )?;
-        check::non_negative("nadam", "momentum_decay", self.momentum_decay)
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
             ("MAXIMIZE", self.maximize),
             ("DECOUPLED", self.decoupled_weight_decay),
         ]
-    }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![Some(0.0), Some(0.0)]
     }
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         let step = counter.step + 1;
@@ -121,14 +85,7 @@ impl UpdateRule for NAdam {
         counter
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
-        AdamScalars::bytes(
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-            self.decoupled_weight_decay,
-            lr,
-        )
+        self.family().scalars(lr)
     }
     fn step_factors(&self, counter: &StepCounter) -> [f64; 4] {
         let (grad_coef, exp_avg_coef) = self.coefficients(counter);
@@ -158,15 +115,10 @@ impl UpdateRule for NAdam {
         let bias_correction2 = 1.0 - self.beta2.powf(counter.step as f64);
         let (grad_coef, exp_avg_coef) = self.coefficients(counter);
         let (grad_coef, exp_avg_coef) = (lr * grad_coef, lr * exp_avg_coef);
+        let family = self.family();
         for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if self.decoupled_weight_decay {
-                param[i] *= 1.0 - lr * self.weight_decay;
-            } else if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
-            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
-            exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
+            let g =
+                family.moments(lr, &mut param[i], grad[i], &mut exp_avg[i], &mut exp_avg_sq[i]);
             let denom = exp_avg_sq[i].sqrt() / bias_correction2.sqrt() + self.eps;
             param[i] -= grad_coef * g / denom;
             param[i] -= exp_avg_coef * exp_avg[i] / denom;

@@ -1,39 +1,23 @@
 //! RAdam, Adam with a rectified adaptive learning rate (Liu et al., "On the Variance of the
 //! Adaptive Learning Rate and Beyond", ICLR 2020), as `torch.optim.RAdam`.
 
-use serde::{Deserialize, Serialize};
-
-use super::adam::{AdamScalars, validate_adam_like};
+use super::adam::{AdamFamily, AdamScalars, adam_family};
 use super::{StepCounter, UpdateRule, slots};
-use crate::error::Result;
-use crate::kernels::{ADAM_FAMILY_WGSL, Kernel};
+use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot};
 
-/// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RAdam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
-    pub decoupled_weight_decay: bool,
-    pub maximize: bool,
-}
-
-impl Default for RAdam {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled_weight_decay: false,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
+    pub struct RAdam {
+        pub lr: f64 = 1e-3 => non_negative,
+        pub beta1: f64 = 0.9 => unit_interval,
+        pub beta2: f64 = 0.999 => unit_interval,
+        pub eps: f64 = 1e-8 => non_negative,
+        pub weight_decay: f64 = 0.0 => non_negative,
+        /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
+        pub decoupled_weight_decay: bool = false,
+        pub maximize: bool = false,
     }
+    name: "radam"
 }
 
 /// RAdam's kernel.
@@ -41,12 +25,16 @@ pub static KERNEL: Kernel = Kernel {
     name: "radam",
     source: include_str!("../../shaders/radam.wgsl"),
     pieces: &[ADAM_FAMILY_WGSL],
-    state_slots: &["exp_avg", "exp_avg_sq"],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq")],
     flags: &["MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
 };
 
 impl RAdam {
+    fn family(&self) -> AdamFamily {
+        adam_family!(self, self.decoupled_weight_decay)
+    }
+
     /// The variance rectification r_t of step t, or `None` while rho_t <= 5 (too few steps for
     /// the second moment to be trusted: the step is plain momentum SGD).
     fn rectification(&self, t: u64) -> Option<f64> {
@@ -62,27 +50,8 @@ impl RAdam {
 }
 
 impl UpdateRule for RAdam {
-    fn name(&self) -> &'static str {
-        "radam"
-    }
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
-    }
-    fn validate(&self) -> Result<()> {
-        validate_adam_like(
-            "radam",
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-        )
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
@@ -90,18 +59,8 @@ impl UpdateRule for RAdam {
             ("DECOUPLED", self.decoupled_weight_decay),
         ]
     }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![Some(0.0), Some(0.0)]
-    }
     fn scalars(&self, lr: f64) -> Vec<u8> {
-        AdamScalars::bytes(
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-            self.decoupled_weight_decay,
-            lr,
-        )
+        self.family().scalars(lr)
     }
     /// [step size per unit of lr, 1 if rectified else 0]: r_t sqrt(1 - b2^t) / (1 - b1^t) once
     /// rho_t > 5, else 1 / (1 - b1^t).
@@ -137,15 +96,9 @@ impl UpdateRule for RAdam {
         let bias_correction1 = 1.0 - self.beta1.powf(t);
         let bias_correction2 = 1.0 - self.beta2.powf(t);
         let rect = self.rectification(counter.step);
+        let family = self.family();
         for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if self.decoupled_weight_decay {
-                param[i] *= 1.0 - lr * self.weight_decay;
-            } else if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
-            exp_avg[i] = super::lerp(exp_avg[i], g, 1.0 - self.beta1);
-            exp_avg_sq[i] = self.beta2 * exp_avg_sq[i] + (1.0 - self.beta2) * g * g;
+            family.moments(lr, &mut param[i], grad[i], &mut exp_avg[i], &mut exp_avg_sq[i]);
             let corrected = exp_avg[i] / bias_correction1;
             param[i] -= match rect {
                 Some(r) => {

@@ -2,39 +2,24 @@
 //! 2012; the centered variant from Graves, "Generating Sequences With Recurrent Neural Networks",
 //! 2013), as `torch.optim.RMSprop`.
 
-use serde::{Deserialize, Serialize};
+use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use crate::kernels::{Kernel, StateSlot, shader_struct};
 
-use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
-use crate::error::Result;
-use crate::kernels::{Kernel, shader_struct};
-
-/// `torch.optim.RMSprop`'s arguments and defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RmsProp {
-    pub lr: f64,
-    /// Smoothing constant of the squared-gradient average.
-    pub alpha: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    /// Normalize by an estimate of the gradient's variance instead of its second moment.
-    pub centered: bool,
-    pub maximize: bool,
-}
-
-impl Default for RmsProp {
-    fn default() -> Self {
-        Self {
-            lr: 1e-2,
-            alpha: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            centered: false,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.RMSprop`'s arguments and defaults.
+    pub struct RmsProp {
+        pub lr: f64 = 1e-2 => non_negative,
+        /// Smoothing constant of the squared-gradient average. torch only asks alpha >= 0
+        /// (above 1 the average is not one, but torch accepts it).
+        pub alpha: f64 = 0.99 => non_negative,
+        pub eps: f64 = 1e-8 => non_negative,
+        pub weight_decay: f64 = 0.0 => non_negative,
+        pub momentum: f64 = 0.0 => non_negative,
+        /// Normalize by an estimate of the gradient's variance instead of its second moment.
+        pub centered: bool = false,
+        pub maximize: bool = false,
     }
+    name: "rmsprop"
 }
 
 shader_struct! {
@@ -56,45 +41,24 @@ pub static KERNEL: Kernel = Kernel {
     name: "rmsprop",
     source: include_str!("../../shaders/rmsprop.wgsl"),
     pieces: &[],
-    state_slots: &["square_avg", "grad_avg", "momentum_buffer"],
+    states: &[
+        StateSlot::always("square_avg"),
+        StateSlot::with_flag("grad_avg", "CENTERED"),
+        StateSlot::with_flag("momentum_buffer", "MOMENTUM"),
+    ],
     flags: &["CENTERED", "MOMENTUM", "MAXIMIZE"],
     scalars: &RmspropScalars::LAYOUT,
 };
 
 impl UpdateRule for RmsProp {
-    fn name(&self) -> &'static str {
-        "rmsprop"
-    }
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
-    }
-    fn validate(&self) -> Result<()> {
-        check::non_negative("rmsprop", "lr", self.lr)?;
-        // torch.optim.RMSprop only asks alpha >= 0 (above 1 the average is not one, but
-        // torch accepts it).
-        check::non_negative("rmsprop", "alpha", self.alpha)?;
-        check::non_negative("rmsprop", "eps", self.eps)?;
-        check::non_negative("rmsprop", "weight_decay", self.weight_decay)?;
-        check::non_negative("rmsprop", "momentum", self.momentum)
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
             ("CENTERED", self.centered),
             ("MOMENTUM", self.momentum > 0.0),
             ("MAXIMIZE", self.maximize),
-        ]
-    }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![
-            Some(0.0),
-            self.centered.then_some(0.0),
-            (self.momentum > 0.0).then_some(0.0),
         ]
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
@@ -118,10 +82,7 @@ impl UpdateRule for RmsProp {
     ) {
         let [square_avg, grad_avg, buf] = slots(states);
         for i in 0..param.len() {
-            let mut g = if self.maximize { -grad[i] } else { grad[i] };
-            if self.weight_decay != 0.0 {
-                g += self.weight_decay * param[i];
-            }
+            let g = l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay);
             let (sq_old, ga_old) = (square_avg[i], grad_avg.get(i).copied().unwrap_or(0.0));
             square_avg[i] = self.alpha * sq_old + (1.0 - self.alpha) * g * g;
             let avg = if self.centered {

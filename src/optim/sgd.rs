@@ -1,38 +1,31 @@
 //! Stochastic gradient descent with momentum (Polyak 1964), dampening and Nesterov momentum
 //! (Sutskever et al., "On the importance of initialization and momentum in deep learning",
-//! ICML 2013), as `torch.optim.SGD`.
+//! ICML 2013), as `torch.optim.SGD`. SGDW ([`super::sgdw`]) is the same configuration with
+//! decoupled weight decay, run by the same kernel.
 
-use serde::{Deserialize, Serialize};
-
-use super::{StepCounter, UpdateRule, check, slots, uniform_bytes};
+use super::{Hyperparameters, L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, shader_struct};
+use crate::kernels::{Kernel, StateSlot, shader_struct};
 
-/// `torch.optim.SGD`'s arguments and defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Sgd {
-    pub lr: f64,
-    pub momentum: f64,
-    pub dampening: f64,
-    pub nesterov: bool,
-    /// L2 penalty, added to the gradient.
-    pub weight_decay: f64,
-    pub maximize: bool,
-}
-
-impl Default for Sgd {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            momentum: 0.0,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-            maximize: false,
-        }
+hyperparameters! {
+    /// `torch.optim.SGD`'s arguments and defaults; with [`Decoupled`](super::Decoupled) weight decay, SGDW's (the same
+    /// names).
+    pub struct SgdConfig<W: WeightDecay> {
+        pub lr: f64 = 1e-3 => non_negative,
+        pub momentum: f64 = 0.0 => non_negative,
+        /// Any finite value: torch.optim.SGD checks nothing of it.
+        pub dampening: f64 = 0.0 => finite,
+        pub nesterov: bool = false,
+        /// SGD: the L2 penalty, added to the gradient. SGDW: decoupled, the parameter shrinks
+        /// by `lr * weight_decay` of itself.
+        pub weight_decay: f64 = 0.0 => non_negative,
+        pub maximize: bool = false,
     }
+    name: if W::DECOUPLED { "sgdw" } else { "sgd" }
 }
+
+/// `torch.optim.SGD`.
+pub type Sgd = SgdConfig<L2>;
 
 shader_struct! {
     /// The uniform of `shaders/sgd.wgsl`, shared with SGDW.
@@ -53,87 +46,48 @@ pub static KERNEL: Kernel = Kernel {
     name: "sgd",
     source: include_str!("../../shaders/sgd.wgsl"),
     pieces: &[],
-    state_slots: &["momentum_buffer"],
+    states: &[StateSlot::with_flag("momentum_buffer", "MOMENTUM")],
     flags: &["MOMENTUM", "NESTEROV", "MAXIMIZE", "DECOUPLED"],
     scalars: &SgdScalars::LAYOUT,
 };
 
-/// The momentum options SGD and SGDW share, checked alike.
-pub(crate) fn validate_momentum(
-    optimizer: &'static str,
-    momentum: f64,
-    dampening: f64,
-    nesterov: bool,
-) -> Result<()> {
-    check::non_negative(optimizer, "momentum", momentum)?;
-    // torch.optim.SGD checks nothing of dampening: any finite value.
-    check::finite(optimizer, "dampening", dampening)?;
-    if nesterov && (momentum <= 0.0 || dampening != 0.0) {
-        return Err(Error::InvalidConfig {
-            optimizer,
-            reason: format!(
-                "nesterov momentum requires momentum > 0 and zero dampening \
-                 (got momentum {momentum}, dampening {dampening})"
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The momentum buffer update shared by SGD and SGDW, on the already-decayed direction `d`.
-/// Returns the direction to step along.
-pub(crate) fn momentum_direction(
-    d: f64,
-    buf: &mut f64,
-    first_step: bool,
-    momentum: f64,
-    dampening: f64,
-    nesterov: bool,
-) -> f64 {
-    *buf = if first_step {
-        d
-    } else {
-        momentum * *buf + (1.0 - dampening) * d
-    };
-    if nesterov { d + momentum * *buf } else { *buf }
-}
-
-impl UpdateRule for Sgd {
-    fn name(&self) -> &'static str {
-        "sgd"
-    }
+impl<W: WeightDecay> UpdateRule for SgdConfig<W> {
     fn kernel(&self) -> &'static Kernel {
         &KERNEL
     }
-    fn validate(&self) -> Result<()> {
-        check::non_negative("sgd", "lr", self.lr)?;
-        check::non_negative("sgd", "weight_decay", self.weight_decay)?;
-        validate_momentum("sgd", self.momentum, self.dampening, self.nesterov)
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
+    fn check_together(&self) -> Result<()> {
+        let (momentum, dampening) = (self.momentum, self.dampening);
+        if self.nesterov && (momentum <= 0.0 || dampening != 0.0) {
+            return Err(Error::InvalidConfig {
+                optimizer: self.name(),
+                reason: format!(
+                    "nesterov momentum requires momentum > 0 and zero dampening \
+                     (got momentum {momentum}, dampening {dampening})"
+                ),
+            });
+        }
+        Ok(())
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
             ("MOMENTUM", self.momentum != 0.0),
             ("NESTEROV", self.nesterov),
             ("MAXIMIZE", self.maximize),
-            ("DECOUPLED", false),
+            ("DECOUPLED", W::DECOUPLED),
         ]
     }
-    fn initial_states(&self) -> Vec<Option<f64>> {
-        vec![(self.momentum != 0.0).then_some(0.0)]
-    }
     fn scalars(&self, lr: f64) -> Vec<u8> {
+        let (l2, decoupled) = if W::DECOUPLED {
+            (0.0, lr * self.weight_decay)
+        } else {
+            (self.weight_decay, 0.0)
+        };
         uniform_bytes(&SgdScalars {
             lr: lr as f32,
             momentum: self.momentum as f32,
             dampening_keep: (1.0 - self.dampening) as f32,
-            weight_decay: self.weight_decay as f32,
-            decay: 0.0,
+            weight_decay: l2 as f32,
+            decay: decoupled as f32,
             ..Default::default()
         })
     }
@@ -147,21 +101,29 @@ impl UpdateRule for Sgd {
     ) {
         let [buf] = slots(states);
         for i in 0..param.len() {
-            let mut d = if self.maximize { -grad[i] } else { grad[i] };
-            if self.weight_decay != 0.0 {
-                d += self.weight_decay * param[i];
-            }
+            // SGD descends along g + wd * p; SGDW's momentum accumulates lr * g.
+            let mut d = if W::DECOUPLED {
+                lr * l2_descent_grad(grad[i], param[i], self.maximize, 0.0)
+            } else {
+                l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay)
+            };
             if self.momentum != 0.0 {
-                d = momentum_direction(
-                    d,
-                    &mut buf[i],
-                    counter.step == 1,
-                    self.momentum,
-                    self.dampening,
-                    self.nesterov,
-                );
+                buf[i] = if counter.step == 1 {
+                    d
+                } else {
+                    self.momentum * buf[i] + (1.0 - self.dampening) * d
+                };
+                d = if self.nesterov {
+                    d + self.momentum * buf[i]
+                } else {
+                    buf[i]
+                };
             }
-            param[i] -= lr * d;
+            param[i] = if W::DECOUPLED {
+                param[i] - d - lr * self.weight_decay * param[i]
+            } else {
+                param[i] - lr * d
+            };
         }
     }
 }

@@ -20,8 +20,8 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 
-pub mod bench;
-pub mod conformance;
+#![warn(missing_docs)]
+
 pub mod context;
 pub mod engine;
 pub mod error;
@@ -29,9 +29,8 @@ pub mod fill;
 pub mod kernels;
 pub mod optim;
 pub mod reference;
-#[cfg(feature = "cli")]
-pub mod report;
 pub mod schedule;
+pub mod tools;
 mod transfer;
 
 /// The wgpu this crate is built against: name buffers and devices through it to get the same
@@ -39,7 +38,7 @@ mod transfer;
 pub use wgpu;
 
 pub use context::{AdapterSummary, AvailableMemory, ContextOptions, GpuContext};
-pub use engine::control::{GradScaler, StepReport, TrainingOptions};
+pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use engine::{
     ExternalTensor, GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit,
 };

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wgpu_optim::bench::{self, BenchOptions, Workload};
-use wgpu_optim::conformance::{self, Fixture, Status};
+use wgpu_optim::tools::bench::{self, BenchOptions, Workload};
+use wgpu_optim::tools::conformance::{self, Fixture, Status};
 use wgpu_optim::context::AdapterSummary;
 use wgpu_optim::context::list_adapters;
 use wgpu_optim::optim::OPTIMIZER_NAMES;
-use wgpu_optim::report;
+use wgpu_optim::tools::report;
 use wgpu_optim::{ContextOptions, GpuContext, GradScaler, TrainingOptions};
 
 #[derive(Parser)]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use common::context;
 use serde::Deserialize;
-use wgpu_optim::conformance::Fixture;
+use wgpu_optim::tools::conformance::Fixture;
 
 /// FORMAT.md's threshold.
 const REL_L2: f64 = 1e-5;

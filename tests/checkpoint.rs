@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use rand::Rng;
 use serde_json::{Value, json};
-use wgpu_optim::engine::control::StepControl;
+use wgpu_optim::engine::StepControl;
 use wgpu_optim::optim::{Adam, AdamW, Sgd};
 use wgpu_optim::{Error, GpuContext, GroupId, Optimizer, TensorId, TrainingOptions};
 

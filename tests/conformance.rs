@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::context;
-use wgpu_optim::conformance::{self, BUILTIN_FIXTURE, Fixture, Status};
+use wgpu_optim::tools::conformance::{self, BUILTIN_FIXTURE, Fixture, Status};
 
 const SHARED_FIXTURE: &str = "../shared/conformance/torch-optim.json";
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use wgpu_optim::optim::OPTIMIZER_NAMES;
-use wgpu_optim::report::{self, BenchFile};
+use wgpu_optim::tools::report::{self, BenchFile};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

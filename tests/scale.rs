@@ -10,7 +10,7 @@ use wgpu_optim::{GroupId, Optimizer, OptimizerConfig, ReferenceGroup, Role, Tens
 
 /// GPT-2 small's parameter shapes, as `torch_baseline.py` lists them: 148 tensors.
 fn gpt2_lens() -> Vec<u64> {
-    wgpu_optim::bench::gpt2_small_shapes()
+    wgpu_optim::tools::bench::gpt2_small_shapes()
         .iter()
         .map(|s| s.iter().product())
         .collect()

@@ -5,7 +5,7 @@
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess, TypeInner};
 use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarBinding, UtilityKernel};
-use wgpu_optim::optim::all_kernels;
+use wgpu_optim::tools::shaders::{STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, utility_kernels};
 
 const BINDINGS: [ScalarBinding; 2] = [ScalarBinding::Immediates, ScalarBinding::Uniform];
 
@@ -122,16 +122,6 @@ fn bindings_are_the_ones_the_engine_binds() {
     }
 }
 
-/// The helper kernels: gradient norm, step finalize, random fill, bandwidth copy.
-fn utility_kernels() -> [&'static UtilityKernel; 4] {
-    [
-        &wgpu_optim::engine::control::NORM_KERNEL,
-        &wgpu_optim::engine::control::FINALIZE_KERNEL,
-        &wgpu_optim::fill::FILL_KERNEL,
-        &wgpu_optim::bench::COPY_KERNEL,
-    ]
-}
-
 #[test]
 fn helper_kernels_validate_and_bind_what_the_host_binds() {
     for kernel in utility_kernels() {
@@ -176,7 +166,7 @@ fn helper_kernels_validate_and_bind_what_the_host_binds() {
 #[test]
 fn the_step_control_struct_matches_its_rust_mirror() {
     let module = module(all_kernels()[0], Element::Vec4, ScalarBinding::Immediates);
-    assert_struct_layout(&module, &wgpu_optim::engine::control::StepControl::LAYOUT);
+    assert_struct_layout(&module, &STEP_CONTROL_LAYOUT);
 }
 
 fn assert_struct_layout(module: &naga::Module, layout: &wgpu_optim::kernels::StructLayout) {

@@ -14,10 +14,10 @@
 //! corrections, step number) and records the dispatches into one command encoder, submitted once;
 //! it does not wait for the GPU.
 
-pub mod arena;
+pub(crate) mod arena;
 mod builder;
 mod checkpoint;
-pub mod control;
+pub(crate) mod control;
 mod group;
 mod scope;
 mod segment;
@@ -31,7 +31,9 @@ use crate::fill::{self, RandomFill};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 use crate::transfer::{self, Span};
 pub use builder::OptimizerBuilder;
-use control::{StepControl, StepReport, TrainingOptions};
+/// The step control a checkpoint stores for each group (its bytes are the record's).
+pub use control::StepControl;
+pub use control::{GradScaler, StepReport, TrainingOptions};
 use group::Group;
 use scope::GpuErrorScope;
 pub use tensor::{ExternalTensor, GroupId, Role, TensorId, TensorInit};

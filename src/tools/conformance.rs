@@ -13,7 +13,7 @@ use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
 
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
-pub const BUILTIN_FIXTURE: &str = include_str!("../data/torch-optim.json");
+pub const BUILTIN_FIXTURE: &str = include_str!("../../data/torch-optim.json");
 
 /// The whole fixture file.
 #[derive(Clone, Debug, Deserialize)]

@@ -8,16 +8,16 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Deserialize;
 
-use crate::bench::{BenchResult, CopyResult};
+use crate::tools::bench::{BenchResult, CopyResult};
 use crate::context::AdapterSummary;
 use crate::error::{Error, Result};
 
 /// The font the PNG's text is drawn with (DejaVu Sans, Bitstream Vera license: see
 /// `assets/DejaVuSans-LICENSE`), built in so that charts render on machines without fonts.
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// What the report reads of one `bench --json` file: the adapter, copy ceiling and results as
-/// [`crate::bench::run`] wrote them (the same types, so writer and reader cannot drift apart).
+/// [`crate::tools::bench::run`] wrote them (the same types, so writer and reader cannot drift apart).
 #[derive(Clone, Debug, Deserialize)]
 pub struct BenchFile {
     pub adapter: AdapterSummary,

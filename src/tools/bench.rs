@@ -34,7 +34,7 @@ use crate::transfer::{self, Span};
 /// The copy kernel that measures the ceiling.
 pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
     name: "copy",
-    source: include_str!("../shaders/copy.wgsl"),
+    source: include_str!("../../shaders/copy.wgsl"),
     pieces: &[],
     elementwise: false,
     uniform: None,

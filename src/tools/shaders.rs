@@ -1,0 +1,22 @@
+//! Every kernel the crate launches and every struct it shares with WGSL, for checkers that
+//! validate them without a GPU (`tests/shaders.rs` parses each with naga).
+
+use crate::kernels::{Kernel, StructLayout, UtilityKernel};
+
+/// Every optimizer kernel family (optimizers that share one, such as Adam and AdamW, count once).
+pub fn optimizer_kernels() -> Vec<&'static Kernel> {
+    crate::optim::all_kernels()
+}
+
+/// The helper kernels: gradient norm, step finalize, random fill, bandwidth copy.
+pub fn utility_kernels() -> [&'static UtilityKernel; 4] {
+    [
+        &crate::engine::control::NORM_KERNEL,
+        &crate::engine::control::FINALIZE_KERNEL,
+        &crate::fill::FILL_KERNEL,
+        &super::bench::COPY_KERNEL,
+    ]
+}
+
+/// The layout of the step control every optimizer kernel reads (`shaders/control.wgsl`).
+pub const STEP_CONTROL_LAYOUT: StructLayout = crate::engine::control::StepControl::LAYOUT;

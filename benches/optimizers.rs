@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wgpu_optim::tools::bench::{BenchOptions, PreparedSteps, Workload, bench_config};
 use wgpu_optim::optim::OPTIMIZER_NAMES;
+use wgpu_optim::tools::bench::{BenchOptions, PreparedSteps, Workload, bench_config};
 use wgpu_optim::{ContextOptions, GpuContext, UpdateRule};
 
 fn optimizers(c: &mut Criterion) {

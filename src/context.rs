@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::kernels::{IMMEDIATE_BYTES, KernelCache, ScalarBinding};
+use crate::kernels::{IMMEDIATE_BYTES, KernelCache, ScalarsVia};
 
 /// Vulkan addresses a binding with signed 32-bit offsets: whatever a driver reports, one binding
 /// holds at most 2 GiB - 1 byte.
@@ -34,18 +34,34 @@ pub struct ContextOptions {
 /// One adapter as `adapters` and the reports show it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdapterSummary {
+    /// The adapter's name, as the driver reports it.
     pub name: String,
+    /// The maker (NVIDIA, AMD, Intel, ...), or its PCI vendor id in hex when unknown.
     pub vendor: String,
+    /// wgpu's `DeviceType` (`DiscreteGpu`, `IntegratedGpu`, `Cpu`, ...).
     pub device_type: String,
+    /// The backend's name (`vulkan`, `metal`, `dx12`, `gl`, ...).
     pub backend: String,
+    /// The driver's name (empty where the backend does not say).
     pub driver: String,
+    /// Further details of the driver, usually its version (empty where the backend does not
+    /// say).
     pub driver_info: String,
+    /// The most bytes one storage binding may cover, as the limits say (before the Vulkan cap
+    /// of [`VULKAN_MAX_BINDING_BYTES`]).
     pub max_storage_buffer_binding_size: u64,
+    /// The largest buffer, in bytes.
     pub max_buffer_size: u64,
+    /// The most workgroups a dispatch may have along one dimension.
     pub max_compute_workgroups_per_dimension: u32,
+    /// The alignment, in bytes, of a storage binding's offset.
     pub min_storage_buffer_offset_alignment: u32,
+    /// Bytes of immediates (push constants) a pipeline may use; 0 without them.
     pub max_immediate_size: u32,
+    /// Whether GPU timestamps are available (the benchmarks time with them, else with the
+    /// host's clock).
     pub timestamp_query: bool,
+    /// The largest subgroup size the adapter reports.
     pub subgroup_size: u32,
 }
 
@@ -89,10 +105,17 @@ fn vendor_name(id: u32) -> String {
 /// Cheap to clone: every field is reference-counted.
 #[derive(Clone, Debug)]
 pub struct GpuContext {
+    /// The device every buffer and pipeline of the optimizers lives on.
     pub device: wgpu::Device,
+    /// The device's queue, where steps and transfers are submitted.
     pub queue: wgpu::Queue,
+    /// The adapter behind the device (name, backend, device type).
     pub info: wgpu::AdapterInfo,
+    /// The limits the device was opened with: the adapter's own unless
+    /// [`ContextOptions::limits`] asked for others.
     pub limits: wgpu::Limits,
+    /// The features enabled on the device; this crate uses timestamps and immediates where
+    /// they are present.
     pub features: wgpu::Features,
     pub(crate) kernels: Arc<KernelCache>,
 }
@@ -198,6 +221,7 @@ pub fn backends_from_env() -> Result<Option<wgpu::Backends>> {
 /// Device memory still free, as far as it can be learned, and where the figure comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AvailableMemory {
+    /// Bytes that can still be allocated.
     pub bytes: u64,
     /// Completes "this ... has N available": e.g. "CPU adapter" or "integrated GPU (it shares
     /// the host's memory)".
@@ -314,13 +338,13 @@ impl GpuContext {
     }
 
     /// How optimizer kernels on this device receive their per-step values.
-    pub fn scalar_binding(&self) -> ScalarBinding {
+    pub fn scalars_via(&self) -> ScalarsVia {
         if self.features.contains(wgpu::Features::IMMEDIATES)
             && self.limits.max_immediate_size >= IMMEDIATE_BYTES
         {
-            ScalarBinding::Immediates
+            ScalarsVia::Immediates
         } else {
-            ScalarBinding::Uniform
+            ScalarsVia::UniformBuffer
         }
     }
 

@@ -6,18 +6,26 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{BindingKind, Element, UtilityKernel, shader_struct, workgroups_for};
-use crate::transfer::Span;
+use crate::transfer::View;
 
 shader_struct! {
     /// The uniform of `shaders/fill.wgsl`.
     pub struct FillParams {
+        /// The seed the kernel hashes with each element's index.
         pub seed: u32,
+        /// The low word of the first element's index (the values do not depend on the layout).
         pub first_lo: u32,
+        /// The high word of the first element's index.
         pub first_hi: u32,
+        /// Elements to write.
         pub count: u32,
+        /// Where the kernel writes the first element, in elements from the bound offset.
         pub start: u32,
+        /// Added to each scaled random value.
         pub offset: f32,
+        /// Multiplies each random value in [-1, 1).
         pub scale: f32,
+        /// Padding to the WGSL struct's size.
         pub _pad0: u32,
     }
 }
@@ -38,7 +46,9 @@ pub static FILL_KERNEL: UtilityKernel = UtilityKernel {
 /// `offset + scale * u` with `u` uniform in [-1, 1), a function of (seed, element index).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RandomFill {
+    /// Selects the sequence: the same seed gives the same value at each index.
     pub seed: u32,
+    /// The centre of the values' range (finite).
     pub offset: f32,
     /// A power of two (or zero): then `scale * u` is exact and the GPU's value is the CPU's to
     /// the bit, whether or not its compiler fuses the multiply and add.
@@ -88,14 +98,12 @@ fn pcg_hash(x: u32) -> u32 {
 /// Fills the spans, in order, with the values of elements `first_index..`.
 pub(crate) fn fill(
     ctx: &GpuContext,
-    spans: &[Span],
+    spans: &[View],
     first_index: u64,
     fill: &RandomFill,
 ) -> Result<()> {
     fill.validate()?;
-    let (layout, pipeline) = ctx
-        .kernels
-        .utility(&ctx.device, &FILL_KERNEL, Element::Scalar);
+    let (layout, pipeline) = ctx.kernels.utility(&ctx.device, &FILL_KERNEL, Element::F32);
     let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
     let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -137,7 +145,7 @@ pub(crate) fn fill(
                     wgpu::BindGroupEntry {
                         binding: 1,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: span.buffer,
+                            buffer: &span.buffer,
                             offset: base,
                             size: wgpu::BufferSize::new(span.offset - base + span.len * 4),
                         }),

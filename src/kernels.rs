@@ -14,7 +14,7 @@
 //! segments (whose lengths are multiples of 4, so every load is 16 bytes wide) or
 //! `alias V = f32;` for user buffers of any length.
 //!
-//! So is the way the per-step values reach the kernel ([`ScalarBinding`]): as immediates
+//! So is the way the per-step values reach the kernel ([`ScalarsVia`]): as immediates
 //! (push constants), recorded into the command buffer with the dispatch, which costs no buffer,
 //! no staging copy and no allocation per step and lets any number of steps share one encoder;
 //! or, on a device without immediates, as a uniform buffer at `@binding(0)`.
@@ -63,7 +63,7 @@ pub enum Element {
     /// `vec4<f32>`: 16-byte loads and stores; lengths must be multiples of 4.
     Vec4,
     /// `f32`: any length.
-    Scalar,
+    F32,
 }
 
 impl Element {
@@ -71,7 +71,7 @@ impl Element {
     pub fn width(self) -> u64 {
         match self {
             Element::Vec4 => 4,
-            Element::Scalar => 1,
+            Element::F32 => 1,
         }
     }
 
@@ -84,7 +84,7 @@ impl Element {
                  fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n\
                  fn hmax_u(v: VU) -> u32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n"
             }
-            Element::Scalar => {
+            Element::F32 => {
                 "alias V = f32;\nalias VU = u32;\nalias VI = i32;\nalias VB = bool;\nfn hsum(v: V) -> f32 { return v; }\n\
                  fn hmax(v: V) -> f32 { return v; }\n\
                  fn hmax_u(v: VU) -> u32 { return v; }\n"
@@ -93,13 +93,13 @@ impl Element {
     }
 }
 
-/// How a kernel receives its per-step values.
+/// How a kernel receives its per-step scalars (its `…Scalars` struct).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ScalarBinding {
+pub enum ScalarsVia {
     /// `var<immediate>`, set with `ComputePass::set_immediates` (every native backend).
     Immediates,
     /// `var<uniform>` at `@binding(0)`, written with `Queue::write_buffer` before each submit.
-    Uniform,
+    UniformBuffer,
 }
 
 /// Immediate bytes the largest uniform struct needs (NAdam's, 48 bytes), rounded up.
@@ -123,7 +123,13 @@ macro_rules! shader_struct {
         $(#[$meta])*
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)* }
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                #[doc = concat!("\n\nThe WGSL struct's `", stringify!($field), "`.")]
+                pub $field: $ty,
+            )*
+        }
 
         impl $name {
             /// Where each member sits, for the WGSL layout test.
@@ -190,10 +196,10 @@ impl Kernel {
     }
 
     /// The complete WGSL for one element type and way of receiving the per-step values.
-    pub fn assemble(&self, element: Element, scalars: ScalarBinding) -> String {
+    pub fn assemble(&self, element: Element, scalars: ScalarsVia) -> String {
         let declaration = match scalars {
-            ScalarBinding::Immediates => "var<immediate> s",
-            ScalarBinding::Uniform => "@group(0) @binding(0) var<uniform> s",
+            ScalarsVia::Immediates => "var<immediate> s",
+            ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
         };
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{declaration}: {};\n{}",
@@ -261,7 +267,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 /// bindings, no flags.
 #[derive(Debug)]
 pub struct UtilityKernel {
+    /// Short name, also the shader file's stem; it labels the pipeline and keys the cache.
     pub name: &'static str,
+    /// WGSL source of the kernel (without the common prelude).
     pub source: &'static str,
     /// Shared pieces to put between `common.wgsl` and the source.
     pub pieces: &'static [&'static str],
@@ -276,8 +284,13 @@ pub struct UtilityKernel {
 /// What a utility kernel's binding holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindingKind {
+    /// A uniform buffer (the kernel's settings).
     Uniform,
-    Storage { read_only: bool },
+    /// A storage buffer.
+    Storage {
+        /// Whether the kernel only reads it (`var<storage, read>`).
+        read_only: bool,
+    },
 }
 
 impl UtilityKernel {
@@ -301,7 +314,7 @@ impl UtilityKernel {
 pub(crate) struct PipelineKey {
     kernel: &'static str,
     element: Element,
-    scalars: ScalarBinding,
+    scalars: ScalarsVia,
     flags: Vec<(&'static str, bool)>,
 }
 
@@ -313,7 +326,7 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<(usize, ScalarBinding), wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, ScalarsVia), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element), UtilityPipeline>>,
 }
@@ -324,7 +337,7 @@ impl KernelCache {
         &self,
         device: &wgpu::Device,
         states: usize,
-        scalars: ScalarBinding,
+        scalars: ScalarsVia,
     ) -> wgpu::BindGroupLayout {
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
@@ -334,7 +347,7 @@ impl KernelCache {
                     buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
                 };
                 let mut entries = Vec::new();
-                if scalars == ScalarBinding::Uniform {
+                if scalars == ScalarsVia::UniformBuffer {
                     entries.push(buffer_entry(0, wgpu::BufferBindingType::Uniform));
                 }
                 entries.extend([storage(1, false), storage(2, true)]);
@@ -358,7 +371,7 @@ impl KernelCache {
         device: &wgpu::Device,
         kernel: &'static Kernel,
         element: Element,
-        scalars: ScalarBinding,
+        scalars: ScalarsVia,
         flags: &[(&'static str, bool)],
     ) -> wgpu::ComputePipeline {
         let key = PipelineKey {
@@ -385,8 +398,8 @@ impl KernelCache {
             label: Some(&label),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: match scalars {
-                ScalarBinding::Immediates => kernel.scalars.size as u32,
-                ScalarBinding::Uniform => 0,
+                ScalarsVia::Immediates => kernel.scalars.size as u32,
+                ScalarsVia::UniformBuffer => 0,
             },
         });
         let constants: Vec<(&str, f64)> = flags
@@ -424,7 +437,7 @@ impl KernelCache {
         let element = if kernel.elementwise {
             element
         } else {
-            Element::Scalar
+            Element::F32
         };
         let mut utilities = self.utilities.lock().expect("kernel cache poisoned");
         utilities

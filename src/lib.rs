@@ -38,13 +38,13 @@ mod transfer;
 pub use wgpu;
 
 pub use context::{AdapterSummary, AvailableMemory, ContextOptions, GpuContext};
-pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use engine::{
     ExternalTensor, GroupId, Optimizer, OptimizerBuilder, Role, TensorId, TensorInit,
 };
+pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use error::{Error, Result};
 pub use fill::RandomFill;
-pub use kernels::{Element, Kernel, ScalarBinding, StateSlot, StructLayout};
+pub use kernels::{Element, Kernel, ScalarsVia, StateSlot, StructLayout};
 pub use optim::{
     Adadelta, Adagrad, Adam, AdamConfig, AdamW, Adamax, Decoupled, Hyperparameters, L2, NAdam,
     OptimizerConfig, RAdam, RmsProp, Sgd, SgdConfig, Sgdw, StepCounter, UpdateRule, WeightDecay,

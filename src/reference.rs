@@ -10,7 +10,10 @@ use crate::optim::{Hyperparameters, OptimizerConfig, StepCounter, UpdateRule};
 /// One parameter group on the CPU, in float64.
 #[derive(Clone, Debug)]
 pub struct ReferenceGroup {
+    /// The optimizer and its hyperparameters; each step reads its learning rate (the schedule's
+    /// base rate).
     pub config: OptimizerConfig,
+    /// Clipping, loss scaling, schedule and non-finite skipping, as on the GPU.
     pub options: TrainingOptions,
     /// Applied steps (skipped ones not counted), and NAdam's momentum product.
     pub counter: StepCounter,
@@ -18,6 +21,7 @@ pub struct ReferenceGroup {
     pub iterations: u64,
     /// The loss scale the next gradients carry (1 without a scaler).
     pub loss_scale: f64,
+    /// Good steps since the loss scale last changed (`GradScaler`'s growth tracker).
     pub growth_tracker: u32,
     /// What the last step found, as [`StepReport`] says it for the GPU.
     pub last: StepReport,

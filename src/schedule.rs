@@ -15,32 +15,69 @@ pub enum Schedule {
     /// The base rate throughout.
     Constant,
     /// `StepLR`: base * gamma^floor(t / step_size).
-    Step { step_size: u64, gamma: f64 },
+    Step {
+        /// Iterations between decays (> 0).
+        step_size: u64,
+        /// The factor applied at each decay (finite, >= 0).
+        gamma: f64,
+    },
     /// `MultiStepLR`: base * gamma^(milestones <= t), counting a repeated milestone as often as
     /// it is listed; any order.
-    Multistep { milestones: Vec<u64>, gamma: f64 },
+    Multistep {
+        /// The iterations at which the rate decays.
+        milestones: Vec<u64>,
+        /// The factor applied at each milestone (finite, >= 0).
+        gamma: f64,
+    },
     /// `ExponentialLR`: base * gamma^t.
-    Exponential { gamma: f64 },
+    Exponential {
+        /// The factor applied every iteration (finite, >= 0).
+        gamma: f64,
+    },
     /// Inverse time decay: base / (1 + k t).
-    InverseTime { k: f64 },
+    InverseTime {
+        /// The decay rate per iteration (finite, >= 0).
+        k: f64,
+    },
     /// Harmonic decay in stages of `n` iterations: base / (floor(t / n) + 10).
-    Harmonic { n: u64 },
+    Harmonic {
+        /// Iterations per stage (> 0).
+        n: u64,
+    },
     /// `CosineAnnealingLR`: eta_min + (base - eta_min) (1 + cos(pi t / t_max)) / 2.
-    Cosine { t_max: u64, eta_min: f64 },
+    Cosine {
+        /// Iterations from the base rate down to `eta_min` (half a period; > 0).
+        t_max: u64,
+        /// The lowest rate (finite, >= 0).
+        eta_min: f64,
+    },
     /// `CosineAnnealingWarmRestarts` (SGDR, Loshchilov & Hutter, ICLR 2017): cosine over
     /// periods of t_0, t_0 t_mult, t_0 t_mult^2, ...
-    CosineWarmRestarts { t_0: u64, t_mult: u64, eta_min: f64 },
+    CosineWarmRestarts {
+        /// Iterations of the first period (> 0).
+        t_0: u64,
+        /// How much longer each period is than the one before (> 0).
+        t_mult: u64,
+        /// The lowest rate (finite, >= 0).
+        eta_min: f64,
+    },
     /// `LinearLR`: base * (start + (end - start) min(t, total_iters) / total_iters); with
     /// start < end, a linear warm-up.
     Linear {
+        /// The base rate's multiplier at iteration 0, in (0, 1].
         start_factor: f64,
+        /// The multiplier from `total_iters` on, in [0, 1].
         end_factor: f64,
+        /// Iterations over which the multiplier goes from start to end (> 0).
         total_iters: u64,
     },
     /// `SequentialLR`: `schedules[i]` from `milestones[i - 1]` on, restarted at its own t = 0
     /// (e.g. a linear warm-up, then a cosine).
     Sequential {
+        /// The schedules, in the order they take over.
         schedules: Vec<Schedule>,
+        /// The iterations at which the next schedule takes over: one fewer than `schedules`,
+        /// increasing.
         milestones: Vec<u64>,
     },
 }

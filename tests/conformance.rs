@@ -163,12 +163,12 @@ fn the_uniform_buffer_fallback_passes_too() {
     })
     .unwrap();
     assert_eq!(
-        ctx.scalar_binding(),
-        wgpu_optim::kernels::ScalarBinding::Uniform
+        ctx.scalars_via(),
+        wgpu_optim::kernels::ScalarsVia::UniformBuffer
     );
     assert_eq!(
-        context().scalar_binding(),
-        wgpu_optim::kernels::ScalarBinding::Immediates
+        context().scalars_via(),
+        wgpu_optim::kernels::ScalarsVia::Immediates
     );
     let report = conformance::run(&ctx, &Fixture::builtin());
     assert!(report.passed());

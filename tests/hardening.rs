@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use wgpu_optim::tools::conformance::rel_l2;
 use wgpu_optim::optim::*;
+use wgpu_optim::tools::conformance::rel_l2;
 use wgpu_optim::{
     GradScaler, GroupId, Optimizer, OptimizerConfig, ReferenceGroup, TensorId, TrainingOptions,
 };

@@ -4,12 +4,14 @@
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess, TypeInner};
-use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarBinding, UtilityKernel};
-use wgpu_optim::tools::shaders::{STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, utility_kernels};
+use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarsVia};
+use wgpu_optim::tools::shaders::{
+    STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, utility_kernels,
+};
 
-const BINDINGS: [ScalarBinding; 2] = [ScalarBinding::Immediates, ScalarBinding::Uniform];
+const BINDINGS: [ScalarsVia; 2] = [ScalarsVia::Immediates, ScalarsVia::UniformBuffer];
 
-fn module(kernel: &Kernel, element: Element, scalars: ScalarBinding) -> naga::Module {
+fn module(kernel: &Kernel, element: Element, scalars: ScalarsVia) -> naga::Module {
     let source = kernel.assemble(element, scalars);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
@@ -23,12 +25,12 @@ fn module(kernel: &Kernel, element: Element, scalars: ScalarBinding) -> naga::Mo
 #[test]
 fn every_kernel_parses_and_validates_for_both_element_types_and_bindings() {
     for kernel in all_kernels() {
-        for element in [Element::Vec4, Element::Scalar] {
+        for element in [Element::Vec4, Element::F32] {
             for scalars in BINDINGS {
                 let module = module(kernel, element, scalars);
                 let capabilities = match scalars {
-                    ScalarBinding::Immediates => Capabilities::IMMEDIATES,
-                    ScalarBinding::Uniform => Capabilities::empty(),
+                    ScalarsVia::Immediates => Capabilities::IMMEDIATES,
+                    ScalarsVia::UniformBuffer => Capabilities::empty(),
                 };
                 Validator::new(ValidationFlags::all(), capabilities)
                     .validate(&module)
@@ -57,7 +59,7 @@ fn uniform_structs_fit_the_immediates_requested() {
 #[test]
 fn uniform_structs_match_their_rust_mirrors() {
     for kernel in all_kernels() {
-        let module = module(kernel, Element::Vec4, ScalarBinding::Immediates);
+        let module = module(kernel, Element::Vec4, ScalarsVia::Immediates);
         assert_struct_layout(&module, kernel.scalars);
         // A uniform struct's size is a multiple of 16 bytes.
         assert_eq!(
@@ -90,7 +92,7 @@ fn bindings_are_the_ones_the_engine_binds() {
             access: StorageAccess::LOAD | StorageAccess::STORE,
         };
         let mut expected = vec![];
-        if scalars == ScalarBinding::Uniform {
+        if scalars == ScalarsVia::UniformBuffer {
             expected.push((0, "s".to_string(), AddressSpace::Uniform));
         } else {
             let immediate = module
@@ -125,7 +127,7 @@ fn bindings_are_the_ones_the_engine_binds() {
 #[test]
 fn helper_kernels_validate_and_bind_what_the_host_binds() {
     for kernel in utility_kernels() {
-        for element in [Element::Vec4, Element::Scalar] {
+        for element in [Element::Vec4, Element::F32] {
             let source = kernel.assemble(element);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
@@ -165,7 +167,7 @@ fn helper_kernels_validate_and_bind_what_the_host_binds() {
 
 #[test]
 fn the_step_control_struct_matches_its_rust_mirror() {
-    let module = module(all_kernels()[0], Element::Vec4, ScalarBinding::Immediates);
+    let module = module(all_kernels()[0], Element::Vec4, ScalarsVia::Immediates);
     assert_struct_layout(&module, &STEP_CONTROL_LAYOUT);
 }
 
@@ -189,7 +191,7 @@ fn assert_struct_layout(module: &naga::Module, layout: &wgpu_optim::kernels::Str
 #[test]
 fn flags_are_the_overrides_the_kernel_declares() {
     for kernel in all_kernels() {
-        let module = module(kernel, Element::Vec4, ScalarBinding::Immediates);
+        let module = module(kernel, Element::Vec4, ScalarsVia::Immediates);
         let mut declared: Vec<String> = module
             .overrides
             .iter()

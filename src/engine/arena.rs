@@ -58,6 +58,7 @@ impl ArenaLayout {
     }
 
     /// Elements in the arena, padding included.
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.segments.last().map_or(0, |s| s.end)
     }

@@ -31,14 +31,25 @@ pub const FACTOR_WINDOW_ROWS: u64 = 1 << 16;
 shader_struct! {
     /// A group's step control on the device (`shaders/control.wgsl`).
     pub struct StepControl {
+        /// This step's row of the step-factor window (bias corrections and the like, computed
+        /// by the host in float64), copied in by the finalize kernel for the update to use.
         pub factors: [f32; 4],
+        /// Optimizer steps applied so far, this one included; a skipped step does not count.
         pub step: u32,
+        /// 1 when this step is skipped whole: the update kernel then returns at once.
         pub skip: u32,
+        /// The update multiplies every gradient by this: 1 / loss scale, times the clipping
+        /// coefficient.
         pub grad_multiplier: f32,
+        /// The global L2 norm of the unscaled gradients, when the group computes it.
         pub grad_norm: f32,
+        /// The loss scale the next step's gradients are expected to carry.
         pub loss_scale: f32,
+        /// Good steps since the loss scale last changed.
         pub growth_tracker: u32,
+        /// 1 when this step's gradients held an inf or a NaN.
         pub found_inf: u32,
+        /// Steps skipped so far.
         pub skipped_steps: u32,
     }
 }
@@ -46,13 +57,22 @@ shader_struct! {
 shader_struct! {
     /// The finalize kernel's settings (`shaders/finalize.wgsl`), written when options change.
     pub struct ControlSettings {
+        /// Partial sums of squares the kernel adds up (0 when the group computes no norm).
         pub partial_count: u32,
+        /// 1 to clip the gradients by the global norm.
         pub clip: u32,
+        /// 1 to unscale the gradients, skip non-finite steps and adapt the loss scale (a
+        /// [`GradScaler`]).
         pub scaler: u32,
+        /// Good steps in a row after which the kernel grows the loss scale.
         pub growth_interval: u32,
+        /// The clipping threshold on the global norm.
         pub max_norm: f32,
+        /// The kernel multiplies the loss scale by this after `growth_interval` good steps.
         pub growth_factor: f32,
+        /// The kernel multiplies the loss scale by this on a non-finite step.
         pub backoff_factor: f32,
+        /// 1 to skip non-finite steps without a scaler.
         pub skip_nonfinite: u32,
     }
 }
@@ -98,9 +118,13 @@ pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GradScaler {
+    /// The scale of the first step's gradients (finite, > 0; PyTorch's default 65536).
     pub init_scale: f64,
+    /// What the scale is multiplied by after `growth_interval` good steps (>= 1; default 2).
     pub growth_factor: f64,
+    /// What the scale is multiplied by on a skipped step, in (0, 1] (default 0.5).
     pub backoff_factor: f64,
+    /// Good steps in a row before the scale grows (> 0; default 2000).
     pub growth_interval: u32,
 }
 
@@ -424,14 +448,9 @@ impl Control {
         if can_skip && !self.window.stale {
             // Skipped steps do not count: read how far the device really got (the steps
             // submitted so far; later ones only add), to keep the window small.
-            if let Ok(words) = crate::transfer::read(
-                ctx,
-                &[crate::transfer::Span {
-                    buffer: &self.buffer,
-                    offset: 0,
-                    len: self.buffer.size() / 4,
-                }],
-            ) {
+            if let Ok(words) =
+                crate::transfer::read(ctx, &[crate::transfer::View::whole(&self.buffer)])
+            {
                 let state: StepControl = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
                 self.window.step_min = self.window.step_min.max(state.step as u64);
             }
@@ -570,7 +589,7 @@ fn finalize_bind_group(
 ) -> (wgpu::BindGroup, wgpu::ComputePipeline) {
     let (layout, pipeline) = ctx
         .kernels
-        .utility(&ctx.device, &FINALIZE_KERNEL, Element::Scalar);
+        .utility(&ctx.device, &FINALIZE_KERNEL, Element::F32);
     let entries: Vec<wgpu::BindGroupEntry> = [settings, partials, flags, control, factors]
         .iter()
         .enumerate()

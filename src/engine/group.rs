@@ -15,9 +15,9 @@ use super::segment::{Segment, View};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Element, ScalarBinding, workgroups_for};
+use crate::kernels::{Element, ScalarsVia, workgroups_for};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
-use crate::transfer::{self, Span};
+use crate::transfer;
 
 /// Where one tensor's elements lie: runs in segments.
 pub(crate) struct TensorPlace {
@@ -48,7 +48,7 @@ pub(crate) struct Group {
     /// Bound to the state slots the configuration does not use.
     placeholders: Vec<wgpu::Buffer>,
     /// How the kernel receives its per-step values.
-    pub scalar_binding: ScalarBinding,
+    pub scalars_via: ScalarsVia,
     /// The per-step values' buffer, on devices without immediates.
     pub uniform: Option<wgpu::Buffer>,
     pub segments: Vec<Segment>,
@@ -122,6 +122,124 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
     Ok(())
 }
 
+/// One new buffer of `elems` elements per state the configuration keeps, `None` for the
+/// others; `label` names a buffer from its state's name.
+fn state_views(
+    ctx: &GpuContext,
+    config: &OptimizerConfig,
+    elems: u64,
+    label: &dyn Fn(&str) -> String,
+) -> Vec<Option<View>> {
+    config
+        .kernel()
+        .state_names()
+        .zip(config.initial_states())
+        .map(|(name, keep)| keep.map(|_| View::whole(&create_buffer(ctx, &label(name), elems))))
+        .collect()
+}
+
+/// The arena's segments: new parameter, gradient and state buffers, one of each per segment of
+/// `layout`.
+fn arena_segments(
+    ctx: &GpuContext,
+    config: &OptimizerConfig,
+    layout: &ArenaLayout,
+) -> Vec<Segment> {
+    let kernel = config.kernel();
+    layout
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(s, range)| {
+            let elems = range.end - range.start;
+            let label = |role: &str| format!("{} {role} segment {s}", kernel.name);
+            Segment {
+                element: Element::Vec4,
+                param: View::whole(&create_buffer(ctx, &label("param"), elems)),
+                grad: View::whole(&create_buffer(ctx, &label("grad"), elems)),
+                states: state_views(ctx, config, elems, &label),
+                bind_group: None,
+                workgroups: (0, 0),
+                external_tensor: None,
+            }
+        })
+        .collect()
+}
+
+/// Appends the segments of external tensor `ext` (`(index in the group, number in errors)`) to
+/// `segments`: each within one binding, their boundaries keeping the binding offsets aligned,
+/// the parameter and gradient views in the caller's buffers, the states new buffers of ours.
+fn external_segments(
+    ctx: &GpuContext,
+    config: &OptimizerConfig,
+    ext: &ExternalTensor,
+    (t, number): (usize, usize),
+    segment_bytes: u64,
+    segments: &mut Vec<Segment>,
+) -> TensorPlace {
+    let aligned = ext.len.is_multiple_of(4)
+        && ext.param_offset.is_multiple_of(16)
+        && ext.grad_offset.is_multiple_of(16);
+    let element = if aligned { Element::Vec4 } else { Element::F32 };
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+    let piece_elems = (segment_bytes / align * align / 4).max(align / 4);
+    let label = |role: &str| format!("{} {role} of external tensor {number}", config.name());
+    let caller_view = |buffer: &wgpu::Buffer, offset: u64, len: u64| View {
+        buffer: buffer.clone(),
+        offset,
+        len,
+    };
+    let mut pieces = Vec::new();
+    for first in (0..ext.len).step_by(piece_elems as usize) {
+        let len = (ext.len - first).min(piece_elems);
+        pieces.push(Piece {
+            segment: segments.len(),
+            segment_offset: 0,
+            tensor_offset: first,
+            len,
+        });
+        segments.push(Segment {
+            element,
+            param: caller_view(&ext.param, ext.param_offset + first * 4, len),
+            grad: caller_view(&ext.grad, ext.grad_offset + first * 4, len),
+            states: state_views(ctx, config, len, &label),
+            bind_group: None,
+            workgroups: (0, 0),
+            external_tensor: Some(t),
+        });
+    }
+    TensorPlace {
+        len: ext.len,
+        pieces,
+        external: true,
+    }
+}
+
+/// One pipeline per element type the segments use, with the configuration's flags.
+fn compile_pipelines(
+    ctx: &GpuContext,
+    config: &OptimizerConfig,
+    segments: &[Segment],
+    scalars_via: ScalarsVia,
+) -> Vec<(Element, wgpu::ComputePipeline)> {
+    let mut elements: Vec<Element> = Vec::new();
+    for segment in segments {
+        if !elements.contains(&segment.element) {
+            elements.push(segment.element);
+        }
+    }
+    let flags = config.flags();
+    elements
+        .into_iter()
+        .map(|e| {
+            let pipeline =
+                ctx.kernels
+                    .pipeline(&ctx.device, config.kernel(), e, scalars_via, &flags);
+            (e, pipeline)
+        })
+        .collect()
+}
+
 impl Group {
     /// Allocates the group's arenas and state buffers, lays out its tensors and builds one bind
     /// group per segment. `first_tensor` numbers the group's tensors in errors.
@@ -144,22 +262,7 @@ impl Group {
                 check_external(ctx, first_tensor + t, ext)?;
             }
         }
-        let kernel = config.kernel();
-        let keeps: Vec<Option<f64>> = config.initial_states();
-        // One buffer of `elems` per state this configuration keeps, `None` for the others.
-        let state_buffers = |elems: u64, label: &dyn Fn(&str) -> String| -> Vec<Option<View>> {
-            kernel
-                .state_names()
-                .zip(&keeps)
-                .map(|(name, keep)| {
-                    keep.map(|_| View::whole(create_buffer(ctx, &label(name), elems)))
-                })
-                .collect()
-        };
-        let mut segments = Vec::new();
-        let mut tensors: Vec<TensorPlace> = Vec::with_capacity(inits.len());
-
-        // The arena: every non-external tensor, flat, cut into segments.
+        // The arena: every tensor that is not external, flat, cut into segments.
         let arena_lens: Vec<u64> = inits
             .iter()
             .map(|i| match i {
@@ -168,82 +271,26 @@ impl Group {
             })
             .collect();
         let layout = ArenaLayout::new(&arena_lens, segment_bytes / 4);
-        for (s, range) in layout.segments.iter().enumerate() {
-            let elems = range.end - range.start;
-            let label = |role: &str| format!("{} {role} segment {s}", kernel.name);
-            segments.push(Segment {
-                element: Element::Vec4,
-                param: View::whole(create_buffer(ctx, &label("param"), elems)),
-                grad: View::whole(create_buffer(ctx, &label("grad"), elems)),
-                states: state_buffers(elems, &label),
-                bind_group: None,
-                workgroups: (0, 0),
-                external_tensor: None,
-            });
-        }
-
-        for (t, init) in inits.iter().enumerate() {
-            let TensorInit::External(ext) = init else {
-                tensors.push(TensorPlace {
-                    len: init.len(),
-                    pieces: layout.pieces(t, 0..init.len()),
+        let mut segments = arena_segments(ctx, &config, &layout);
+        // Then each external tensor's own segments, in the order of the tensors.
+        let tensors = inits
+            .iter()
+            .enumerate()
+            .map(|(t, init)| match init {
+                TensorInit::External(ext) => {
+                    let numbered = (t, first_tensor + t);
+                    external_segments(ctx, &config, ext, numbered, segment_bytes, &mut segments)
+                }
+                other => TensorPlace {
+                    len: other.len(),
+                    pieces: layout.pieces(t, 0..other.len()),
                     external: false,
-                });
-                continue;
-            };
-            // An external tensor: segments of its own, each within one binding, whose
-            // boundaries keep the binding offsets aligned.
-            let element =
-                if ext.len % 4 == 0 && ext.param_offset % 16 == 0 && ext.grad_offset % 16 == 0 {
-                    Element::Vec4
-                } else {
-                    Element::Scalar
-                };
-            let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
-            let piece_elems = (segment_bytes / align * align / 4).max(align / 4);
-            let mut pieces = Vec::new();
-            for first in (0..ext.len).step_by(piece_elems as usize) {
-                let len = (ext.len - first).min(piece_elems);
-                let label = |role: &str| {
-                    format!(
-                        "{} {role} of external tensor {}",
-                        kernel.name,
-                        first_tensor + t
-                    )
-                };
-                pieces.push(Piece {
-                    segment: segments.len(),
-                    segment_offset: 0,
-                    tensor_offset: first,
-                    len,
-                });
-                segments.push(Segment {
-                    element,
-                    param: View {
-                        buffer: ext.param.clone(),
-                        offset: ext.param_offset + first * 4,
-                        len,
-                    },
-                    grad: View {
-                        buffer: ext.grad.clone(),
-                        offset: ext.grad_offset + first * 4,
-                        len,
-                    },
-                    states: state_buffers(len, &label),
-                    bind_group: None,
-                    workgroups: (0, 0),
-                    external_tensor: Some(t),
-                });
-            }
-            tensors.push(TensorPlace {
-                len: ext.len,
-                pieces,
-                external: true,
-            });
-        }
-
-        let scalar_binding = ctx.scalar_binding();
-        let uniform = (scalar_binding == ScalarBinding::Uniform).then(|| {
+                },
+            })
+            .collect();
+        let scalars_via = ctx.scalars_via();
+        let uniform = (scalars_via == ScalarsVia::UniformBuffer).then(|| {
+            let kernel = config.kernel();
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{} uniform", kernel.name)),
                 size: kernel.scalars.size as u64,
@@ -251,22 +298,7 @@ impl Group {
                 mapped_at_creation: false,
             })
         });
-        let mut elements: Vec<Element> = Vec::new();
-        for segment in &segments {
-            if !elements.contains(&segment.element) {
-                elements.push(segment.element);
-            }
-        }
-        let pipelines = elements
-            .into_iter()
-            .map(|e| {
-                let flags = config.flags();
-                let pipeline = ctx
-                    .kernels
-                    .pipeline(&ctx.device, kernel, e, scalar_binding, &flags);
-                (e, pipeline)
-            })
-            .collect();
+        let pipelines = compile_pipelines(ctx, &config, &segments, scalars_via);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         for segment in &mut segments {
             segment.workgroups =
@@ -281,7 +313,7 @@ impl Group {
             iterations: 0,
             control,
             placeholders: placeholders.to_vec(),
-            scalar_binding,
+            scalars_via,
             uniform,
             segments,
             tensors,
@@ -297,7 +329,7 @@ impl Group {
         let kernel = self.config.kernel();
         let bind_layout = ctx
             .kernels
-            .layout(&ctx.device, kernel.states.len(), self.scalar_binding);
+            .layout(&ctx.device, kernel.states.len(), self.scalars_via);
         for (s, segment) in self.segments.iter_mut().enumerate() {
             let mut entries = Vec::new();
             if let Some(uniform) = &self.uniform {
@@ -369,15 +401,10 @@ impl Group {
         // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
         for (slot, init) in self.config.initial_states().into_iter().enumerate() {
             if let Some(value) = init.filter(|v| *v != 0.0) {
-                let spans: Vec<Span> = self
+                let spans: Vec<View> = self
                     .segments
                     .iter()
-                    .filter_map(|s| s.states[slot].as_ref())
-                    .map(|v| Span {
-                        buffer: &v.buffer,
-                        offset: v.offset,
-                        len: v.len,
-                    })
+                    .filter_map(|s| s.states[slot].clone())
                     .collect();
                 transfer::fill(ctx, &spans, value as f32)?;
             }
@@ -400,7 +427,7 @@ impl Group {
     }
 
     /// Where elements `range` of local tensor `tensor` lie for `role`.
-    pub fn spans(&self, role: Role, tensor: usize, range: Range<u64>) -> Result<Vec<Span<'_>>> {
+    pub fn spans(&self, role: Role, tensor: usize, range: Range<u64>) -> Result<Vec<View>> {
         let slot = match role {
             Role::State(name) => Some(self.slot(name)?),
             _ => None,
@@ -414,12 +441,10 @@ impl Group {
                 let start = p.tensor_offset.max(range.start);
                 let end = (p.tensor_offset + p.len).min(range.end);
                 (start < end).then(|| {
-                    let view = self.segments[p.segment].view(role, slot);
-                    Span {
-                        buffer: &view.buffer,
-                        offset: view.offset + (p.segment_offset + start - p.tensor_offset) * 4,
-                        len: end - start,
-                    }
+                    let first = p.segment_offset + start - p.tensor_offset;
+                    self.segments[p.segment]
+                        .view(role, slot)
+                        .part(first, end - start)
                 })
             })
             .collect())
@@ -437,7 +462,7 @@ impl Group {
         for (element, pipeline) in &mut self.pipelines {
             *pipeline =
                 ctx.kernels
-                    .pipeline(&ctx.device, kernel, *element, self.scalar_binding, &flags);
+                    .pipeline(&ctx.device, kernel, *element, self.scalars_via, &flags);
         }
     }
 

@@ -29,7 +29,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
-use crate::transfer::{self, Span};
+use crate::transfer::{self, View};
 pub use builder::OptimizerBuilder;
 /// The step control a checkpoint stores for each group (its bytes are the record's).
 pub use control::StepControl;
@@ -127,14 +127,7 @@ impl Optimizer {
 
     fn read_control(&self, group: GroupId) -> Result<StepControl> {
         let buffer = &self.group(group)?.control.buffer;
-        let words = transfer::read(
-            &self.ctx,
-            &[Span {
-                buffer,
-                offset: 0,
-                len: buffer.size() / 4,
-            }],
-        )?;
+        let words = transfer::read(&self.ctx, &[View::whole(buffer)])?;
         Ok(bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words)))
     }
 
@@ -237,7 +230,7 @@ impl Optimizer {
     ///
     /// With immediates (every native backend) the per-step values travel inside the command
     /// buffer, so any number of steps may be recorded before a submit. On a device without
-    /// them ([`ScalarBinding::Uniform`](crate::kernels::ScalarBinding)) they are written with
+    /// them ([`ScalarsVia::UniformBuffer`](crate::kernels::ScalarsVia)) they are written with
     /// `Queue::write_buffer`, which lands at the next submit: submit after each step there.
     pub fn encode_step(
         &mut self,
@@ -430,7 +423,7 @@ impl Optimizer {
 /// Reading needs `COPY_SRC` and writing `COPY_DST` on every buffer involved; only a caller's
 /// buffers can lack them.
 fn check_usage(
-    spans: &[transfer::Span],
+    spans: &[View],
     tensor: TensorId,
     role: Role,
     usage: wgpu::BufferUsages,

@@ -4,33 +4,7 @@
 
 use super::Role;
 use crate::kernels::Element;
-
-/// `len` f32 elements of `buffer` from byte `offset`, as bound in one segment.
-#[derive(Clone, Debug)]
-pub(crate) struct View {
-    pub buffer: wgpu::Buffer,
-    pub offset: u64,
-    pub len: u64,
-}
-
-impl View {
-    pub(crate) fn whole(buffer: wgpu::Buffer) -> Self {
-        let len = buffer.size() / 4;
-        Self {
-            buffer,
-            offset: 0,
-            len,
-        }
-    }
-
-    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(self.len * 4),
-        })
-    }
-}
+pub(crate) use crate::transfer::View;
 
 /// One dispatch's worth of elements.
 pub(crate) struct Segment {

@@ -21,9 +21,11 @@ pub struct GroupId(pub usize);
 /// apart by wgpu (its ids are per instance), so keep one instance per process.
 #[derive(Clone, Debug)]
 pub struct ExternalTensor {
+    /// The buffer holding the parameters, updated in place by each step.
     pub param: wgpu::Buffer,
     /// Byte offset of the first parameter in `param`.
     pub param_offset: u64,
+    /// The buffer holding the gradients, which the step reads.
     pub grad: wgpu::Buffer,
     /// Byte offset of the first gradient in `grad`.
     pub grad_offset: u64,
@@ -86,7 +88,9 @@ impl<'a> From<&'a Vec<f32>> for TensorInit<'a> {
 /// Which buffer of a tensor to read or write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role<'a> {
+    /// The parameters.
     Param,
+    /// The gradients.
     Grad,
     /// An optimizer state by PyTorch's name (`"exp_avg"`, `"momentum_buffer"`, ...).
     State(&'a str),

@@ -11,8 +11,11 @@ hyperparameters! {
         pub lr: f64 = 1.0 => non_negative,
         /// Decay of the running averages; torch accepts [0, 1] (1: the averages never move).
         pub rho: f64 = 0.9 => closed_unit_interval,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-6 => non_negative,
+        /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adadelta"

@@ -7,13 +7,17 @@ use crate::kernels::{Kernel, StateSlot, shader_struct};
 hyperparameters! {
     /// `torch.optim.Adagrad`'s arguments and defaults.
     pub struct Adagrad {
+        /// Learning rate.
         pub lr: f64 = 1e-2 => non_negative,
         /// The step size at step t is lr / (1 + (t - 1) * lr_decay).
         pub lr_decay: f64 = 0.0 => non_negative,
+        /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
         /// Starting value of the sum of squared gradients.
         pub initial_accumulator_value: f64 = 0.0 => non_negative,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-10 => non_negative,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adagrad"

@@ -14,15 +14,20 @@ hyperparameters! {
     /// `torch.optim.Adam`'s arguments and defaults (`betas` as `beta1`, `beta2`); with
     /// [`Decoupled`](super::Decoupled) weight decay, `torch.optim.AdamW`'s.
     pub struct AdamConfig<W: WeightDecay> {
+        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
+        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
+        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
         /// Adam: the L2 penalty, added to the gradient (default 0). AdamW: decoupled, the
         /// parameter shrinks by `lr * weight_decay` of itself (default 0.01).
         pub weight_decay: f64 = if W::DECOUPLED { 1e-2 } else { 0.0 } => non_negative,
         /// Normalize by the running maximum of the second moment.
         pub amsgrad: bool = false,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: if W::DECOUPLED { "adamw" } else { "adam" }

@@ -7,11 +7,17 @@ use crate::kernels::{Kernel, StateSlot, shader_struct};
 hyperparameters! {
     /// `torch.optim.Adamax`'s arguments and defaults (`betas` as `beta1`, `beta2`).
     pub struct Adamax {
+        /// Learning rate.
         pub lr: f64 = 2e-3 => non_negative,
+        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
+        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
+        /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adamax"

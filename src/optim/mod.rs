@@ -187,7 +187,11 @@ macro_rules! hyperparameters {
         #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(default, deny_unknown_fields, bound = "")]
         pub struct $ty $(<$decay: $crate::optim::WeightDecay>)? {
-            $($(#[$field_meta])* pub $field: $field_ty,)*
+            $(
+                $(#[$field_meta])*
+                #[doc = concat!("\n\nDefault: `", stringify!($default), "`.")]
+                pub $field: $field_ty,
+            )*
             $(
                 /// L2 or decoupled weight decay: a type, not a value (see
                 /// [`WeightDecay`](crate::optim::WeightDecay)).
@@ -239,7 +243,10 @@ macro_rules! optimizers {
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "optimizer", content = "hyper", deny_unknown_fields)]
         pub enum OptimizerConfig {
-            $(#[serde(rename = $name)] $ty($ty),)*
+            $(
+                /// This optimizer, with its hyperparameters.
+                #[serde(rename = $name)] $ty($ty),
+            )*
         }
 
         /// Every optimizer name, in the order the tables list them.

@@ -8,13 +8,19 @@ use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot};
 hyperparameters! {
     /// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
     pub struct RAdam {
+        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
+        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
+        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
+        /// Weight decay: an L2 penalty added to the gradient, or decoupled (`decoupled_weight_decay`).
         pub weight_decay: f64 = 0.0 => non_negative,
         /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
         pub decoupled_weight_decay: bool = false,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "radam"

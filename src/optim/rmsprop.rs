@@ -8,15 +8,20 @@ use crate::kernels::{Kernel, StateSlot, shader_struct};
 hyperparameters! {
     /// `torch.optim.RMSprop`'s arguments and defaults.
     pub struct RmsProp {
+        /// Learning rate.
         pub lr: f64 = 1e-2 => non_negative,
         /// Smoothing constant of the squared-gradient average. torch only asks alpha >= 0
         /// (above 1 the average is not one, but torch accepts it).
         pub alpha: f64 = 0.99 => non_negative,
+        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
+        /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
+        /// Momentum factor (0: none, and no momentum buffer kept).
         pub momentum: f64 = 0.0 => non_negative,
         /// Normalize by an estimate of the gradient's variance instead of its second moment.
         pub centered: bool = false,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "rmsprop"

@@ -11,14 +11,18 @@ hyperparameters! {
     /// `torch.optim.SGD`'s arguments and defaults; with [`Decoupled`](super::Decoupled) weight decay, SGDW's (the same
     /// names).
     pub struct SgdConfig<W: WeightDecay> {
+        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
+        /// Momentum factor (0: none, and no momentum buffer kept).
         pub momentum: f64 = 0.0 => non_negative,
         /// Any finite value: torch.optim.SGD checks nothing of it.
         pub dampening: f64 = 0.0 => finite,
+        /// Nesterov momentum (needs momentum > 0 and zero dampening).
         pub nesterov: bool = false,
         /// SGD: the L2 penalty, added to the gradient. SGDW: decoupled, the parameter shrinks
         /// by `lr * weight_decay` of itself.
         pub weight_decay: f64 = 0.0 => non_negative,
+        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: if W::DECOUPLED { "sgdw" } else { "sgd" }

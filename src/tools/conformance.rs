@@ -18,10 +18,15 @@ pub const BUILTIN_FIXTURE: &str = include_str!("../../data/torch-optim.json");
 /// The whole fixture file.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Fixture {
+    /// The format's name and version; only `optimizer-conformance/1` is read.
     pub format: String,
+    /// What computed the expected values (the PyTorch version and how).
     pub source: String,
+    /// The pass thresholds of every case and schedule.
     pub tolerance: Tolerance,
+    /// The optimizer trajectories.
     pub cases: Vec<Case>,
+    /// The learning-rate schedules.
     pub schedules: Vec<FixtureSchedule>,
 }
 
@@ -38,10 +43,16 @@ pub struct Tolerance {
 /// parameters PyTorch produced after each step.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Case {
+    /// A name unique within the fixture.
     pub name: String,
+    /// The optimizer's name (`adamw`), as [`OPTIMIZER_NAMES`] lists them.
     pub optimizer: String,
+    /// The hyperparameters by PyTorch's names (`betas` split into `beta1`, `beta2`); a missing
+    /// one takes PyTorch's default.
     pub hyper: serde_json::Value,
+    /// The shape of each parameter tensor of the case's one group.
     pub shapes: Vec<Vec<u64>>,
+    /// The starting values, one flat row-major list per tensor.
     pub params: Vec<Vec<f64>>,
     /// `grads[step][tensor]` (absent in objective-driven cases).
     #[serde(default)]
@@ -52,10 +63,14 @@ pub struct Case {
     /// The learning rate of each step, overriding `hyper.lr`.
     #[serde(default)]
     pub lrs: Option<Vec<f64>>,
+    /// The `max_norm` to clip the gradients to before each step, as
+    /// `torch.nn.utils.clip_grad_norm_`.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
+    /// A fixed loss scale the gradients carry; the step divides them by it first.
     #[serde(default)]
     pub grad_scale: Option<f64>,
+    /// An infinity put into one gradient; that step must be skipped whole.
     #[serde(default)]
     pub inject_inf: Option<InjectInf>,
     /// Storage types (`formats.json`, FORMAT-formats.md); only all-float32 runs here yet.
@@ -72,23 +87,31 @@ pub struct Case {
 /// A case's own pass threshold.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct CaseTolerance {
+    /// Largest relative L2 error of the parameters after any step.
     pub rel_l2: f64,
 }
 
 /// Before step `step`, element `index` of tensor `tensor`'s gradient becomes +inf.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct InjectInf {
+    /// The step (from 0).
     pub step: usize,
+    /// The tensor's index in the case.
     pub tensor: usize,
+    /// The element's index in the tensor.
     pub index: usize,
 }
 
 /// A learning-rate schedule and the rates PyTorch's scheduler produced.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FixtureSchedule {
+    /// A name unique within the fixture.
     pub name: String,
+    /// The rate the schedule starts from (the optimizer's `lr`).
     pub base_lr: f64,
+    /// The schedule, as `{"kind": ..., args}`.
     pub schedule: Schedule,
+    /// PyTorch's rate at iterations 0, 1, ...
     pub lrs: Vec<f64>,
 }
 
@@ -120,7 +143,9 @@ impl FixtureSchedule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Within the tolerance.
     Pass,
+    /// Past the tolerance, or the run failed (a case's `note` says why).
     Fail,
     /// The case needs something this engine does not do yet (an optimizer, a storage type);
     /// `note` says what. Not a failure.
@@ -130,9 +155,13 @@ pub enum Status {
 /// One row of the conformance table.
 #[derive(Clone, Debug, Serialize)]
 pub struct CaseResult {
+    /// The case's name.
     pub name: String,
+    /// The optimizer's name.
     pub optimizer: String,
+    /// Steps in the case's trajectory.
     pub steps: usize,
+    /// Whether it passed.
     pub status: Status,
     /// Worst relative L2 error over the steps, GPU (float32) against PyTorch; absent when the
     /// case did not run. NaN and infinities are written as the strings "NaN", "inf", "-inf".
@@ -155,7 +184,9 @@ pub struct CaseResult {
 /// One schedule's outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScheduleResult {
+    /// The schedule's name.
     pub name: String,
+    /// Whether every rate was within the tolerance (and the schedule valid).
     pub status: Status,
     /// Largest relative error of a rate against PyTorch's.
     #[serde(serialize_with = "serialize_error")]
@@ -196,8 +227,11 @@ fn non_finite_name(value: f64) -> String {
 /// Everything `wgpu-optim conformance --json` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The adapter the GPU side ran on.
     pub adapter: AdapterSummary,
+    /// One per case, in the fixture's order.
     pub cases: Vec<CaseResult>,
+    /// One per schedule, in the fixture's order.
     pub schedules: Vec<ScheduleResult>,
 }
 

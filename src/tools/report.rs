@@ -8,9 +8,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Deserialize;
 
-use crate::tools::bench::{BenchResult, CopyResult};
 use crate::context::AdapterSummary;
 use crate::error::{Error, Result};
+use crate::tools::bench::{BenchResult, CopyResult};
 
 /// The font the PNG's text is drawn with (DejaVu Sans, Bitstream Vera license: see
 /// `assets/DejaVuSans-LICENSE`), built in so that charts render on machines without fonts.
@@ -20,10 +20,15 @@ const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 /// [`crate::tools::bench::run`] wrote them (the same types, so writer and reader cannot drift apart).
 #[derive(Clone, Debug, Deserialize)]
 pub struct BenchFile {
+    /// The adapter measured.
     pub adapter: AdapterSummary,
+    /// When it was measured (UTC, RFC 3339).
     pub date: String,
+    /// How times were taken: `gpu-timestamps` or `wall-clock`.
     pub timing: String,
+    /// The copy kernel's bandwidth on that adapter: the ceiling the results are compared to.
     pub copy: CopyResult,
+    /// One per configuration and workload, in the order measured.
     pub results: Vec<BenchResult>,
 }
 

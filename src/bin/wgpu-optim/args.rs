@@ -1,0 +1,188 @@
+//! The command line: the commands, their options and how each option's text is checked.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use wgpu_optim::{ContextOptions, GpuContext};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Fused WGSL optimizer steps, checked against torch.optim",
+    long_about = "Fused WGSL optimizer steps, checked against torch.optim.\n\n\
+        With no command: picks the best adapter (discrete GPU, then integrated, then software), \
+        prints it, replays the built-in PyTorch fixture on it and benchmarks every optimizer \
+        briefly, then prints one table. Exits 1 if any conformance case fails.\n\n\
+        --backend and --adapter go before or after the command."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// Adapter choice, for every command that opens one.
+    #[command(flatten)]
+    pub(crate) adapter: AdapterArgs,
+}
+
+/// Which adapter to run on: global options, read by every command that opens an adapter.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct AdapterArgs {
+    /// Only consider adapters of this backend (default: `WGPU_BACKEND`, else every backend).
+    #[arg(long, value_enum, global = true)]
+    pub(crate) backend: Option<Backend>,
+    /// Only consider adapters whose name contains this (case-insensitive).
+    #[arg(long, value_name = "SUBSTRING", global = true)]
+    pub(crate) adapter: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Backend {
+    Vulkan,
+    Gl,
+    Metal,
+    Dx12,
+}
+
+impl Backend {
+    pub(crate) fn backends(self) -> wgpu::Backends {
+        match self {
+            Backend::Vulkan => wgpu::Backends::VULKAN,
+            Backend::Gl => wgpu::Backends::GL,
+            Backend::Metal => wgpu::Backends::METAL,
+            Backend::Dx12 => wgpu::Backends::DX12,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Vulkan => "vulkan",
+            Backend::Gl => "gl",
+            Backend::Metal => "metal",
+            Backend::Dx12 => "dx12",
+        }
+    }
+}
+
+impl AdapterArgs {
+    pub(crate) fn context(&self) -> Result<GpuContext> {
+        Ok(GpuContext::new(&ContextOptions {
+            backends: self.backend.map(Backend::backends),
+            adapter_name: self.adapter.clone(),
+            ..Default::default()
+        })?)
+    }
+
+    /// The options given, as typed: "--backend gl --adapter nvidia".
+    pub(crate) fn given(&self) -> Vec<String> {
+        let mut given = Vec::new();
+        if let Some(b) = self.backend {
+            given.push(format!("--backend {}", b.name()));
+        }
+        if let Some(a) = &self.adapter {
+            given.push(format!("--adapter {a}"));
+        }
+        given
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Replay PyTorch's trajectories on the GPU and on the CPU reference; exit 1 on any failure.
+    Conformance {
+        /// Fixture file (format optimizer-conformance/1); default: the copy built into the binary.
+        file: Option<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure each optimizer's effective bandwidth as a fraction of this adapter's copy kernel.
+    Bench {
+        /// Optimizers to measure (default: all). SGD and SGDW run with momentum 0.9.
+        #[arg(long = "optimizer", value_name = "NAME", num_args = 1..)]
+        optimizers: Vec<String>,
+        /// Sizes in elements: a number, 2^k, or gpt2 (GPT-2 small's 148 tensors, 124M).
+        #[arg(
+            long,
+            value_name = "N",
+            num_args = 1..,
+            default_values = ["2^20", "2^24"],
+            allow_negative_numbers = true
+        )]
+        sizes: Vec<String>,
+        /// Timed steps per measurement (at least 1); the median is reported.
+        #[arg(long, value_name = "N", default_value_t = 30, value_parser = at_least_one, allow_negative_numbers = true)]
+        steps: usize,
+        /// Untimed steps before timing.
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = whole_number, allow_negative_numbers = true)]
+        warmup: usize,
+        /// Clip every step by the global gradient norm (measures the norm pass's cost).
+        #[arg(long, value_name = "MAX_NORM", value_parser = positive_finite, allow_negative_numbers = true)]
+        max_grad_norm: Option<f64>,
+        /// Loss scaling with GradScaler's defaults (measures the non-finite check's cost).
+        #[arg(long)]
+        grad_scaler: bool,
+        /// Cut the optimizer's arenas into buffers of at most this many MiB (default and
+        /// maximum: the adapter's storage binding limit). For studying how allocation sizes
+        /// change speed.
+        #[arg(long, value_name = "MIB", value_parser = mebibytes, allow_negative_numbers = true)]
+        segment_mib: Option<u64>,
+        /// Also write the full results (adapter, copy ceiling, every measurement) as JSON
+        /// (checked for writing before anything is measured).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Merge `bench --json` files from different machines into a markdown table and a chart of
+    /// GB/s and fraction of copy bandwidth per optimizer per adapter (PNG and SVG). Opens no
+    /// adapter.
+    Report {
+        /// Result files written by `wgpu-optim bench --json FILE`.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Where the chart goes: STEM.png and STEM.svg.
+        #[arg(long, value_name = "STEM", default_value = "report")]
+        chart: PathBuf,
+        /// Also write the markdown table to this file (it is printed either way).
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
+    },
+    /// List every adapter wgpu finds, best first, with the limits that matter here (only those
+    /// of --backend, and whose names contain --adapter, when given).
+    Adapters {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A whole number of at least 1 (`--steps`).
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match whole_number(text)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// A whole number, 0 or more (`--warmup`).
+pub(crate) fn whole_number(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err("must not be negative".into()),
+        Ok(n) => usize::try_from(n).map_err(|_| "is too large".into()),
+        Err(_) => Err("must be a whole number".into()),
+    }
+}
+
+/// A finite number > 0 (`--max-grad-norm`).
+pub(crate) fn positive_finite(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a finite number > 0".into()),
+        Err(_) => Err("must be a number".into()),
+    }
+}
+
+/// A whole number of MiB, at least 1, returned in bytes (`--segment-mib`).
+pub(crate) fn mebibytes(text: &str) -> Result<u64, String> {
+    let mib = at_least_one(text)? as u64;
+    mib.checked_mul(1 << 20)
+        .ok_or_else(|| "is more bytes than 64 bits count".into())
+}

@@ -1,0 +1,298 @@
+//! What each command does.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use wgpu_optim::AdapterSummary;
+use wgpu_optim::context::list_adapters;
+use wgpu_optim::optim::OPTIMIZER_NAMES;
+use wgpu_optim::tools::bench::{self, BenchOptions, Workload};
+use wgpu_optim::tools::conformance::{self, Fixture, Status};
+use wgpu_optim::tools::report;
+
+use crate::args::{AdapterArgs, Backend};
+use crate::output::{Output, describe_adapter, mib, progress_bar, status_word};
+
+pub(crate) fn run_report(
+    files: &[PathBuf],
+    chart: &Path,
+    markdown: Option<&Path>,
+) -> Result<ExitCode> {
+    let files = files
+        .iter()
+        .map(|f| report::BenchFile::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let markdown = markdown
+        .map(|p| Output::open(p, "markdown table"))
+        .transpose()?;
+    let (png, svg) = report::chart_paths(chart);
+    let charts = [Output::open(&png, "chart")?, Output::open(&svg, "chart")?];
+    let table = report::markdown(&files);
+    print!("{table}");
+    if let Some(out) = markdown {
+        out.write(table.as_bytes())?;
+    }
+    let (png, svg) = report::write_chart(&files, chart)?;
+    for output in charts {
+        output.keep();
+    }
+    eprintln!("chart: {} and {}", png.display(), svg.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run_adapters(json: bool, adapter: &AdapterArgs) -> Result<ExitCode> {
+    let all = list_adapters(adapter.backend.map(Backend::backends))?;
+    if all.is_empty() && !json {
+        anyhow::bail!(wgpu_optim::Error::NoAdapter {
+            detail: adapter
+                .backend
+                .map_or(String::new(), |b| format!(" for backend {}", b.name())),
+        });
+    }
+    let adapters: Vec<&AdapterSummary> = match &adapter.adapter {
+        None => all.iter().collect(),
+        Some(wanted) => {
+            let lower = wanted.to_lowercase();
+            let matching: Vec<_> = all
+                .iter()
+                .filter(|a| a.name.to_lowercase().contains(&lower))
+                .collect();
+            if matching.is_empty() && !all.is_empty() {
+                anyhow::bail!(wgpu_optim::Error::NoMatchingAdapter {
+                    wanted: wanted.clone(),
+                    available: all
+                        .iter()
+                        .map(|a| format!("`{}` ({})", a.name, a.backend))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            matching
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&adapters)?);
+    } else {
+        for (i, a) in adapters.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", describe_adapter(a));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run_conformance(
+    file: Option<PathBuf>,
+    json: bool,
+    adapter: &AdapterArgs,
+) -> Result<ExitCode> {
+    let fixture = match &file {
+        Some(path) => Fixture::load(path)?,
+        None => Fixture::builtin(),
+    };
+    let ctx = adapter.context()?;
+    let bar = progress_bar(fixture.cases.len() as u64, "conformance");
+    let report = conformance::run_with_progress(&ctx, &fixture, |c| {
+        bar.set_message(c.name.clone());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("serializing the report")?
+        );
+    } else {
+        let a = &report.adapter;
+        println!(
+            "adapter: {} ({}, {}, {})",
+            a.name, a.backend, a.device_type, a.driver_info
+        );
+        println!(
+            "fixture: {} ({} cases, {} schedules), tolerance rel-L2 {:e}",
+            file.as_ref()
+                .map_or("built-in torch-optim.json".into(), |p| p
+                    .display()
+                    .to_string()),
+            fixture.cases.len(),
+            fixture.schedules.len(),
+            fixture.tolerance.rel_l2
+        );
+        println!(
+            "{:<28} {:<9} {:>5} {:>12} {:>12}  status",
+            "case", "optimizer", "steps", "gpu rel-L2", "cpu rel-L2"
+        );
+        let fmt = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
+        for c in &report.cases {
+            println!(
+                "{:<28} {:<9} {:>5} {:>12} {:>12}  {}{}",
+                c.name,
+                c.optimizer,
+                c.steps,
+                fmt(c.gpu_rel_l2),
+                fmt(c.cpu_rel_l2),
+                status_word(c.status),
+                c.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
+            );
+        }
+        for s in &report.schedules {
+            println!(
+                "schedule {:<19} max lr rel. error {:.2e} (tolerance {:e})  {}",
+                s.name,
+                s.max_rel_error,
+                fixture.tolerance.lr_rel,
+                status_word(s.status),
+            );
+        }
+        let count = |st| report.cases.iter().filter(|c| c.status == st).count();
+        let schedules = report
+            .schedules
+            .iter()
+            .filter(|s| s.status == Status::Pass)
+            .count();
+        println!(
+            "cases: {} pass, {} fail, {} unsupported; schedules: {} of {} pass",
+            count(Status::Pass),
+            count(Status::Fail),
+            count(Status::Unsupported),
+            schedules,
+            report.schedules.len()
+        );
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub(crate) fn run_bench(
+    optimizers: &[String],
+    sizes: &[String],
+    options: &BenchOptions,
+    json: Option<PathBuf>,
+    adapter: &AdapterArgs,
+) -> Result<ExitCode> {
+    options.training.validate()?;
+    let names: Vec<&str> = if optimizers.is_empty() {
+        OPTIMIZER_NAMES.to_vec()
+    } else {
+        optimizers.iter().map(String::as_str).collect()
+    };
+    let configs = names
+        .iter()
+        .map(|n| bench::bench_config(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workloads = sizes
+        .iter()
+        .map(|s| Workload::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let output = json
+        .as_deref()
+        .map(|p| Output::open(p, "bench results"))
+        .transpose()?;
+    let ctx = adapter.context()?;
+    // bench::run checks every workload against the device's limits and memory first.
+    let bar = progress_bar((configs.len() * workloads.len()) as u64, "bench");
+    let report = bench::run(&ctx, &configs, &workloads, options, |r| {
+        bar.set_message(format!("{} {}", r.optimizer, r.workload));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    print!("{}", report.table());
+    if let Some(output) = output {
+        output.write(serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The default run: the adapter, the fixture, a short benchmark, one table.
+pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
+    let ctx = adapter.context()?;
+    print!("{}", describe_adapter(&ctx.summary()));
+    let fixture = Fixture::builtin();
+    let configs = OPTIMIZER_NAMES
+        .iter()
+        .map(|n| bench::bench_config(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bar = progress_bar((fixture.cases.len() + configs.len()) as u64, "checking");
+    let conformance = conformance::run_with_progress(&ctx, &fixture, |c| {
+        bar.set_message(format!("conformance {}", c.name));
+        bar.inc(1);
+    });
+    let size = Workload::Elements(1 << 20);
+    let report = bench::run(&ctx, &configs, &[size], &BenchOptions::quick(), |r| {
+        bar.set_message(format!("bench {}", r.optimizer));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let count = |st| conformance.cases.iter().filter(|c| c.status == st).count();
+    let schedules = conformance
+        .schedules
+        .iter()
+        .filter(|s| s.status == Status::Pass)
+        .count();
+    println!(
+        "conformance: {} of {} PyTorch fixture cases pass, {} fail; {} of {} lr schedules pass",
+        count(Status::Pass),
+        conformance.cases.len(),
+        count(Status::Fail),
+        schedules,
+        conformance.schedules.len(),
+    );
+    println!(
+        "copy kernel: {:.1} GB/s ({} buffers); steps on 2^20 elements, median of {} ({:?})\n",
+        report.copy.gbps,
+        mib(report.copy.bytes),
+        BenchOptions::quick().steps,
+        report.timing
+    );
+    println!(
+        "{:<9} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
+        "optimizer", "cases", "max rel-L2", "GB/s", "x copy", "ns/elem", "B/elem"
+    );
+    for r in &report.results {
+        let cases: Vec<_> = conformance
+            .cases
+            .iter()
+            .filter(|c| c.optimizer == r.optimizer)
+            .collect();
+        let failed = cases.iter().any(|c| c.status == Status::Fail);
+        // NaN is the worst error: it must show, not vanish in a max.
+        let worst = cases
+            .iter()
+            .map(|c| c.gpu_rel_l2.unwrap_or(f64::NAN))
+            .fold(0.0f64, |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            });
+        println!(
+            "{:<9} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+            r.optimizer,
+            cases.len(),
+            format!("{worst:.2e}{}", if failed { " FAIL" } else { "" }),
+            r.gbps,
+            r.fraction_of_copy,
+            r.ns_per_element,
+            r.bytes_per_element
+        );
+    }
+    println!(
+        "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against torch.optim \
+         (float64) over each optimizer's fixture cases (tolerance {:e}). GB/s: the fewest bytes a \
+         step must move over its time; x copy: as a fraction of the copy kernel's.",
+        fixture.tolerance.rel_l2
+    );
+    Ok(if conformance.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

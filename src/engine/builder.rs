@@ -63,7 +63,7 @@ impl<'a> OptimizerBuilder<'a> {
     }
 
     /// Rows of step factors each group keeps ahead of its step (default
-    /// [`FACTOR_WINDOW_ROWS`](control::FACTOR_WINDOW_ROWS)); the window slides every this many
+    /// 65,536); the window slides every this many
     /// steps until the factors converge. Tests use tiny windows to slide it often.
     pub fn factor_window_rows(mut self, rows: u64) -> Self {
         self.factor_window_rows = rows.max(1);

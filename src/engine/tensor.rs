@@ -1,11 +1,11 @@
 //! The handles and descriptions of tensors a caller hands the engine: ids, caller-owned
 //! buffers, initial contents, and which buffer of a tensor a read or write means.
 
-/// A tensor of an [`Optimizer`], numbered in the order tensors were added, across groups.
+/// A tensor of an [`Optimizer`](super::Optimizer), numbered in the order tensors were added, across groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(pub usize);
 
-/// A parameter group of an [`Optimizer`], numbered in the order groups were added.
+/// A parameter group of an [`Optimizer`](super::Optimizer), numbered in the order groups were added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub usize);
 
@@ -17,7 +17,7 @@ pub struct GroupId(pub usize);
 /// the `vec4` kernel; others the scalar one.
 ///
 /// The buffers must belong to the optimizer's device. A buffer of another device of the same
-/// `wgpu::Instance` is reported as [`Error::BadBuffer`]; one of another instance cannot be told
+/// `wgpu::Instance` is reported as [`Error::BadBuffer`](crate::Error::BadBuffer); one of another instance cannot be told
 /// apart by wgpu (its ids are per instance), so keep one instance per process.
 #[derive(Clone, Debug)]
 pub struct ExternalTensor {
@@ -51,7 +51,7 @@ impl ExternalTensor {
 pub enum TensorInit<'a> {
     /// These values, copied into the optimizer's arena.
     Values(&'a [f32]),
-    /// This many zeros (fill them later with [`Optimizer::write_param`]).
+    /// This many zeros (fill them later with [`Optimizer::write_param`](super::Optimizer::write_param)).
     Zeros(u64),
     /// The caller's buffers, used in place.
     External(ExternalTensor),

@@ -3,7 +3,7 @@
 //! ICLR 2018), as `torch.optim.Adam`. AdamW ([`super::adamw`]) is the same configuration with
 //! decoupled decay, run by the same kernel.
 //!
-//! Also the start every Adam-family rule shares (Adam, AdamW, NAdam, RAdam): [`AdamFamily`]
+//! Also the start every Adam-family rule shares (Adam, AdamW, NAdam, RAdam): `AdamFamily`
 //! writes their uniform and computes their decay and moments in float64, as
 //! `shaders/adam_family.wgsl` does on the device.
 

@@ -55,7 +55,7 @@ impl DeviceFacts {
 const FACTOR_BYTES_BOUND: u64 = (FACTOR_WINDOW_ROWS + 2) * 16;
 
 /// What one measurement of a configuration on a workload allocates on the device, counted as
-/// [`measure_copy`] and [`PreparedSteps::new`] allocate it.
+/// [`measure_copy`](super::measure_copy) and [`PreparedSteps::new`](super::PreparedSteps::new) allocate it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footprint {
     /// What is measured: "bench adamw at 2^31 elements".

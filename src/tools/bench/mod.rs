@@ -1,7 +1,7 @@
 //! The benchmark harness: effective bandwidth of optimizer steps, as a fraction of the same
 //! adapter's copy bandwidth measured in the same run.
 //!
-//! Effective bandwidth = the fewest bytes a step must move ([`UpdateRule::bytes_per_element`]
+//! Effective bandwidth = the fewest bytes a step must move ([`UpdateRule::bytes_per_element`](crate::UpdateRule::bytes_per_element)
 //! times the elements: read and write the parameters and every state, read the gradients) over
 //! the step's GPU time. The ceiling is a WGSL copy kernel with 16-byte loads and stores (bytes
 //! read plus written), not `copy_buffer_to_buffer`, which runs far below it on some drivers.
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::TrainingOptions;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::optim::{Hyperparameters, OptimizerConfig};
 
 /// How to measure.
@@ -278,7 +278,7 @@ pub fn run(
     mut progress: impl FnMut(&BenchResult),
 ) -> Result<BenchReport> {
     if options.steps == 0 {
-        return Err(Error::InvalidConfig {
+        return Err(crate::Error::InvalidConfig {
             optimizer: "benchmark",
             reason: "at least one timed step is needed".into(),
         });

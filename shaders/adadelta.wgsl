@@ -3,25 +3,12 @@
 //   delta = sqrt(acc + eps) / sqrt(sq + eps) * g;   acc = rho * acc + (1 - rho) * delta * delta
 //   p = p - lr * delta
 
-struct AdadeltaScalars {
-    lr: f32,
-    rho: f32,
-    one_minus_rho: f32,
-    eps: f32,
-    weight_decay: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// Its uniform, `s`, is the `…Scalars` struct the host declares from the Rust mirror.
 
 // One element of the step, through the storage accessors (see `Kernel::assemble`).
 fn update(i: u32) {
-    var g = load_descent_grad(i);
     let p = load_param(i);
-    if (s.weight_decay != 0.0) {
-        g = g + s.weight_decay * p;
-    }
+    let g = add_l2(load_descent_grad(i), p, s.weight_decay);
     let sq = s.rho * load_square_avg(i) + s.one_minus_rho * g * g;
     store_square_avg(i, sq);
     let acc = load_acc_delta(i);

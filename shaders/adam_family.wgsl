@@ -5,18 +5,7 @@
 //                              near 1 in float32 and the rounding compounds over many steps
 //   m = lerp(m, g, 1 - b1)  (torch's lerp: b1 = 0 keeps g exactly);   v = b2 * v + (1 - b2) * g * g
 
-struct AdamScalars {
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    // L2 decay: the coefficient added to the gradient (0 when decoupled).
-    weight_decay: f32,
-    // Decoupled decay: lr * weight_decay (0 otherwise).
-    decay: f32,
-    lr: f32,
-    beta1: f32,
-}
+// Its uniform, `s`, is the `…Scalars` struct the host declares from the Rust mirror.
 
 override DECOUPLED: bool = false;
 
@@ -34,8 +23,8 @@ fn adam_moments(i: u32) -> AdamMoments {
     var p = load_param(i);
     if (DECOUPLED) {
         p = p - s.decay * p;
-    } else if (s.weight_decay != 0.0) {
-        g = g + s.weight_decay * p;
+    } else {
+        g = add_l2(g, p, s.weight_decay);
     }
     let m = lerp_to(load_exp_avg(i), g, s.one_minus_beta1, s.beta1);
     store_exp_avg(i, m);

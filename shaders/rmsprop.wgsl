@@ -5,27 +5,15 @@
 //   momentum: buf = mu * buf + g / avg;   p = p - lr * buf
 //   else:     p = p - lr * g / avg
 
-struct RmspropScalars {
-    lr: f32,
-    alpha: f32,
-    one_minus_alpha: f32,
-    eps: f32,
-    weight_decay: f32,
-    momentum: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// Its uniform, `s`, is the `…Scalars` struct the host declares from the Rust mirror.
 
 override CENTERED: bool = false;
 override MOMENTUM: bool = false;
 
 // One element of the step, through the storage accessors (see `Kernel::assemble`).
 fn update(i: u32) {
-    var g = load_descent_grad(i);
     let p = load_param(i);
-    if (s.weight_decay != 0.0) {
-        g = g + s.weight_decay * p;
-    }
+    let g = add_l2(load_descent_grad(i), p, s.weight_decay);
     let sq_old = load_square_avg(i);
     let sq = s.alpha * sq_old + s.one_minus_alpha * g * g;
     store_square_avg(i, sq);

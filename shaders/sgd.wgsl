@@ -5,19 +5,7 @@
 //         d = nesterov ? d + mu * buf : buf;                        p = p - lr * d
 //   SGDW: d = lr * g;       (buf, d as above)                        p = p - (lr * wd) * p - d
 
-struct SgdScalars {
-    lr: f32,
-    momentum: f32,
-    // 1 - dampening.
-    dampening_keep: f32,
-    // SGD: the L2 coefficient added to the gradient (0 for SGDW).
-    weight_decay: f32,
-    // SGDW: lr * weight_decay, the decoupled decay of the parameter (0 for SGD).
-    decay: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// Its uniform, `s`, is the `…Scalars` struct the host declares from the Rust mirror.
 
 override MOMENTUM: bool = false;
 override NESTEROV: bool = false;
@@ -29,8 +17,8 @@ fn update(i: u32) {
     let p = load_param(i);
     if (DECOUPLED) {
         d = s.lr * d;
-    } else if (s.weight_decay != 0.0) {
-        d = d + s.weight_decay * p;
+    } else {
+        d = add_l2(d, p, s.weight_decay);
     }
     if (MOMENTUM) {
         // The buffer starts as the first step's direction itself, as in PyTorch: the old

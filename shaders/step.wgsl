@@ -28,3 +28,12 @@ fn load_descent_grad(i: u32) -> V {
     }
     return g;
 }
+
+// The L2 penalty torch adds to the gradient: g + weight_decay * p, and nothing at all when the
+// coefficient is 0 (0 * inf would turn g into NaN). Every rule with L2 decay goes through it.
+fn add_l2(g: V, p: V, weight_decay: f32) -> V {
+    if (weight_decay != 0.0) {
+        return g + weight_decay * p;
+    }
+    return g;
+}

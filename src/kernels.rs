@@ -114,6 +114,29 @@ pub struct StructLayout {
     pub size: usize,
     /// `(member name, byte offset)` in declaration order.
     pub fields: &'static [(&'static str, usize)],
+    /// Each member's Rust type, in the same order (`f32`, `u32`).
+    pub types: &'static [&'static str],
+}
+
+impl StructLayout {
+    /// The struct's WGSL declaration, written from its Rust mirror, so that the two cannot
+    /// disagree (the naga test still checks the offsets WGSL gives it).
+    pub fn wgsl(&self) -> String {
+        let members: String = self
+            .fields
+            .iter()
+            .zip(self.types)
+            .map(|((name, _), ty)| {
+                assert!(
+                    matches!(*ty, "f32" | "u32"),
+                    "{}.{name}: only f32 and u32 members are written to WGSL, not {ty}",
+                    self.name
+                );
+                format!("    {name}: {ty},\n")
+            })
+            .collect();
+        format!("struct {} {{\n{members}}}\n", self.name)
+    }
 }
 
 /// Declares a `#[repr(C)]`, `Pod` struct that mirrors a WGSL uniform struct of the same name,
@@ -137,6 +160,7 @@ macro_rules! shader_struct {
                 name: stringify!($name),
                 size: std::mem::size_of::<$name>(),
                 fields: &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*],
+                types: &[$(stringify!($ty),)*],
             };
         }
     };
@@ -202,9 +226,10 @@ impl Kernel {
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
         };
         format!(
-            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{declaration}: {};\n{}",
+            "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
             self.storage(),
+            self.scalars.wgsl(),
             self.pieces.join("\n"),
             self.source,
             self.scalars.name,

@@ -47,7 +47,8 @@ pub use fill::RandomFill;
 pub use kernels::{Element, Kernel, ScalarsVia, StateSlot, StructLayout};
 pub use optim::{
     Adadelta, Adagrad, Adam, AdamConfig, AdamW, Adamax, Decoupled, Hyperparameters, L2, NAdam,
-    OptimizerConfig, RAdam, RmsProp, Sgd, SgdConfig, Sgdw, StepCounter, UpdateRule, WeightDecay,
+    OptimizerConfig, RAdam, ReferenceTensor, RmsProp, Sgd, SgdConfig, Sgdw, StepCounter,
+    UpdateRule, WeightDecay,
 };
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;

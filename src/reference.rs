@@ -5,7 +5,7 @@
 
 use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
-use crate::optim::{Hyperparameters, OptimizerConfig, StepCounter, UpdateRule};
+use crate::optim::{Hyperparameters, OptimizerConfig, ReferenceTensor, StepCounter, UpdateRule};
 
 /// One parameter group on the CPU, in float64.
 #[derive(Clone, Debug)]
@@ -149,8 +149,12 @@ impl ReferenceGroup {
 
         let counter = self.config.advance(&self.counter);
         for ((param, grad), states) in self.params.iter_mut().zip(&grads).zip(&mut self.states) {
-            self.config
-                .reference_step(&counter, lr, param, grad, states);
+            let tensor = ReferenceTensor {
+                param,
+                grad,
+                states,
+            };
+            self.config.reference_step(&counter, lr, tensor);
         }
         self.counter = counter;
         self.last.step = counter.step;

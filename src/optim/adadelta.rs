@@ -1,7 +1,7 @@
 //! Adadelta (Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012), as
 //! `torch.optim.Adadelta`.
 
-use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
 use crate::kernels::{Kernel, StateSlot, shader_struct};
 
 hyperparameters! {
@@ -11,11 +11,9 @@ hyperparameters! {
         pub lr: f64 = 1.0 => non_negative,
         /// Decay of the running averages; torch accepts [0, 1] (1: the averages never move).
         pub rho: f64 = 0.9 => closed_unit_interval,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-6 => non_negative,
         /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adadelta"
@@ -62,14 +60,8 @@ impl UpdateRule for Adadelta {
             ..Default::default()
         })
     }
-    fn reference_step(
-        &self,
-        _counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, _counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [square_avg, acc_delta] = slots(states);
         for i in 0..param.len() {
             let g = l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay);

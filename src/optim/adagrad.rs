@@ -1,13 +1,12 @@
 //! Adagrad (Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
 //! Stochastic Optimization", JMLR 2011), as `torch.optim.Adagrad`.
 
-use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
 use crate::kernels::{Kernel, StateSlot, shader_struct};
 
 hyperparameters! {
     /// `torch.optim.Adagrad`'s arguments and defaults.
     pub struct Adagrad {
-        /// Learning rate.
         pub lr: f64 = 1e-2 => non_negative,
         /// The step size at step t is lr / (1 + (t - 1) * lr_decay).
         pub lr_decay: f64 = 0.0 => non_negative,
@@ -15,9 +14,7 @@ hyperparameters! {
         pub weight_decay: f64 = 0.0 => non_negative,
         /// Starting value of the sum of squared gradients.
         pub initial_accumulator_value: f64 = 0.0 => non_negative,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-10 => non_negative,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adagrad"
@@ -70,14 +67,8 @@ impl UpdateRule for Adagrad {
             eps: self.eps as f32,
         })
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [sum] = slots(states);
         let clr = self.clr(counter.step, lr);
         for i in 0..param.len() {

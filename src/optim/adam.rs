@@ -7,27 +7,22 @@
 //! writes their uniform and computes their decay and moments in float64, as
 //! `shaders/adam_family.wgsl` does on the device.
 
-use super::{L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
 use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot, shader_struct};
 
 hyperparameters! {
     /// `torch.optim.Adam`'s arguments and defaults (`betas` as `beta1`, `beta2`); with
     /// [`Decoupled`](super::Decoupled) weight decay, `torch.optim.AdamW`'s.
     pub struct AdamConfig<W: WeightDecay> {
-        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
-        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
-        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
         /// Adam: the L2 penalty, added to the gradient (default 0). AdamW: decoupled, the
         /// parameter shrinks by `lr * weight_decay` of itself (default 0.01).
         pub weight_decay: f64 = if W::DECOUPLED { 1e-2 } else { 0.0 } => non_negative,
         /// Normalize by the running maximum of the second moment.
         pub amsgrad: bool = false,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: if W::DECOUPLED { "adamw" } else { "adam" }
@@ -169,14 +164,8 @@ impl<W: WeightDecay> UpdateRule for AdamConfig<W> {
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         Some([1.0, 1.0, 0.0, 0.0])
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [exp_avg, exp_avg_sq, max_exp_avg_sq] = slots(states);
         let family = self.family();
         let t = counter.step as f64;

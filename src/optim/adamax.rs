@@ -1,23 +1,18 @@
 //! Adamax, Adam under the infinity norm (Kingma & Ba, "Adam: A Method for Stochastic
 //! Optimization", ICLR 2015, section 7.1), as `torch.optim.Adamax`.
 
-use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
 use crate::kernels::{Kernel, StateSlot, shader_struct};
 
 hyperparameters! {
     /// `torch.optim.Adamax`'s arguments and defaults (`betas` as `beta1`, `beta2`).
     pub struct Adamax {
-        /// Learning rate.
         pub lr: f64 = 2e-3 => non_negative,
-        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
-        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
         /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "adamax"
@@ -76,14 +71,8 @@ impl UpdateRule for Adamax {
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         Some([1.0, 0.0, 0.0, 0.0])
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [exp_avg, exp_inf] = slots(states);
         let bias_correction = 1.0 - self.beta1.powf(counter.step as f64);
         for i in 0..param.len() {

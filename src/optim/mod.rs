@@ -42,6 +42,17 @@ impl Default for StepCounter {
     }
 }
 
+/// One tensor as the float64 reference steps it.
+pub struct ReferenceTensor<'a> {
+    /// The parameters, updated in place.
+    pub param: &'a mut [f64],
+    /// This step's gradient (already unscaled and clipped).
+    pub grad: &'a [f64],
+    /// One vector per state slot of the kernel (empty for slots the configuration does not
+    /// keep), each as long as `param`.
+    pub states: &'a mut [Vec<f64>],
+}
+
 /// An optimizer's hyperparameters as the engine reads them. `hyperparameters!` writes it from
 /// the one declaration of the fields, their defaults and their checks.
 pub trait Hyperparameters {
@@ -126,16 +137,8 @@ pub trait UpdateRule: Hyperparameters {
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         None
     }
-    /// The same step in float64 on the CPU. `states` has one vector per state slot (empty for
-    /// unused slots), each as long as `param`.
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    );
+    /// The same step of one tensor in float64 on the CPU.
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>);
     /// The fewest bytes one step must move per f32 element: read and write the parameter, read
     /// the gradient, read and write every state.
     fn bytes_per_element(&self) -> u64 {
@@ -168,6 +171,29 @@ impl WeightDecay for Decoupled {
     const DECOUPLED: bool = true;
 }
 
+/// The documentation of a hyperparameter that means the same in every optimizer that has it
+/// (empty for the others, which carry their own).
+macro_rules! common_doc {
+    (lr) => {
+        "Learning rate."
+    };
+    (beta1) => {
+        "Decay of the first moment's running average (`betas[0]`)."
+    };
+    (beta2) => {
+        "Decay of the second moment's running average (`betas[1]`)."
+    };
+    (eps) => {
+        "Added to the denominator, for numerical stability."
+    };
+    (maximize) => {
+        "Ascend the objective instead of descending it."
+    };
+    ($other:ident) => {
+        ""
+    };
+}
+
 /// Declares an optimizer's hyperparameters once: each field with its PyTorch name, its default
 /// and (for numbers) its check from [`check`]. From it come the struct (serde, unknown keys
 /// refused, missing keys defaulted), its `Default` and its [`Hyperparameters`]. An optional
@@ -188,6 +214,7 @@ macro_rules! hyperparameters {
         #[serde(default, deny_unknown_fields, bound = "")]
         pub struct $ty $(<$decay: $crate::optim::WeightDecay>)? {
             $(
+                #[doc = common_doc!($field)]
                 $(#[$field_meta])*
                 #[doc = concat!("\n\nDefault: `", stringify!($default), "`.")]
                 pub $field: $field_ty,
@@ -372,15 +399,8 @@ impl UpdateRule for OptimizerConfig {
     fn step_factors_limit(&self) -> Option<[f64; 4]> {
         self.rule().step_factors_limit()
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
-        self.rule().reference_step(counter, lr, param, grad, states)
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        self.rule().reference_step(counter, lr, tensor)
     }
 }
 

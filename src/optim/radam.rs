@@ -2,25 +2,20 @@
 //! Adaptive Learning Rate and Beyond", ICLR 2020), as `torch.optim.RAdam`.
 
 use super::adam::{AdamFamily, AdamScalars, adam_family};
-use super::{StepCounter, UpdateRule, slots};
+use super::{ReferenceTensor, StepCounter, UpdateRule, slots};
 use crate::kernels::{ADAM_FAMILY_WGSL, Kernel, StateSlot};
 
 hyperparameters! {
     /// `torch.optim.RAdam`'s arguments and defaults (`betas` as `beta1`, `beta2`).
     pub struct RAdam {
-        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
-        /// Decay of the first moment (`betas[0]`).
         pub beta1: f64 = 0.9 => unit_interval,
-        /// Decay of the second moment (`betas[1]`).
         pub beta2: f64 = 0.999 => unit_interval,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
         /// Weight decay: an L2 penalty added to the gradient, or decoupled (`decoupled_weight_decay`).
         pub weight_decay: f64 = 0.0 => non_negative,
         /// Apply the weight decay to the parameter (as AdamW does) instead of the gradient.
         pub decoupled_weight_decay: bool = false,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "radam"
@@ -89,14 +84,8 @@ impl UpdateRule for RAdam {
         let rectified = 2.0 / (1.0 - self.beta2) - 1.0 > 5.0;
         Some([1.0, if rectified { 1.0 } else { 0.0 }, 0.0, 0.0])
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [exp_avg, exp_avg_sq] = slots(states);
         let t = counter.step as f64;
         let bias_correction1 = 1.0 - self.beta1.powf(t);

@@ -2,18 +2,16 @@
 //! 2012; the centered variant from Graves, "Generating Sequences With Recurrent Neural Networks",
 //! 2013), as `torch.optim.RMSprop`.
 
-use super::{StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, StepCounter, UpdateRule, l2_descent_grad, slots, uniform_bytes};
 use crate::kernels::{Kernel, StateSlot, shader_struct};
 
 hyperparameters! {
     /// `torch.optim.RMSprop`'s arguments and defaults.
     pub struct RmsProp {
-        /// Learning rate.
         pub lr: f64 = 1e-2 => non_negative,
         /// Smoothing constant of the squared-gradient average. torch only asks alpha >= 0
         /// (above 1 the average is not one, but torch accepts it).
         pub alpha: f64 = 0.99 => non_negative,
-        /// Added to the denominator, for numerical stability.
         pub eps: f64 = 1e-8 => non_negative,
         /// L2 penalty, added to the gradient.
         pub weight_decay: f64 = 0.0 => non_negative,
@@ -21,7 +19,6 @@ hyperparameters! {
         pub momentum: f64 = 0.0 => non_negative,
         /// Normalize by an estimate of the gradient's variance instead of its second moment.
         pub centered: bool = false,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: "rmsprop"
@@ -77,14 +74,8 @@ impl UpdateRule for RmsProp {
             ..Default::default()
         })
     }
-    fn reference_step(
-        &self,
-        _counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, _counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [square_avg, grad_avg, buf] = slots(states);
         for i in 0..param.len() {
             let g = l2_descent_grad(grad[i], param[i], self.maximize, self.weight_decay);

@@ -3,7 +3,7 @@
 //! ICML 2013), as `torch.optim.SGD`. SGDW ([`super::sgdw`]) is the same configuration with
 //! decoupled weight decay, run by the same kernel.
 
-use super::{Hyperparameters, L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
+use super::{ReferenceTensor, Hyperparameters, L2, StepCounter, UpdateRule, WeightDecay, l2_descent_grad, slots, uniform_bytes};
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, StateSlot, shader_struct};
 
@@ -11,7 +11,6 @@ hyperparameters! {
     /// `torch.optim.SGD`'s arguments and defaults; with [`Decoupled`](super::Decoupled) weight decay, SGDW's (the same
     /// names).
     pub struct SgdConfig<W: WeightDecay> {
-        /// Learning rate.
         pub lr: f64 = 1e-3 => non_negative,
         /// Momentum factor (0: none, and no momentum buffer kept).
         pub momentum: f64 = 0.0 => non_negative,
@@ -22,7 +21,6 @@ hyperparameters! {
         /// SGD: the L2 penalty, added to the gradient. SGDW: decoupled, the parameter shrinks
         /// by `lr * weight_decay` of itself.
         pub weight_decay: f64 = 0.0 => non_negative,
-        /// Ascend the objective instead of descending it.
         pub maximize: bool = false,
     }
     name: if W::DECOUPLED { "sgdw" } else { "sgd" }
@@ -95,14 +93,8 @@ impl<W: WeightDecay> UpdateRule for SgdConfig<W> {
             ..Default::default()
         })
     }
-    fn reference_step(
-        &self,
-        counter: &StepCounter,
-        lr: f64,
-        param: &mut [f64],
-        grad: &[f64],
-        states: &mut [Vec<f64>],
-    ) {
+    fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        let ReferenceTensor { param, grad, states } = tensor;
         let [buf] = slots(states);
         for i in 0..param.len() {
             // SGD descends along g + wd * p; SGDW's momentum accumulates lr * g.

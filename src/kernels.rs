@@ -1,4 +1,7 @@
 //! The WGSL kernels: their sources, how they are assembled, and a cache of compiled pipelines.
+//! Public because [`UpdateRule::kernel`](crate::UpdateRule::kernel) returns a [`Kernel`] and for
+//! tools that check the WGSL (`tests/shaders.rs`, through [`crate::tools::shaders`]); training
+//! with the optimizers needs none of it.
 //!
 //! Each optimizer family has one file in `shaders/` holding its update rule, `fn update(i)`,
 //! written against storage accessors (`load_param`, `store_param`, `load_grad`,

@@ -10,7 +10,8 @@
 
 const NORM_ELEMENTS_PER_THREAD: u32 = 16u;
 
-@group(0) @binding(0) var<storage, read> grad: array<V>;
+// The gradients, `@binding(0)`, are read through `grad_count()` and `load_raw_grad(i)`, which
+// the host writes for their storage format.
 // This segment's slice of the group's partial sums: one (q, e) pair per workgroup.
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> flags: array<atomic<u32>>;
@@ -25,7 +26,7 @@ fn finite_v(g: V) -> VB {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let first = (wg.y * nwg.x + wg.x) * WORKGROUP_SIZE * NORM_ELEMENTS_PER_THREAD + lid;
-    let len = arrayLength(&grad);
+    let len = grad_count();
     // The plain float32 sum, and the largest magnitude by its bits (for non-negative floats
     // the integer order is the numeric one, inf and NaN above all; integer tests of loaded
     // bits cannot be folded away the way floating-point tests of inf or NaN can).
@@ -34,7 +35,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var k = 0u; k < NORM_ELEMENTS_PER_THREAD; k = k + 1u) {
         let i = first + k * WORKGROUP_SIZE;
         if (i < len) {
-            let g = grad[i];
+            let g = load_raw_grad(i);
             square_sum = square_sum + hsum(g * g);
             top = max(top, bitcast<VU>(g) & VU(0x7fffffffu));
         }
@@ -54,7 +55,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         for (var k = 0u; k < NORM_ELEMENTS_PER_THREAD; k = k + 1u) {
             let i = first + k * WORKGROUP_SIZE;
             if (i < len) {
-                let g = grad[i];
+                let g = load_raw_grad(i);
                 largest = max(largest, hmax(select(V(0.0), abs(g), finite_v(g))));
             }
         }
@@ -65,7 +66,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             for (var k = 0u; k < NORM_ELEMENTS_PER_THREAD; k = k + 1u) {
                 let i = first + k * WORKGROUP_SIZE;
                 if (i < len) {
-                    let g = grad[i];
+                    let g = load_raw_grad(i);
                     let x = ldexp(select(V(0.0), g, finite_v(g)), VI(-e));
                     scaled_sum = scaled_sum + hsum(x * x);
                 }

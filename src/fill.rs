@@ -6,6 +6,7 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{BindingKind, Element, UtilityKernel, shader_struct, workgroups_for};
+use crate::storage::Format;
 use crate::transfer::View;
 
 shader_struct! {
@@ -37,6 +38,7 @@ pub static FILL_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[],
     elementwise: false,
     uniform: Some(&FillParams::LAYOUT),
+    reads_grad: false,
     bindings: &[
         BindingKind::Uniform,
         BindingKind::Storage { read_only: false },
@@ -103,7 +105,20 @@ pub(crate) fn fill(
     fill: &RandomFill,
 ) -> Result<()> {
     fill.validate()?;
-    let (layout, pipeline) = ctx.kernels.utility(&ctx.device, &FILL_KERNEL, Element::F32);
+    if spans.iter().any(|s| s.format != Format::F32) {
+        // 16-bit storage: the same values from the CPU mirror, rounded as stored (the kernel
+        // writes float32 words).
+        let mut index = first_index;
+        for span in spans {
+            let values: Vec<f32> = (index..index + span.len).map(|j| fill.value(j)).collect();
+            crate::transfer::write(ctx, std::slice::from_ref(span), &values)?;
+            index += span.len;
+        }
+        return Ok(());
+    }
+    let (layout, pipeline) =
+        ctx.kernels
+            .utility(&ctx.device, &FILL_KERNEL, Element::F32, Format::F32);
     let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
     let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
     let mut encoder = ctx.device.create_command_encoder(&Default::default());

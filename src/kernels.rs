@@ -25,6 +25,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::storage::{Format, Storage};
+
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
@@ -223,7 +225,7 @@ impl Kernel {
     }
 
     /// The complete WGSL for one element type and way of receiving the per-step values.
-    pub fn assemble(&self, element: Element, scalars: ScalarsVia) -> String {
+    pub fn assemble(&self, element: Element, scalars: ScalarsVia, storage: &Storage) -> String {
         let declaration = match scalars {
             ScalarsVia::Immediates => "var<immediate> s",
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
@@ -231,7 +233,7 @@ impl Kernel {
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
-            self.storage(),
+            self.storage(storage),
             self.scalars.wgsl(),
             self.pieces.join("\n"),
             self.source,
@@ -246,26 +248,13 @@ impl Kernel {
     /// how its values are stored. Every role is float32 (`V`) today; a storage format (16-bit
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
-    pub fn storage(&self) -> String {
-        let mut wgsl = format!(
-            "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n\
-             @group(0) @binding(1) var<storage, read_write> param: array<V>;\n\
-             @group(0) @binding(2) var<storage, read> grad: array<V>;\n\
-             fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
-             fn load_param(i: u32) -> V {{ return param[i]; }}\n\
-             fn store_param(i: u32, value: V) {{ param[i] = value; }}\n\
-             // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
-             fn load_grad(i: u32) -> V {{ return grad[i] * control.grad_multiplier; }}\n",
-        );
-        for (slot, name) in self.state_names().enumerate() {
-            let binding = FIRST_STATE_BINDING + slot as u32;
-            wgsl.push_str(&format!(
-                "@group(0) @binding({binding}) var<storage, read_write> {name}: array<V>;\n\
-                 fn load_{name}(i: u32) -> V {{ return {name}[i]; }}\n\
-                 fn store_{name}(i: u32, value: V) {{ {name}[i] = value; }}\n"
-            ));
-        }
-        wgsl
+    pub fn storage(&self, storage: &Storage) -> String {
+        let states: Vec<&str> = self.state_names().collect();
+        format!(
+            "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}",
+            storage.wgsl_conversions(),
+            storage.wgsl_accessors(&states, FIRST_STATE_BINDING, MODEL_COPY_BINDING),
+        )
     }
 }
 
@@ -275,6 +264,10 @@ pub const FIRST_STATE_BINDING: u32 = 3;
 /// The binding of the group's step control in every optimizer kernel (after the most state
 /// slots any kernel has).
 pub const CONTROL_BINDING: u32 = FIRST_STATE_BINDING + MAX_STATE_SLOTS as u32;
+
+/// With master weights, the binding of the model's 16-bit copy of the parameters (the
+/// parameter binding then holds the float32 master).
+pub const MODEL_COPY_BINDING: u32 = CONTROL_BINDING + 1;
 
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
 /// on the elements of a step that is not skipped. It never returns before its end, so that a
@@ -305,6 +298,9 @@ pub struct UtilityKernel {
     pub elementwise: bool,
     /// The uniform struct at `@binding(0)`, if the kernel has one.
     pub uniform: Option<&'static StructLayout>,
+    /// It reads a segment's gradients at `@binding(0)` through `grad_count()` and
+    /// `load_raw_grad(i)`, which the host writes for the gradients' storage format.
+    pub reads_grad: bool,
     /// The kind of each binding, from `@binding(0)` up.
     pub bindings: &'static [BindingKind],
 }
@@ -322,15 +318,25 @@ pub enum BindingKind {
 }
 
 impl UtilityKernel {
-    /// The complete WGSL; `element` matters only for elementwise kernels.
-    pub fn assemble(&self, element: Element) -> String {
+    /// The complete WGSL; `element` matters only for elementwise kernels, `grad` only for
+    /// those that read gradients.
+    pub fn assemble(&self, element: Element, grad: Format) -> String {
         let prelude = if self.elementwise {
             element.prelude()
         } else {
             ""
         };
+        let grad_access = if self.reads_grad {
+            let storage = Storage {
+                grad,
+                ..Storage::F32
+            };
+            format!("{}{}", storage.wgsl_conversions(), storage.wgsl_norm_grad())
+        } else {
+            String::new()
+        };
         format!(
-            "{prelude}{COMMON_WGSL}\n{}\n{}",
+            "{prelude}{COMMON_WGSL}\n{grad_access}\n{}\n{}",
             self.pieces.join("\n"),
             self.source
         )
@@ -343,6 +349,7 @@ pub(crate) struct PipelineKey {
     kernel: &'static str,
     element: Element,
     scalars: ScalarsVia,
+    storage: Storage,
     flags: Vec<(&'static str, bool)>,
 }
 
@@ -354,9 +361,9 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<(usize, ScalarsVia), wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, ScalarsVia, bool), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    utilities: Mutex<HashMap<(&'static str, Element), UtilityPipeline>>,
+    utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
 }
 
 impl KernelCache {
@@ -366,10 +373,11 @@ impl KernelCache {
         device: &wgpu::Device,
         states: usize,
         scalars: ScalarsVia,
+        model_copy: bool,
     ) -> wgpu::BindGroupLayout {
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
-            .entry((states, scalars))
+            .entry((states, scalars, model_copy))
             .or_insert_with(|| {
                 let storage = |binding, read_only| {
                     buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
@@ -385,8 +393,13 @@ impl KernelCache {
                     CONTROL_BINDING,
                     wgpu::BufferBindingType::Uniform,
                 ));
+                if model_copy {
+                    entries.push(storage(MODEL_COPY_BINDING, false));
+                }
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(&format!("optimizer layout, {states} states, {scalars:?}")),
+                    label: Some(&format!(
+                        "optimizer layout, {states} states, {scalars:?}, model copy {model_copy}"
+                    )),
                     entries: &entries,
                 })
             })
@@ -400,12 +413,14 @@ impl KernelCache {
         kernel: &'static Kernel,
         element: Element,
         scalars: ScalarsVia,
+        storage: Storage,
         flags: &[(&'static str, bool)],
     ) -> wgpu::ComputePipeline {
         let key = PipelineKey {
             kernel: kernel.name,
             element,
             scalars,
+            storage,
             flags: flags.to_vec(),
         };
         if let Some(p) = self
@@ -416,11 +431,15 @@ impl KernelCache {
         {
             return p.clone();
         }
-        let layout = self.layout(device, kernel.states.len(), scalars);
-        let label = format!("{} {element:?} {scalars:?} {flags:?}", kernel.name);
+        let layout = self.layout(device, kernel.states.len(), scalars, storage.master_weights);
+        let label = format!(
+            "{} {element:?} {scalars:?} {} {flags:?}",
+            kernel.name,
+            storage.label()
+        );
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element, scalars).into()),
+            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element, scalars, &storage).into()),
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),
@@ -461,15 +480,17 @@ impl KernelCache {
         device: &wgpu::Device,
         kernel: &'static UtilityKernel,
         element: Element,
+        grad: Format,
     ) -> UtilityPipeline {
         let element = if kernel.elementwise {
             element
         } else {
             Element::F32
         };
+        let grad = if kernel.reads_grad { grad } else { Format::F32 };
         let mut utilities = self.utilities.lock().expect("kernel cache poisoned");
         utilities
-            .entry((kernel.name, element))
+            .entry((kernel.name, element, grad))
             .or_insert_with(|| {
                 let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
                     .bindings
@@ -491,7 +512,7 @@ impl KernelCache {
                 });
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.name),
-                    source: wgpu::ShaderSource::Wgsl(kernel.assemble(element).into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.assemble(element, grad).into()),
                 });
                 let pipeline_layout =
                     device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {

@@ -30,6 +30,7 @@ pub mod kernels;
 pub mod optim;
 pub mod reference;
 pub mod schedule;
+pub mod storage;
 pub mod tools;
 mod transfer;
 
@@ -52,6 +53,7 @@ pub use optim::{
 };
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
+pub use storage::{Format, Storage};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -6,6 +6,16 @@
 use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OptimizerConfig, ReferenceTensor, StepCounter, UpdateRule};
+use crate::storage::{Format, Storage};
+
+/// `value` as stored in `format` and loaded again (16-bit: through float32, rounded to nearest
+/// even); float32 storage keeps the float64 value, as the reference computes in float64.
+fn stored(format: Format, value: f64) -> f64 {
+    match format {
+        Format::F32 => value,
+        other => other.round(value as f32) as f64,
+    }
+}
 
 /// One parameter group on the CPU, in float64.
 #[derive(Clone, Debug)]
@@ -15,6 +25,10 @@ pub struct ReferenceGroup {
     pub config: OptimizerConfig,
     /// Clipping, loss scaling, schedule and non-finite skipping, as on the GPU.
     pub options: TrainingOptions,
+    /// How the GPU group stores its values: gradients arrive rounded to their format, and
+    /// after each step the states and (without master weights) the parameters are rounded to
+    /// theirs.
+    pub storage: Storage,
     /// Applied steps (skipped ones not counted), and NAdam's momentum product.
     pub counter: StepCounter,
     /// Calls to `step`, skipped ones included: the schedule's clock.
@@ -25,7 +39,8 @@ pub struct ReferenceGroup {
     pub growth_tracker: u32,
     /// What the last step found, as [`StepReport`] says it for the GPU.
     pub last: StepReport,
-    /// One vector per tensor.
+    /// One vector per tensor: the parameters the step updates (the master, with master
+    /// weights; see [`model_params`](Self::model_params)).
     pub params: Vec<Vec<f64>>,
     /// `states[tensor][slot]`: empty for the slots the configuration does not use.
     pub states: Vec<Vec<Vec<f64>>>,
@@ -43,14 +58,31 @@ impl ReferenceGroup {
         options: TrainingOptions,
         params: Vec<Vec<f64>>,
     ) -> Result<Self> {
+        Self::with_storage(config, options, Storage::F32, params)
+    }
+
+    /// The same, for a group stored in reduced precision: the starting parameters and states
+    /// are rounded as the GPU stores them.
+    pub fn with_storage(
+        config: OptimizerConfig,
+        options: TrainingOptions,
+        storage: Storage,
+        mut params: Vec<Vec<f64>>,
+    ) -> Result<Self> {
         config.validate()?;
         options.validate()?;
+        storage.validate()?;
+        for v in params.iter_mut().flatten() {
+            *v = stored(storage.param, *v);
+        }
         let init = config.initial_states();
         let states = params
             .iter()
             .map(|p| {
                 init.iter()
-                    .map(|slot| slot.map_or_else(Vec::new, |v| vec![v; p.len()]))
+                    .map(|slot| {
+                        slot.map_or_else(Vec::new, |v| vec![stored(storage.states, v); p.len()])
+                    })
                     .collect()
             })
             .collect();
@@ -58,6 +90,7 @@ impl ReferenceGroup {
         Ok(Self {
             config,
             options,
+            storage,
             counter: StepCounter::default(),
             iterations: 0,
             loss_scale,
@@ -111,9 +144,10 @@ impl ReferenceGroup {
         } else {
             1.0
         };
+        let grad_format = self.storage.grad;
         let mut grads: Vec<Vec<f64>> = grads
             .iter()
-            .map(|g| g.iter().map(|v| v / scale).collect())
+            .map(|g| g.iter().map(|v| stored(grad_format, *v) / scale).collect())
             .collect();
         if self.options.needs_norm() {
             let found_inf = grads.iter().flatten().any(|v| !v.is_finite());
@@ -155,6 +189,14 @@ impl ReferenceGroup {
                 states,
             };
             self.config.reference_step(&counter, lr, tensor);
+            for v in states.iter_mut().flatten() {
+                *v = stored(self.storage.states, *v);
+            }
+            if !self.storage.master_weights {
+                for v in param.iter_mut() {
+                    *v = stored(self.storage.param, *v);
+                }
+            }
         }
         self.counter = counter;
         self.last.step = counter.step;
@@ -172,6 +214,20 @@ impl ReferenceGroup {
         self.last.loss_scale = self.loss_scale;
         self.last.growth_tracker = self.growth_tracker;
         Ok(())
+    }
+
+    /// The parameters the model reads: with master weights the master rounded to the
+    /// parameters' format, else [`params`](Self::params) themselves.
+    pub fn model_params(&self) -> Vec<Vec<f64>> {
+        let format = if self.storage.master_weights {
+            self.storage.param
+        } else {
+            Format::F32
+        };
+        self.params
+            .iter()
+            .map(|p| p.iter().map(|v| stored(format, *v)).collect())
+            .collect()
     }
 
     /// A state of a tensor by PyTorch's name, if the configuration keeps it.

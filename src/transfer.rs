@@ -1,9 +1,12 @@
-//! Moving f32 data between the host and GPU buffers (for the engine, the random fill and the
-//! bench, below all three), in bounded chunks so that a 2.4 GB tensor
-//! never needs a 2.4 GB staging buffer (which `max_buffer_size` may forbid anyway).
+//! Moving values between the host and GPU buffers (for the engine, the random fill and the
+//! bench, below all three), in bounded chunks so that a 2.4 GB tensor never needs a 2.4 GB
+//! staging buffer (which `max_buffer_size` may forbid anyway). The host side is always float32;
+//! each view's [`Format`] says how its values are stored (16-bit values are rounded to nearest
+//! even on the way in and widened exactly on the way out).
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::storage::Format;
 
 /// The most bytes staged by one copy.
 const CHUNK_BYTES: u64 = 64 << 20;
@@ -11,33 +14,47 @@ const CHUNK_BYTES: u64 = 64 << 20;
 /// Staged uploads are flushed (submitted and waited for) once this many bytes are pending.
 const FLUSH_BYTES: u64 = 512 << 20;
 
-/// `len` f32 elements of `buffer` from byte `offset`: what a segment binds for one role, and
-/// what the copies below move. (A `wgpu::Buffer` is a shared handle: a view holds its own.)
+/// `len` values of `buffer` from byte `offset`, stored in `format`: what a segment binds for
+/// one role, and what the copies below move. (A `wgpu::Buffer` is a shared handle: a view holds
+/// its own.)
 #[derive(Clone, Debug)]
 pub(crate) struct View {
     pub buffer: wgpu::Buffer,
     pub offset: u64,
     pub len: u64,
+    pub format: Format,
 }
 
 impl View {
-    /// All of `buffer`.
+    /// All of `buffer`, as float32 values.
     pub(crate) fn whole(buffer: &wgpu::Buffer) -> Self {
+        Self::whole_in(buffer, Format::F32)
+    }
+
+    /// All of `buffer`, as values of `format`.
+    pub(crate) fn whole_in(buffer: &wgpu::Buffer, format: Format) -> Self {
         Self {
             buffer: buffer.clone(),
             offset: 0,
-            len: buffer.size() / 4,
+            len: buffer.size() / format.bytes(),
+            format,
         }
     }
 
-    /// `len` elements of this view from its element `first`.
+    /// `len` values of this view from its value `first`.
     pub(crate) fn part(&self, first: u64, len: u64) -> Self {
         debug_assert!(first + len <= self.len);
         Self {
             buffer: self.buffer.clone(),
-            offset: self.offset + first * 4,
+            offset: self.offset + first * self.format.bytes(),
             len,
+            format: self.format,
         }
+    }
+
+    /// Bytes the view covers.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.len * self.format.bytes()
     }
 
     /// The view as a bind group entry's resource.
@@ -45,12 +62,21 @@ impl View {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new(self.len * 4),
+            size: wgpu::BufferSize::new(self.bytes()),
         })
+    }
+
+    /// The smallest byte range around the view that copies may move (multiples of 4 bytes):
+    /// `(start, end)`.
+    fn aligned_bytes(&self) -> (u64, u64) {
+        let align = wgpu::COPY_BUFFER_ALIGNMENT;
+        let start = self.offset / align * align;
+        let end = (self.offset + self.bytes()).div_ceil(align) * align;
+        (start, end)
     }
 }
 
-/// Splits views into pieces of at most `max_elems` elements.
+/// Splits views into pieces of at most `max_elems` values.
 fn chunks(views: &[View], max_elems: u64) -> impl Iterator<Item = View> + '_ {
     views.iter().flat_map(move |v| {
         (0..v.len.div_ceil(max_elems)).map(move |c| {
@@ -60,17 +86,37 @@ fn chunks(views: &[View], max_elems: u64) -> impl Iterator<Item = View> + '_ {
     })
 }
 
-/// Writes `data` into the spans, in order. `data.len()` must equal the spans' total length.
+/// Writes `values` into one view. A 16-bit view that starts or ends inside a 4-byte word
+/// (copies move whole words) keeps the other half of that word: it is read first.
+fn write_view(ctx: &GpuContext, view: &View, values: &[f32]) -> Result<()> {
+    let bytes = view.format.encode(values);
+    let (start, end) = view.aligned_bytes();
+    if start == view.offset && end == view.offset + bytes.len() as u64 {
+        ctx.queue.write_buffer(&view.buffer, view.offset, &bytes);
+        return Ok(());
+    }
+    let word = wgpu::COPY_BUFFER_ALIGNMENT;
+    let mut merged = read_bytes(ctx, &view.buffer, start, start + word)?;
+    if end - start > word {
+        let tail = read_bytes(ctx, &view.buffer, end - word, end)?;
+        merged.resize((end - start - word) as usize, 0);
+        merged.extend_from_slice(&tail);
+    }
+    let at = (view.offset - start) as usize;
+    merged[at..at + bytes.len()].copy_from_slice(&bytes);
+    ctx.queue.write_buffer(&view.buffer, start, &merged);
+    Ok(())
+}
+
+/// Writes `data` into the views, in order. `data.len()` must equal the views' total length.
 pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()> {
     debug_assert_eq!(spans.iter().map(|s| s.len).sum::<u64>(), data.len() as u64);
     let mut at = 0usize;
     let mut pending = 0u64;
     for span in chunks(spans, CHUNK_BYTES / 4) {
-        let values = &data[at..at + span.len as usize];
-        ctx.queue
-            .write_buffer(&span.buffer, span.offset, bytemuck::cast_slice(values));
+        write_view(ctx, &span, &data[at..at + span.len as usize])?;
         at += span.len as usize;
-        pending += span.len * 4;
+        pending += span.bytes();
         if pending >= FLUSH_BYTES {
             ctx.queue.submit([]);
             ctx.wait()?;
@@ -80,19 +126,15 @@ pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()
     Ok(())
 }
 
-/// Writes `value` into every element of the spans.
+/// Writes `value` into every element of the views.
 pub(crate) fn fill(ctx: &GpuContext, spans: &[View], value: f32) -> Result<()> {
     let max = CHUNK_BYTES / 4;
     let longest = spans.iter().map(|s| s.len).max().unwrap_or(0).min(max);
     let block = vec![value; longest as usize];
     let mut pending = 0u64;
     for span in chunks(spans, max) {
-        ctx.queue.write_buffer(
-            &span.buffer,
-            span.offset,
-            bytemuck::cast_slice(&block[..span.len as usize]),
-        );
-        pending += span.len * 4;
+        write_view(ctx, &span, &block[..span.len as usize])?;
+        pending += span.bytes();
         if pending >= FLUSH_BYTES {
             ctx.queue.submit([]);
             ctx.wait()?;
@@ -102,15 +144,28 @@ pub(crate) fn fill(ctx: &GpuContext, spans: &[View], value: f32) -> Result<()> {
     Ok(())
 }
 
-/// Reads the spans back, in order, waiting for the GPU.
+/// Bytes `start..end` of `buffer` (multiples of 4), waiting for the GPU.
+fn read_bytes(ctx: &GpuContext, buffer: &wgpu::Buffer, start: u64, end: u64) -> Result<Vec<u8>> {
+    let view = View {
+        buffer: buffer.clone(),
+        offset: start,
+        len: (end - start) / 4,
+        format: Format::F32,
+    };
+    let words = read(ctx, &[view])?;
+    Ok(bytemuck::cast_slice(&words).to_vec())
+}
+
+/// Reads the views back, in order, as float32 values, waiting for the GPU.
 pub(crate) fn read(ctx: &GpuContext, spans: &[View]) -> Result<Vec<f32>> {
     let total: u64 = spans.iter().map(|s| s.len).sum();
     let mut out = Vec::with_capacity(total as usize);
     if total == 0 {
         return Ok(out);
     }
-    let staging_bytes = (total * 4)
-        .min(CHUNK_BYTES)
+    // Each piece is copied with the whole words around it, 8 bytes at most more than its own.
+    let staging_bytes = (total * 4 + 8)
+        .min(CHUNK_BYTES + 8)
         .min(ctx.limits.max_buffer_size / 4 * 4);
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback staging"),
@@ -118,16 +173,22 @@ pub(crate) fn read(ctx: &GpuContext, spans: &[View]) -> Result<Vec<f32>> {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let pieces: Vec<View> = chunks(spans, staging_bytes / 4).collect();
+    let pieces: Vec<View> = chunks(spans, (staging_bytes - 8) / 4).collect();
     let mut next = 0;
     while next < pieces.len() {
         // Batch as many pieces as fit in the staging buffer into one copy-and-map round.
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         let mut filled = 0u64;
-        while next < pieces.len() && filled + pieces[next].len * 4 <= staging_bytes {
+        let mut batch = Vec::new();
+        while next < pieces.len() {
             let p = &pieces[next];
-            encoder.copy_buffer_to_buffer(&p.buffer, p.offset, &staging, filled, p.len * 4);
-            filled += p.len * 4;
+            let (start, end) = p.aligned_bytes();
+            if filled + (end - start) > staging_bytes {
+                break;
+            }
+            encoder.copy_buffer_to_buffer(&p.buffer, start, &staging, filled, end - start);
+            batch.push((filled + p.offset - start, p));
+            filled += end - start;
             next += 1;
         }
         ctx.queue.submit([encoder.finish()]);
@@ -142,10 +203,14 @@ pub(crate) fn read(ctx: &GpuContext, spans: &[View]) -> Result<Vec<f32>> {
             .map_err(|e| Error::Wait(e.to_string()))?
             .map_err(|e| Error::Wait(e.to_string()))?;
         {
-            let view = slice
+            let mapped = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Wait(e.to_string()))?;
-            out.extend_from_slice(bytemuck::cast_slice(&view));
+            for (at, piece) in batch {
+                let at = at as usize;
+                let bytes = &mapped[at..at + piece.bytes() as usize];
+                out.extend(piece.format.decode(bytes));
+            }
         }
         staging.unmap();
     }

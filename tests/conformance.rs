@@ -274,6 +274,31 @@ fn fixtures_of_features_not_built_yet_say_unsupported_and_never_abort() {
     }
 }
 
+/// Reduced-precision storage (FORMAT-formats.md): every case with 16-bit parameters,
+/// gradients or states, or master weights, passes on the GPU and in the CPU reference; only
+/// the 8-bit (q8) state cases wait.
+#[test]
+fn reduced_precision_cases_pass_on_the_gpu_and_the_reference() {
+    let ctx = context();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
+    let fixture = Fixture::load(&path).unwrap();
+    let mut passed = 0;
+    for case in &fixture.cases {
+        let q8 = case
+            .dtypes
+            .as_ref()
+            .is_some_and(|d| d.get("state").is_some_and(|s| s == "q8"));
+        let result = case.run(&ctx, &fixture.tolerance);
+        if q8 {
+            assert_eq!(result.status, Status::Unsupported, "{}", case.name);
+        } else {
+            assert_eq!(result.status, Status::Pass, "{}: {result:?}", case.name);
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 7);
+}
+
 #[test]
 fn a_fixture_with_nothing_to_check_is_an_error() {
     let err = Fixture::parse(

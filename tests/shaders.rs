@@ -8,11 +8,21 @@ use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarsVia};
 use wgpu_optim::tools::shaders::{
     STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, utility_kernels,
 };
+use wgpu_optim::{Format, Storage};
 
 const BINDINGS: [ScalarsVia; 2] = [ScalarsVia::Immediates, ScalarsVia::UniformBuffer];
 
 fn module(kernel: &Kernel, element: Element, scalars: ScalarsVia) -> naga::Module {
-    let source = kernel.assemble(element, scalars);
+    stored_module(kernel, element, scalars, &Storage::F32)
+}
+
+fn stored_module(
+    kernel: &Kernel,
+    element: Element,
+    scalars: ScalarsVia,
+    storage: &Storage,
+) -> naga::Module {
+    let source = kernel.assemble(element, scalars, storage);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
             "{} ({element:?}, {scalars:?}): {}",
@@ -41,6 +51,58 @@ fn every_kernel_parses_and_validates_for_both_element_types_and_bindings() {
                 assert_eq!(module.entry_points[0].name, "main");
                 assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
             }
+        }
+    }
+}
+
+/// Every storage combination a group may have: parameters, gradients and states in each
+/// format, with and without master weights (16-bit parameters only).
+fn every_storage() -> Vec<Storage> {
+    let formats = [Format::F32, Format::Bf16, Format::F16];
+    let mut all = Vec::new();
+    for param in formats {
+        for grad in formats {
+            for states in formats {
+                for master_weights in [false, true] {
+                    let storage = Storage {
+                        param,
+                        grad,
+                        states,
+                        master_weights,
+                    };
+                    if storage.validate().is_ok() {
+                        all.push(storage);
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn every_kernel_validates_in_every_storage_format() {
+    let storages = every_storage();
+    assert_eq!(storages.len(), 27 + 18);
+    for kernel in all_kernels() {
+        for storage in &storages {
+            let module = stored_module(kernel, Element::Vec4, ScalarsVia::Immediates, storage);
+            Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} {storage:?}: {e:?}", kernel.name));
+            let model_copy = module
+                .global_variables
+                .iter()
+                .find(|(_, g)| g.name.as_deref() == Some("model_param"))
+                .map(|(_, g)| g.binding.as_ref().unwrap().binding);
+            assert_eq!(
+                model_copy,
+                storage
+                    .master_weights
+                    .then_some(wgpu_optim::kernels::MODEL_COPY_BINDING),
+                "{} {storage:?}",
+                kernel.name
+            );
         }
     }
 }
@@ -127,8 +189,14 @@ fn bindings_are_the_ones_the_engine_binds() {
 #[test]
 fn helper_kernels_validate_and_bind_what_the_host_binds() {
     for kernel in utility_kernels() {
-        for element in [Element::Vec4, Element::F32] {
-            let source = kernel.assemble(element);
+        // 16-bit gradients come packed four to a vec2<u32>: vec4 elements only.
+        for (element, grad) in [
+            (Element::Vec4, Format::F32),
+            (Element::F32, Format::F32),
+            (Element::Vec4, Format::Bf16),
+            (Element::Vec4, Format::F16),
+        ] {
+            let source = kernel.assemble(element, grad);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
             Validator::new(ValidationFlags::all(), Capabilities::empty())

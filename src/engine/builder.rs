@@ -1,18 +1,19 @@
 //! Building an [`Optimizer`]: collect the groups, check everything, then allocate at once.
 
 use super::control::{self, TrainingOptions};
-use super::group::{self, Group};
+use super::group::{self, Group, GroupSpec};
 use super::scope::GpuErrorScope;
 use super::{Optimizer, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::MAX_STATE_SLOTS;
 use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::storage::Storage;
 
 /// Collects parameter groups, then allocates everything at once.
 pub struct OptimizerBuilder<'a> {
     ctx: GpuContext,
-    groups: Vec<(OptimizerConfig, TrainingOptions, Vec<TensorInit<'a>>)>,
+    groups: Vec<(GroupSpec, Vec<TensorInit<'a>>)>,
     max_segment_bytes: Option<u64>,
     factor_window_rows: u64,
 }
@@ -38,7 +39,7 @@ impl<'a> OptimizerBuilder<'a> {
 
     /// Adds a parameter group with gradient clipping, loss scaling or a schedule.
     pub fn group_with<I, T>(
-        mut self,
+        self,
         config: impl Into<OptimizerConfig>,
         options: TrainingOptions,
         tensors: I,
@@ -47,11 +48,29 @@ impl<'a> OptimizerBuilder<'a> {
         I: IntoIterator<Item = T>,
         T: Into<TensorInit<'a>>,
     {
-        self.groups.push((
-            config.into(),
+        self.group_stored(config, Storage::F32, options, tensors)
+    }
+
+    /// Adds a parameter group whose values are stored in reduced precision (16-bit parameters,
+    /// gradients or states, float32 master weights): see [`Storage`]. The math is float32.
+    pub fn group_stored<I, T>(
+        mut self,
+        config: impl Into<OptimizerConfig>,
+        storage: Storage,
+        options: TrainingOptions,
+        tensors: I,
+    ) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<TensorInit<'a>>,
+    {
+        let spec = GroupSpec {
+            config: config.into(),
             options,
-            tensors.into_iter().map(Into::into).collect(),
-        ));
+            storage,
+        };
+        self.groups
+            .push((spec, tensors.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -78,9 +97,10 @@ impl<'a> OptimizerBuilder<'a> {
                 "an optimizer needs at least one parameter group".into(),
             ));
         }
-        for (g, (config, options, tensors)) in self.groups.iter().enumerate() {
-            config.validate()?;
-            options.validate()?;
+        for (g, (spec, tensors)) in self.groups.iter().enumerate() {
+            spec.config.validate()?;
+            spec.options.validate()?;
+            spec.storage.validate()?;
             if tensors.iter().map(TensorInit::len).sum::<u64>() == 0 {
                 return Err(Error::Empty(format!("parameter group {g} has no elements")));
             }
@@ -109,11 +129,10 @@ impl<'a> OptimizerBuilder<'a> {
             .collect();
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut tensors = Vec::new();
-        for (g, (config, options, inits)) in self.groups.iter().enumerate() {
+        for (g, (spec, inits)) in self.groups.iter().enumerate() {
             groups.push(Group::new(
                 &ctx,
-                config.clone(),
-                options.clone(),
+                spec.clone(),
                 inits,
                 tensors.len(),
                 group::GroupSizes {
@@ -130,7 +149,7 @@ impl<'a> OptimizerBuilder<'a> {
             groups,
             tensors,
         };
-        for (g, (_, _, inits)) in self.groups.iter().enumerate() {
+        for (g, (_, inits)) in self.groups.iter().enumerate() {
             optimizer.groups[g].initialize(&optimizer.ctx, inits)?;
         }
         Ok(optimizer)

@@ -23,6 +23,7 @@ use crate::kernels::{
 };
 use crate::optim::{FactorRows, OptimizerConfig, StepCounter, UpdateRule, step_factor_rows};
 use crate::schedule::Schedule;
+use crate::storage::{Format, Storage};
 
 /// Rows of step factors a window holds ahead of the device's step (1 MiB): the host slides it
 /// forward every this many steps until the factors converge.
@@ -88,6 +89,7 @@ pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[REDUCE_WGSL],
     elementwise: true,
     uniform: None,
+    reads_grad: true,
     bindings: &[
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },
@@ -102,6 +104,7 @@ pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[CONTROL_WGSL, REDUCE_WGSL],
     elementwise: false,
     uniform: Some(&ControlSettings::LAYOUT),
+    reads_grad: false,
     bindings: &[
         BindingKind::Uniform,
         BindingKind::Storage { read_only: true },
@@ -290,6 +293,7 @@ impl Control {
         ctx: &GpuContext,
         segments: &[Segment],
         config: &OptimizerConfig,
+        storage: &Storage,
         window_rows: u64,
     ) -> Self {
         let device = &ctx.device;
@@ -350,7 +354,9 @@ impl Control {
             .iter()
             .zip(&slices)
             .map(|(segment, &(offset, count, workgroups))| {
-                let (layout, pipeline) = ctx.kernels.utility(device, &NORM_KERNEL, segment.element);
+                let (layout, pipeline) =
+                    ctx.kernels
+                        .utility(device, &NORM_KERNEL, segment.element, storage.grad);
                 if !norm_pipelines.iter().any(|(e, _)| *e == segment.element) {
                     norm_pipelines.push((segment.element, pipeline));
                 }
@@ -587,9 +593,9 @@ fn finalize_bind_group(
     control: &wgpu::Buffer,
     factors: &wgpu::Buffer,
 ) -> (wgpu::BindGroup, wgpu::ComputePipeline) {
-    let (layout, pipeline) = ctx
-        .kernels
-        .utility(&ctx.device, &FINALIZE_KERNEL, Element::F32);
+    let (layout, pipeline) =
+        ctx.kernels
+            .utility(&ctx.device, &FINALIZE_KERNEL, Element::F32, Format::F32);
     let entries: Vec<wgpu::BindGroupEntry> = [settings, partials, flags, control, factors]
         .iter()
         .enumerate()

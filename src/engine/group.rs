@@ -17,6 +17,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarsVia, workgroups_for};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
+use crate::storage::{Format, Storage};
 use crate::transfer;
 
 /// Where one tensor's elements lie: runs in segments.
@@ -36,9 +37,19 @@ pub(crate) struct GroupSizes {
     pub factor_window_rows: u64,
 }
 
+/// What a group is, apart from its tensors: its optimizer, training options and storage.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupSpec {
+    pub config: OptimizerConfig,
+    pub options: TrainingOptions,
+    pub storage: Storage,
+}
+
 /// One parameter group on the GPU.
 pub(crate) struct Group {
     pub config: OptimizerConfig,
+    /// How each role's values are stored.
+    pub storage: Storage,
     /// Clipping, loss scaling and the schedule.
     pub options: TrainingOptions,
     /// `step` calls so far, skipped steps included: the schedule's clock. (The optimizer's
@@ -62,21 +73,28 @@ const ARENA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-fn create_buffer(ctx: &GpuContext, label: &str, elems: u64) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+/// A new buffer of `elems` values of `format`, as a view.
+fn create_view(ctx: &GpuContext, label: &str, elems: u64, format: Format) -> View {
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: elems * 4,
+        size: elems * format.bytes(),
         usage: ARENA_USAGE,
         mapped_at_creation: false,
-    })
+    });
+    View::whole_in(&buffer, format)
 }
 
 /// Checks an external tensor's buffers against what binding them requires.
-fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Result<()> {
+fn check_external(
+    ctx: &GpuContext,
+    tensor: usize,
+    ext: &ExternalTensor,
+    storage: &Storage,
+) -> Result<()> {
     let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
-    for (role, buffer, offset) in [
-        ("parameters", &ext.param, ext.param_offset),
-        ("gradients", &ext.grad, ext.grad_offset),
+    for (role, buffer, offset, format) in [
+        ("parameters", &ext.param, ext.param_offset, storage.param),
+        ("gradients", &ext.grad, ext.grad_offset, storage.grad),
     ] {
         let bad = |problem: String| Error::BadBuffer {
             role,
@@ -95,7 +113,16 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
                  min_storage_buffer_offset_alignment ({align})"
             )));
         }
-        let end = offset + ext.len * 4;
+        if format != Format::F32 && !(ext.len.is_multiple_of(4) && offset.is_multiple_of(8)) {
+            return Err(bad(format!(
+                "holds {} values from byte {offset}: a {} tensor bound in place needs a length \
+                 that is a multiple of 4 and an offset that is a multiple of 8 bytes (four \
+                 16-bit values per invocation)",
+                ext.len,
+                format.name()
+            )));
+        }
+        let end = offset + ext.len * format.bytes();
         if end > buffer.size() {
             return Err(bad(format!(
                 "holds {} bytes, fewer than the {} elements from byte {offset} need ({end})",
@@ -111,7 +138,11 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
     }
     if ext.param == ext.grad {
         let (p, g) = (ext.param_offset, ext.grad_offset);
-        if p < g + ext.len * 4 && g < p + ext.len * 4 {
+        let (p_bytes, g_bytes) = (
+            ext.len * storage.param.bytes(),
+            ext.len * storage.grad.bytes(),
+        );
+        if p < g + g_bytes && g < p + p_bytes {
             return Err(Error::BadBuffer {
                 role: "gradients",
                 tensor,
@@ -126,26 +157,25 @@ fn check_external(ctx: &GpuContext, tensor: usize, ext: &ExternalTensor) -> Resu
 /// others; `label` names a buffer from its state's name.
 fn state_views(
     ctx: &GpuContext,
-    config: &OptimizerConfig,
+    spec: &GroupSpec,
     elems: u64,
     label: &dyn Fn(&str) -> String,
 ) -> Vec<Option<View>> {
-    config
+    spec.config
         .kernel()
         .state_names()
-        .zip(config.initial_states())
-        .map(|(name, keep)| keep.map(|_| View::whole(&create_buffer(ctx, &label(name), elems))))
+        .zip(spec.config.initial_states())
+        .map(|(name, keep)| {
+            keep.map(|_| create_view(ctx, &label(name), elems, spec.storage.states))
+        })
         .collect()
 }
 
 /// The arena's segments: new parameter, gradient and state buffers, one of each per segment of
 /// `layout`.
-fn arena_segments(
-    ctx: &GpuContext,
-    config: &OptimizerConfig,
-    layout: &ArenaLayout,
-) -> Vec<Segment> {
-    let kernel = config.kernel();
+fn arena_segments(ctx: &GpuContext, spec: &GroupSpec, layout: &ArenaLayout) -> Vec<Segment> {
+    let kernel = spec.config.kernel();
+    let storage = &spec.storage;
     layout
         .segments
         .iter()
@@ -155,9 +185,12 @@ fn arena_segments(
             let label = |role: &str| format!("{} {role} segment {s}", kernel.name);
             Segment {
                 element: Element::Vec4,
-                param: View::whole(&create_buffer(ctx, &label("param"), elems)),
-                grad: View::whole(&create_buffer(ctx, &label("grad"), elems)),
-                states: state_views(ctx, config, elems, &label),
+                param: create_view(ctx, &label("param"), elems, storage.updated_param()),
+                model_param: storage
+                    .master_weights
+                    .then(|| create_view(ctx, &label("model param"), elems, storage.param)),
+                grad: create_view(ctx, &label("grad"), elems, storage.grad),
+                states: state_views(ctx, spec, elems, &label),
                 bind_group: None,
                 workgroups: (0, 0),
                 external_tensor: None,
@@ -171,7 +204,7 @@ fn arena_segments(
 /// the parameter and gradient views in the caller's buffers, the states new buffers of ours.
 fn external_segments(
     ctx: &GpuContext,
-    config: &OptimizerConfig,
+    spec: &GroupSpec,
     ext: &ExternalTensor,
     (t, number): (usize, usize),
     segment_bytes: u64,
@@ -181,13 +214,16 @@ fn external_segments(
         && ext.param_offset.is_multiple_of(16)
         && ext.grad_offset.is_multiple_of(16);
     let element = if aligned { Element::Vec4 } else { Element::F32 };
+    // Pieces whose boundaries keep every role's binding offsets aligned.
     let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
     let piece_elems = (segment_bytes / align * align / 4).max(align / 4);
-    let label = |role: &str| format!("{} {role} of external tensor {number}", config.name());
-    let caller_view = |buffer: &wgpu::Buffer, offset: u64, len: u64| View {
+    let storage = &spec.storage;
+    let label = |role: &str| format!("{} {role} of external tensor {number}", spec.config.name());
+    let caller_view = |buffer: &wgpu::Buffer, offset: u64, len: u64, format: Format| View {
         buffer: buffer.clone(),
         offset,
         len,
+        format,
     };
     let mut pieces = Vec::new();
     for first in (0..ext.len).step_by(piece_elems as usize) {
@@ -200,9 +236,24 @@ fn external_segments(
         });
         segments.push(Segment {
             element,
-            param: caller_view(&ext.param, ext.param_offset + first * 4, len),
-            grad: caller_view(&ext.grad, ext.grad_offset + first * 4, len),
-            states: state_views(ctx, config, len, &label),
+            param: if storage.master_weights {
+                // The master is ours; the caller's buffer is the model's copy.
+                create_view(ctx, &label("master param"), len, Format::F32)
+            } else {
+                let offset = ext.param_offset + first * storage.param.bytes();
+                caller_view(&ext.param, offset, len, storage.param)
+            },
+            model_param: storage.master_weights.then(|| {
+                let offset = ext.param_offset + first * storage.param.bytes();
+                caller_view(&ext.param, offset, len, storage.param)
+            }),
+            grad: caller_view(
+                &ext.grad,
+                ext.grad_offset + first * storage.grad.bytes(),
+                len,
+                storage.grad,
+            ),
+            states: state_views(ctx, spec, len, &label),
             bind_group: None,
             workgroups: (0, 0),
             external_tensor: Some(t),
@@ -218,10 +269,11 @@ fn external_segments(
 /// One pipeline per element type the segments use, with the configuration's flags.
 fn compile_pipelines(
     ctx: &GpuContext,
-    config: &OptimizerConfig,
+    spec: &GroupSpec,
     segments: &[Segment],
     scalars_via: ScalarsVia,
 ) -> Vec<(Element, wgpu::ComputePipeline)> {
+    let config = &spec.config;
     let mut elements: Vec<Element> = Vec::new();
     for segment in segments {
         if !elements.contains(&segment.element) {
@@ -232,9 +284,14 @@ fn compile_pipelines(
     elements
         .into_iter()
         .map(|e| {
-            let pipeline =
-                ctx.kernels
-                    .pipeline(&ctx.device, config.kernel(), e, scalars_via, &flags);
+            let pipeline = ctx.kernels.pipeline(
+                &ctx.device,
+                config.kernel(),
+                e,
+                scalars_via,
+                spec.storage,
+                &flags,
+            );
             (e, pipeline)
         })
         .collect()
@@ -245,8 +302,7 @@ impl Group {
     /// group per segment. `first_tensor` numbers the group's tensors in errors.
     pub fn new(
         ctx: &GpuContext,
-        config: OptimizerConfig,
-        options: TrainingOptions,
+        spec: GroupSpec,
         inits: &[TensorInit],
         first_tensor: usize,
         sizes: GroupSizes,
@@ -256,12 +312,24 @@ impl Group {
             segment_bytes,
             factor_window_rows,
         } = sizes;
-        options.validate()?;
+        spec.options.validate()?;
         for (t, init) in inits.iter().enumerate() {
             if let TensorInit::External(ext) = init {
-                check_external(ctx, first_tensor + t, ext)?;
+                check_external(ctx, first_tensor + t, ext, &spec.storage)?;
             }
         }
+        // Segments hold as many elements as the widest role's buffers allow.
+        let storage = &spec.storage;
+        let widest = [
+            storage.updated_param(),
+            storage.param,
+            storage.grad,
+            storage.states,
+        ]
+        .iter()
+        .map(|f| f.bytes())
+        .max()
+        .unwrap_or(4);
         // The arena: every tensor that is not external, flat, cut into segments.
         let arena_lens: Vec<u64> = inits
             .iter()
@@ -270,8 +338,8 @@ impl Group {
                 other => other.len(),
             })
             .collect();
-        let layout = ArenaLayout::new(&arena_lens, segment_bytes / 4);
-        let mut segments = arena_segments(ctx, &config, &layout);
+        let layout = ArenaLayout::new(&arena_lens, segment_bytes / widest);
+        let mut segments = arena_segments(ctx, &spec, &layout);
         // Then each external tensor's own segments, in the order of the tensors.
         let tensors = inits
             .iter()
@@ -279,7 +347,7 @@ impl Group {
             .map(|(t, init)| match init {
                 TensorInit::External(ext) => {
                     let numbered = (t, first_tensor + t);
-                    external_segments(ctx, &config, ext, numbered, segment_bytes, &mut segments)
+                    external_segments(ctx, &spec, ext, numbered, segment_bytes, &mut segments)
                 }
                 other => TensorPlace {
                     len: other.len(),
@@ -290,7 +358,7 @@ impl Group {
             .collect();
         let scalars_via = ctx.scalars_via();
         let uniform = (scalars_via == ScalarsVia::UniformBuffer).then(|| {
-            let kernel = config.kernel();
+            let kernel = spec.config.kernel();
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{} uniform", kernel.name)),
                 size: kernel.scalars.size as u64,
@@ -298,17 +366,23 @@ impl Group {
                 mapped_at_creation: false,
             })
         });
-        let pipelines = compile_pipelines(ctx, &config, &segments, scalars_via);
+        let pipelines = compile_pipelines(ctx, &spec, &segments, scalars_via);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         for segment in &mut segments {
             segment.workgroups =
                 workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
         }
-        let mut control = Control::new(ctx, &segments, &config, factor_window_rows);
+        let GroupSpec {
+            config,
+            options,
+            storage,
+        } = spec;
+        let mut control = Control::new(ctx, &segments, &config, &storage, factor_window_rows);
         control.apply(ctx, &options);
         control.write_state(ctx, &initial_state(&options));
         let mut group = Self {
             config,
+            storage,
             options,
             iterations: 0,
             control,
@@ -327,9 +401,12 @@ impl Group {
     /// here, as an error, not a panic.
     fn bind_segments(&mut self, ctx: &GpuContext, first_tensor: usize) -> Result<()> {
         let kernel = self.config.kernel();
-        let bind_layout = ctx
-            .kernels
-            .layout(&ctx.device, kernel.states.len(), self.scalars_via);
+        let bind_layout = ctx.kernels.layout(
+            &ctx.device,
+            kernel.states.len(),
+            self.scalars_via,
+            self.storage.master_weights,
+        );
         for (s, segment) in self.segments.iter_mut().enumerate() {
             let mut entries = Vec::new();
             if let Some(uniform) = &self.uniform {
@@ -352,6 +429,12 @@ impl Group {
                     resource: self.control.buffer.as_entire_binding(),
                 },
             ]);
+            if let Some(model_param) = &segment.model_param {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: crate::kernels::MODEL_COPY_BINDING,
+                    resource: model_param.binding(),
+                });
+            }
             for (slot, state) in segment.states.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: crate::kernels::FIRST_STATE_BINDING + slot as u32,
@@ -393,9 +476,22 @@ impl Group {
     /// Uploads the initial parameters and sets every state to its starting value.
     pub fn initialize(&self, ctx: &GpuContext, inits: &[TensorInit]) -> Result<()> {
         for (t, init) in inits.iter().enumerate() {
-            if let TensorInit::Values(values) = init {
-                let spans = self.spans(Role::Param, t, 0..values.len() as u64)?;
-                transfer::write(ctx, &spans, values)?;
+            let len = init.len();
+            match init {
+                TensorInit::Values(values) => {
+                    let spans = self.spans(Role::Param, t, 0..len)?;
+                    transfer::write(ctx, &spans, values)?;
+                    if self.storage.master_weights {
+                        // The master starts as the stored parameters (rounded as stored).
+                        let stored = transfer::read(ctx, &spans)?;
+                        transfer::write(ctx, &self.spans(Role::Master, t, 0..len)?, &stored)?;
+                    }
+                }
+                TensorInit::External(_) if self.storage.master_weights => {
+                    let stored = transfer::read(ctx, &self.spans(Role::Param, t, 0..len)?)?;
+                    transfer::write(ctx, &self.spans(Role::Master, t, 0..len)?, &stored)?;
+                }
+                _ => {}
             }
         }
         // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
@@ -430,6 +526,12 @@ impl Group {
     pub fn spans(&self, role: Role, tensor: usize, range: Range<u64>) -> Result<Vec<View>> {
         let slot = match role {
             Role::State(name) => Some(self.slot(name)?),
+            Role::Master if !self.storage.master_weights => {
+                return Err(Error::InvalidConfig {
+                    optimizer: self.config.name(),
+                    reason: "this group keeps no master weights (Role::Master)".into(),
+                });
+            }
             _ => None,
         };
         let place = &self.tensors[tensor];
@@ -460,9 +562,14 @@ impl Group {
         let kernel = self.config.kernel();
         let flags = self.config.flags();
         for (element, pipeline) in &mut self.pipelines {
-            *pipeline =
-                ctx.kernels
-                    .pipeline(&ctx.device, kernel, *element, self.scalars_via, &flags);
+            *pipeline = ctx.kernels.pipeline(
+                &ctx.device,
+                kernel,
+                *element,
+                self.scalars_via,
+                self.storage,
+                &flags,
+            );
         }
     }
 

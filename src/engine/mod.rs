@@ -283,15 +283,23 @@ impl Optimizer {
     /// Writes `data` into a tensor's buffer of the given role, from element `offset`.
     pub fn write(&mut self, tensor: TensorId, role: Role, offset: u64, data: &[f32]) -> Result<()> {
         let what = match role {
-            Role::Param => "parameter data",
+            Role::Param | Role::Master => "parameter data",
             Role::Grad => "gradient",
             Role::State(_) => "state data",
         };
         self.check_len(tensor, what, offset, data.len())?;
         let (g, local) = self.locate(tensor)?;
-        let spans = self.groups[g].spans(role, local, offset..offset + data.len() as u64)?;
+        let range = offset..offset + data.len() as u64;
+        let spans = self.groups[g].spans(role, local, range.clone())?;
         check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_DST)?;
-        transfer::write(&self.ctx, &spans, data)
+        transfer::write(&self.ctx, &spans, data)?;
+        if role == Role::Param && self.groups[g].storage.master_weights {
+            // New parameters: the master takes the values as given, the model's copy their
+            // rounding.
+            let master = self.groups[g].spans(Role::Master, local, range)?;
+            transfer::write(&self.ctx, &master, data)?;
+        }
+        Ok(())
     }
 
     /// Writes a whole tensor's parameters.
@@ -343,7 +351,12 @@ impl Optimizer {
         self.check_range(tensor, "the range to fill", &range)?;
         let (g, local) = self.locate(tensor)?;
         let spans = self.groups[g].spans(role, local, range.clone())?;
-        fill::fill(&self.ctx, &spans, range.start, fill)
+        fill::fill(&self.ctx, &spans, range.start, fill)?;
+        if role == Role::Param && self.groups[g].storage.master_weights {
+            let master = self.groups[g].spans(Role::Master, local, range.clone())?;
+            fill::fill(&self.ctx, &master, range.start, fill)?;
+        }
+        Ok(())
     }
 
     /// Replaces one optimizer state of a tensor.
@@ -432,7 +445,7 @@ fn check_usage(
         None => Ok(()),
         Some(span) => Err(Error::BadBuffer {
             role: match role {
-                Role::Param => "parameters",
+                Role::Param | Role::Master => "parameters",
                 Role::Grad => "gradients",
                 Role::State(_) => "state",
             },

@@ -9,7 +9,10 @@ pub(crate) use crate::transfer::View;
 /// One dispatch's worth of elements.
 pub(crate) struct Segment {
     pub element: Element,
+    /// The parameters the step updates: the float32 master with master weights.
     pub param: View,
+    /// With master weights, the 16-bit copy the model reads, written by the step.
+    pub model_param: Option<View>,
     pub grad: View,
     /// One per state slot of the kernel; `None` where the configuration keeps no such state.
     pub states: Vec<Option<View>>,
@@ -22,7 +25,8 @@ pub(crate) struct Segment {
 impl Segment {
     pub(crate) fn view(&self, role: Role, slot: Option<usize>) -> &View {
         match role {
-            Role::Param => &self.param,
+            Role::Param => self.model_param.as_ref().unwrap_or(&self.param),
+            Role::Master => &self.param,
             Role::Grad => &self.grad,
             Role::State(_) => self.states[slot.expect("state slot resolved")]
                 .as_ref()

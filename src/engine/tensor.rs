@@ -94,4 +94,7 @@ pub enum Role<'a> {
     Grad,
     /// An optimizer state by PyTorch's name (`"exp_avg"`, `"momentum_buffer"`, ...).
     State(&'a str),
+    /// The float32 master copy of 16-bit parameters (groups with master weights only; their
+    /// [`Param`](Role::Param) is the 16-bit copy the model reads).
+    Master,
 }

@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::{GradScaler, TrainingOptions};
-use crate::engine::{Optimizer, TensorId};
+use crate::engine::{Optimizer, Role, TensorId};
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig};
 use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
+use crate::storage::{Format, Storage};
 
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
 pub const BUILTIN_FIXTURE: &str = include_str!("../../data/torch-optim.json");
@@ -322,19 +323,40 @@ impl Case {
                 "cases driven by an objective (closures, losses) are not supported".into(),
             );
         }
-        if let Some(dtypes) = &self.dtypes {
-            let float32 = |key: &str| dtypes.get(key).is_none_or(|v| v == "f32");
-            let master = dtypes
-                .get("master_weights")
-                .is_some_and(|v| v != &serde_json::Value::Bool(false));
-            if !(float32("param") && float32("grad") && float32("state")) || master {
-                return Some(format!(
-                    "storage {dtypes} is not supported: parameters, gradients and states are \
-                     float32 only"
-                ));
+        self.storage().err()
+    }
+
+    /// The storage the case's `dtypes` ask for (FORMAT-formats.md), or why it cannot be run.
+    pub fn storage(&self) -> std::result::Result<Storage, String> {
+        let Some(dtypes) = &self.dtypes else {
+            return Ok(Storage::F32);
+        };
+        let format = |key: &str, states: bool| -> std::result::Result<Format, String> {
+            match dtypes.get(key).and_then(|v| v.as_str()).unwrap_or("f32") {
+                "f32" => Ok(Format::F32),
+                "bf16" => Ok(Format::Bf16),
+                "f16" => Ok(Format::F16),
+                "q8" if states => Err(format!(
+                    "storage {dtypes}: 8-bit blockwise (q8) states are not supported yet"
+                )),
+                other => Err(format!("storage {dtypes}: unknown {key} type `{other}`")),
             }
-        }
-        None
+        };
+        let master_weights = match dtypes.get("master_weights") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => return Err(format!("storage {dtypes}: master_weights {other}")),
+        };
+        let storage = Storage {
+            param: format("param", false)?,
+            grad: format("grad", false)?,
+            states: format("state", true)?,
+            master_weights,
+        };
+        storage
+            .validate()
+            .map_err(|e| format!("storage {dtypes}: {e}"))?;
+        Ok(storage)
     }
 
     /// Consistency of shapes, parameters, gradients and expectations.
@@ -399,11 +421,24 @@ impl Case {
         self.lrs.as_ref().map_or(config.lr(), |l| l[k])
     }
 
+    /// [`storage`](Self::storage) as the library's error.
+    fn storage_or_error(&self) -> Result<Storage> {
+        self.storage()
+            .map_err(|reason| crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason,
+            })
+    }
+
     /// Runs the case on the CPU reference; the worst relative L2 error over the steps.
     pub fn run_cpu(&self) -> Result<f64> {
         let config = self.config()?;
-        let mut group =
-            ReferenceGroup::with_options(config.clone(), self.options(), self.params.clone())?;
+        let mut group = ReferenceGroup::with_storage(
+            config.clone(),
+            self.options(),
+            self.storage_or_error()?,
+            self.params.clone(),
+        )?;
         let mut worst = 0.0f64;
         for (k, expected) in self.expected.iter().enumerate() {
             group.config.set_lr(self.lr_at(k, &config));
@@ -421,9 +456,16 @@ impl Case {
     pub fn run_gpu(&self, ctx: &GpuContext) -> Result<f64> {
         let config = self.config()?;
         let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();
+        let storage = self.storage_or_error()?;
         let mut opt = Optimizer::builder(ctx)
-            .group_with(config.clone(), self.options(), &params)
+            .group_stored(config.clone(), storage, self.options(), &params)
             .build()?;
+        // With master weights the case follows the master (FORMAT-formats.md).
+        let compared = if storage.master_weights {
+            Role::Master
+        } else {
+            Role::Param
+        };
         let group = opt.group_of(TensorId(0))?;
         let mut worst = 0.0f64;
         for (k, expected) in self.expected.iter().enumerate() {
@@ -432,7 +474,10 @@ impl Case {
             let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
             opt.step_with_grads(&grads)?;
             let out: Vec<Vec<f64>> = (0..params.len())
-                .map(|t| opt.read_param(TensorId(t)).map(|p| to_f64(&p)))
+                .map(|t| {
+                    let len = opt.tensor_len(TensorId(t))?;
+                    opt.read(TensorId(t), compared, 0..len).map(|p| to_f64(&p))
+                })
                 .collect::<Result<_>>()?;
             let err = rel_l2(
                 out.iter().map(Vec::as_slice),

@@ -7,6 +7,7 @@ use crate::context::GpuContext;
 use crate::error::Result;
 use crate::fill::{self, RandomFill};
 use crate::kernels::{BindingKind, Element, UtilityKernel, workgroups_for};
+use crate::storage::Format;
 use crate::transfer::{self, View};
 
 /// The copy kernel that measures the ceiling.
@@ -16,6 +17,7 @@ pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[],
     elementwise: false,
     uniform: None,
+    reads_grad: false,
     bindings: &[
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },
@@ -105,9 +107,9 @@ pub(super) fn median(times: &mut [f64]) -> f64 {
 pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResult> {
     let bytes = ctx.max_binding_bytes().min(options.max_copy_bytes) / 16 * 16;
     let pairs = (options.min_working_set_bytes.div_ceil(2 * bytes)).clamp(1, 8) as usize;
-    let (layout, pipeline) = ctx
-        .kernels
-        .utility(&ctx.device, &COPY_KERNEL, Element::Vec4);
+    let (layout, pipeline) =
+        ctx.kernels
+            .utility(&ctx.device, &COPY_KERNEL, Element::Vec4, Format::F32);
     let make = |label: &str| {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -1,0 +1,359 @@
+//! The storage layer: how each role's values (parameters, gradients, optimizer states) are kept
+//! in GPU memory, and how they are converted on the way in and out. The update rules compute in
+//! float32 registers and never see a format: the host writes, for each kernel, accessors that
+//! load a role's values as `V` (float32) and store them rounded to the role's format
+//! ([`Storage::wgsl`]), and the same conversions in Rust for the host's copies and for the
+//! float64 reference.
+//!
+//! 16-bit values are packed two per `u32`; a vec4 element is one `vec2<u32>`, so a 16-bit role
+//! needs the vec4 element type (arena segments always have it; a caller's buffer needs a
+//! length that is a multiple of 4 and offsets that are multiples of 8 bytes). Rounding to a
+//! 16-bit format is to nearest, ties to even (subnormals included), written with integer
+//! operations in WGSL: WGSL's own float conversions may round either way.
+
+use serde::{Deserialize, Serialize};
+
+/// How the values of one role are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// IEEE binary32.
+    #[default]
+    F32,
+    /// bfloat16: the upper half of a binary32 (8-bit significand, float32's exponent range).
+    Bf16,
+    /// IEEE binary16.
+    F16,
+}
+
+impl Format {
+    /// Bytes per value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Format::F32 => 4,
+            Format::Bf16 | Format::F16 => 2,
+        }
+    }
+
+    /// The name the fixtures and the command line use (`"bf16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::F32 => "f32",
+            Format::Bf16 => "bf16",
+            Format::F16 => "f16",
+        }
+    }
+
+    /// The value a float32 becomes once stored and loaded again: rounded to nearest, ties to
+    /// even (what the kernels' stores do).
+    pub fn round(self, value: f32) -> f32 {
+        match self {
+            Format::F32 => value,
+            Format::Bf16 => half::bf16::from_f32(value).to_f32(),
+            Format::F16 => half::f16::from_f32(value).to_f32(),
+        }
+    }
+
+    /// The values as this format's little-endian bytes, each rounded to nearest even.
+    pub(crate) fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Format::F32 => bytemuck::cast_slice(values).to_vec(),
+            Format::Bf16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Format::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// Little-endian bytes of this format as float32 values (exact).
+    pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Format::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Format::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Format::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// The WGSL type of one array element of a buffer in this format: `V` for float32, a
+    /// `vec2<u32>` (four 16-bit values) for the others.
+    fn wgsl_array_element(self) -> &'static str {
+        match self {
+            Format::F32 => "V",
+            Format::Bf16 | Format::F16 => "vec2<u32>",
+        }
+    }
+
+    /// A WGSL expression of type `V` (float32) for the stored word(s) `raw`.
+    fn wgsl_load(self, raw: &str) -> String {
+        match self {
+            Format::F32 => raw.to_string(),
+            Format::Bf16 => format!("bf16x4_to_f32({raw})"),
+            Format::F16 => format!("f16x4_to_f32({raw})"),
+        }
+    }
+
+    /// A WGSL expression of the stored type for the float32 value `value` (of type `V`).
+    fn wgsl_store(self, value: &str) -> String {
+        match self {
+            Format::F32 => value.to_string(),
+            Format::Bf16 => format!("f32_to_bf16x4({value})"),
+            Format::F16 => format!("f32_to_f16x4({value})"),
+        }
+    }
+}
+
+/// How one parameter group keeps its values. Math is float32 in every case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// The parameters the model reads.
+    pub param: Format,
+    /// The gradients the step reads.
+    pub grad: Format,
+    /// Every optimizer state.
+    pub states: Format,
+    /// Keep a float32 master copy of 16-bit parameters: the step updates the master and
+    /// writes the 16-bit copy, rounded, in the same pass.
+    pub master_weights: bool,
+}
+
+impl Storage {
+    /// Everything in float32 (the default).
+    pub const F32: Storage = Storage {
+        param: Format::F32,
+        grad: Format::F32,
+        states: Format::F32,
+        master_weights: false,
+    };
+
+    /// Master weights keep a float32 copy of 16-bit parameters: float32 parameters with them
+    /// are an error (there is nothing to keep a master of).
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.master_weights && self.param == Format::F32 {
+            return Err(crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason: "master weights need 16-bit parameters (param bf16 or f16); float32 \
+                         parameters are their own master"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether every role is float32 (no conversion anywhere).
+    pub fn is_f32(&self) -> bool {
+        *self == Storage::F32
+    }
+
+    /// The format the step's parameter binding holds: float32 with master weights (the master),
+    /// else the parameters' own.
+    pub(crate) fn updated_param(&self) -> Format {
+        if self.master_weights {
+            Format::F32
+        } else {
+            self.param
+        }
+    }
+
+    /// Whether any role is packed 16-bit (the kernel then needs the vec4 element type).
+    pub fn has_16_bit(&self) -> bool {
+        [self.param, self.grad, self.states]
+            .iter()
+            .any(|f| *f != Format::F32)
+    }
+
+    /// A short label: `f32`, `bf16`, `bf16-master`, `f32+bf16-states`, ...
+    pub fn label(&self) -> String {
+        if self.is_f32() {
+            return "f32".into();
+        }
+        let mut label = self.param.name().to_string();
+        if self.grad != self.param {
+            label.push_str(&format!("+{}-grads", self.grad.name()));
+        }
+        if self.states != Format::F32 {
+            label.push_str(&format!("+{}-states", self.states.name()));
+        }
+        if self.master_weights {
+            label.push_str("-master");
+        }
+        label
+    }
+
+    /// The bytes one step must move per element: read and write the parameter (and the
+    /// master, and write the model's copy), read the gradient, read and write every state.
+    pub fn bytes_per_element(&self, states: u64) -> u64 {
+        let param = if self.master_weights {
+            2 * 4 + self.param.bytes()
+        } else {
+            2 * self.param.bytes()
+        };
+        param + self.grad.bytes() + 2 * states * self.states.bytes()
+    }
+
+    /// The WGSL conversions between float32 vec4s and packed 16-bit words, for the formats
+    /// this storage uses (empty for float32 only).
+    pub(crate) fn wgsl_conversions(&self) -> &'static str {
+        if self.has_16_bit() || self.master_weights {
+            CONVERSIONS_WGSL
+        } else {
+            ""
+        }
+    }
+
+    /// The bindings and accessors of an optimizer kernel for this storage: `load_param`,
+    /// `store_param`, `load_grad` (unscaled and clipped by the control's multiplier) and
+    /// `load_<state>`, `store_<state>` for each state; `store_param` also writes the model's
+    /// 16-bit copy with master weights.
+    pub(crate) fn wgsl_accessors(
+        &self,
+        states: &[&str],
+        first_state_binding: u32,
+        model_copy_binding: u32,
+    ) -> String {
+        let param = self.updated_param();
+        let mut wgsl = format!(
+            "@group(0) @binding(1) var<storage, read_write> param: array<{}>;\n\
+             @group(0) @binding(2) var<storage, read> grad: array<{}>;\n\
+             fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
+             fn load_param(i: u32) -> V {{ return {}; }}\n\
+             // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
+             fn load_grad(i: u32) -> V {{ return {} * control.grad_multiplier; }}\n",
+            param.wgsl_array_element(),
+            self.grad.wgsl_array_element(),
+            param.wgsl_load("param[i]"),
+            self.grad.wgsl_load("grad[i]"),
+        );
+        if self.master_weights {
+            wgsl.push_str(&format!(
+                "@group(0) @binding({model_copy_binding}) var<storage, read_write> model_param: array<{}>;\n\
+                 // The master is updated; the model's copy is the master rounded.\n\
+                 fn store_param(i: u32, value: V) {{ param[i] = value; model_param[i] = {}; }}\n",
+                self.param.wgsl_array_element(),
+                self.param.wgsl_store("value"),
+            ));
+        } else {
+            wgsl.push_str(&format!(
+                "fn store_param(i: u32, value: V) {{ param[i] = {}; }}\n",
+                param.wgsl_store("value")
+            ));
+        }
+        for (slot, name) in states.iter().enumerate() {
+            let binding = first_state_binding + slot as u32;
+            wgsl.push_str(&format!(
+                "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{}>;\n\
+                 fn load_{name}(i: u32) -> V {{ return {}; }}\n\
+                 fn store_{name}(i: u32, value: V) {{ {name}[i] = {}; }}\n",
+                self.states.wgsl_array_element(),
+                self.states.wgsl_load(&format!("{name}[i]")),
+                self.states.wgsl_store("value"),
+            ));
+        }
+        wgsl
+    }
+
+    /// The gradient binding and accessors of the norm kernel: `grad_count()` elements (of type
+    /// `V`) and `load_raw_grad(i)` in float32, as stored (not yet unscaled).
+    pub(crate) fn wgsl_norm_grad(&self) -> String {
+        format!(
+            "@group(0) @binding(0) var<storage, read> grad: array<{}>;\n\
+             fn grad_count() -> u32 {{ return arrayLength(&grad); }}\n\
+             fn load_raw_grad(i: u32) -> V {{ return {}; }}\n",
+            self.grad.wgsl_array_element(),
+            self.grad.wgsl_load("grad[i]"),
+        )
+    }
+}
+
+/// Conversions between a `vec4<f32>` and four 16-bit values packed in a `vec2<u32>` (the
+/// first value in the low half of the first word: little-endian order).
+const CONVERSIONS_WGSL: &str = "
+fn bf16x4_to_f32(w: vec2<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
+}
+
+// Round to nearest even on the bits; a NaN stays a (quiet) NaN.
+fn bf16_bits(x: vec4<f32>) -> vec4<u32> {
+    let u = bitcast<vec4<u32>>(x);
+    let rounded = (u + vec4<u32>(0x7fffu) + ((u >> vec4<u32>(16u)) & vec4<u32>(1u))) >> vec4<u32>(16u);
+    let nan = (u & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(rounded, (u >> vec4<u32>(16u)) | vec4<u32>(0x40u), nan);
+}
+
+fn f32_to_bf16x4(x: vec4<f32>) -> vec2<u32> {
+    let b = bf16_bits(x);
+    return vec2<u32>(b.x | (b.y << 16u), b.z | (b.w << 16u));
+}
+
+// By the bits too (exact): `unpack2x16float` needs a capability some adapters lack.
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) {
+        // Zero or subnormal: m * 2^-24, exact in float32.
+        let v = ldexp(f32(m), -24);
+        return select(v, -v, sign != 0u);
+    }
+    if (e == 31u) {
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
+fn f16x4_to_f32(w: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(f16_to_f32(w.x & 0xffffu), f16_to_f32(w.x >> 16u),
+                     f16_to_f32(w.y & 0xffffu), f16_to_f32(w.y >> 16u));
+}
+
+// IEEE binary16 bits of x, rounded to nearest even (subnormals included), by integer
+// arithmetic: WGSL's own conversion may round either way.
+fn f16_bits(x: f32) -> u32 {
+    let u = bitcast<u32>(x);
+    let sign = (u >> 16u) & 0x8000u;
+    let a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) {
+        // inf, or NaN (kept quiet, with the top of its payload).
+        return sign | 0x7c00u | select(0u, 0x200u | ((a >> 13u) & 0x3ffu), a > 0x7f800000u);
+    }
+    if (a >= 0x477ff000u) {
+        // 65520 and above round to infinity.
+        return sign | 0x7c00u;
+    }
+    if (a >= 0x38800000u) {
+        // Normal: drop 13 bits, to nearest even, and rebias the exponent (127 -> 15).
+        let r = a + 0xfffu + ((a >> 13u) & 1u);
+        return sign | ((r - 0x38000000u) >> 13u);
+    }
+    let e = a >> 23u;
+    if (e < 102u) {
+        // Below 2^-25 (or exactly half of the smallest subnormal, a tie to 0).
+        return sign;
+    }
+    // Subnormal: the significand in units of 2^-24, to nearest even.
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    let q = m >> shift;
+    let rest = m & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    let up = rest > half || (rest == half && (q & 1u) == 1u);
+    return sign | (q + select(0u, 1u, up));
+}
+
+fn f32_to_f16x4(x: vec4<f32>) -> vec2<u32> {
+    return vec2<u32>(f16_bits(x.x) | (f16_bits(x.y) << 16u), f16_bits(x.z) | (f16_bits(x.w) << 16u));
+}
+";

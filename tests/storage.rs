@@ -1,0 +1,357 @@
+//! Reduced-precision storage on the GPU against the float64 reference that mirrors it: every
+//! optimizer with all its states kept, in 16-bit parameters, gradients and states (bf16 and
+//! f16) and with float32 master weights, on awkward lengths, segments cut small, several steps.
+//!
+//! What must hold exactly: every stored 16-bit value is a value of its format (the stores
+//! round), the model's copy of master weights is the master rounded to nearest even, and on
+//! the first step (identical inputs) nearly every stored value equals the reference's rounding
+//! of its own float64 result (a store that truncated, or rounded elsewhere, would miss half).
+//! What holds within rounding: later steps stay within a few units in the last place of the
+//! format of the reference.
+
+mod common;
+
+use common::*;
+use wgpu_optim::optim::*;
+use wgpu_optim::{
+    Format, GroupId, Optimizer, OptimizerConfig, ReferenceGroup, Role, Storage, TensorId,
+    TrainingOptions,
+};
+
+const SIZES: [usize; 7] = [1, 3, 4, 5, 257, 4_099, 65_537];
+const STEPS: usize = 5;
+
+/// Every optimizer with every state it can keep.
+fn configs() -> Vec<OptimizerConfig> {
+    vec![
+        Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        Sgdw {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.1,
+            ..Default::default()
+        }
+        .into(),
+        Adagrad {
+            lr: 0.05,
+            initial_accumulator_value: 0.1,
+            ..Default::default()
+        }
+        .into(),
+        RmsProp {
+            centered: true,
+            momentum: 0.5,
+            ..Default::default()
+        }
+        .into(),
+        Adadelta::default().into(),
+        Adam {
+            lr: 0.01,
+            amsgrad: true,
+            ..Default::default()
+        }
+        .into(),
+        AdamW {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        NAdam {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        RAdam {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        Adamax {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+    ]
+}
+
+fn storage(param: Format, grad: Format, states: Format, master_weights: bool) -> Storage {
+    Storage {
+        param,
+        grad,
+        states,
+        master_weights,
+    }
+}
+
+/// Each role in each 16-bit format at least once, alone and together, with and without master
+/// weights.
+fn storages() -> Vec<Storage> {
+    use Format::{Bf16, F16, F32};
+    vec![
+        storage(Bf16, Bf16, Bf16, false),
+        storage(F16, F16, F16, false),
+        storage(Bf16, F32, F32, false),
+        storage(F32, Bf16, F32, false),
+        storage(F32, F16, F32, false),
+        storage(F32, F32, Bf16, false),
+        storage(Bf16, Bf16, F32, true),
+        storage(F16, F16, Bf16, true),
+    ]
+}
+
+/// Bits of significand (the implicit one included).
+fn significand_bits(format: Format) -> i32 {
+    match format {
+        Format::F32 => 24,
+        Format::Bf16 => 8,
+        Format::F16 => 11,
+    }
+}
+
+/// The unit in the last place of `format` at magnitude `x`, as a relative bound's scale.
+fn ulp(format: Format, x: f64) -> f64 {
+    let bits = significand_bits(format);
+    let x = x.abs().max(match format {
+        Format::F16 => 6.1e-5,
+        _ => 1.2e-38,
+    });
+    2f64.powi(x.log2().floor() as i32 - (bits - 1))
+}
+
+struct Roles {
+    /// `(name, GPU values, reference values, format)` of every stored role of every tensor.
+    compared: Vec<(String, Vec<f32>, Vec<f64>, Format)>,
+}
+
+fn read_roles(opt: &Optimizer, reference: &ReferenceGroup, storage: &Storage) -> Roles {
+    let mut compared = Vec::new();
+    let states = opt.state_names(GroupId(0)).unwrap();
+    for (t, _) in SIZES.iter().enumerate() {
+        let id = TensorId(t);
+        let updated = if storage.master_weights {
+            Role::Master
+        } else {
+            Role::Param
+        };
+        let len = opt.tensor_len(id).unwrap();
+        compared.push((
+            format!("tensor {t} param"),
+            opt.read(id, updated, 0..len).unwrap(),
+            reference.params[t].clone(),
+            if storage.master_weights {
+                Format::F32
+            } else {
+                storage.param
+            },
+        ));
+        for name in &states {
+            compared.push((
+                format!("tensor {t} {name}"),
+                opt.read_state(id, name).unwrap(),
+                reference.state(t, name).unwrap().to_vec(),
+                storage.states,
+            ));
+        }
+    }
+    Roles { compared }
+}
+
+fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
+    let ctx = context();
+    let label = format!("{} {}", config.rule().name(), storage.label());
+    let mut rng = rng(seed);
+    let params: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&n| {
+            params(&mut rng, n)
+                .iter()
+                .map(|v| storage.param.round(*v))
+                .collect()
+        })
+        .collect();
+    let scales: Vec<Vec<f32>> = SIZES.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+    let mut opt = Optimizer::builder(&ctx)
+        .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
+        // Small segments, not a power of two: tensors straddle segment buffers.
+        .max_segment_bytes(1028 * 4)
+        .build()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let mut reference = ReferenceGroup::with_storage(
+        config.clone(),
+        TrainingOptions::default(),
+        storage,
+        params.iter().map(|p| to_f64(p)).collect(),
+    )
+    .unwrap();
+    // Per compared role, per element: the largest |reference| so far. Rounding errors made
+    // at that magnitude decay no faster than the values themselves.
+    let mut history: Vec<Vec<f64>> = Vec::new();
+    let coarsest = [storage.param, storage.grad, storage.states]
+        .into_iter()
+        .min_by_key(|f| significand_bits(*f))
+        .unwrap();
+    let relative = if coarsest == Format::F32 {
+        1e-5
+    } else {
+        ulp(coarsest, 1.0)
+    };
+    for step in 1..=STEPS {
+        let grads: Vec<Vec<f32>> = scales.iter().map(|s| grads(&mut rng, s)).collect();
+        let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        opt.step_with_grads(&refs).unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+        let roles = read_roles(&opt, &reference, &storage);
+        let (mut equal, mut total) = (0usize, 0usize);
+        if history.is_empty() {
+            history = roles
+                .compared
+                .iter()
+                .map(|r| vec![0.0; r.2.len()])
+                .collect();
+        }
+        for ((what, gpu, cpu, format), seen) in roles.compared.iter().zip(&mut history) {
+            for (s, c) in seen.iter_mut().zip(cpu) {
+                *s = s.max(c.abs());
+            }
+            let largest = seen.iter().fold(0.0f64, |m, v| m.max(*v));
+            for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+                assert!(
+                    format.round(g) == g || g.is_nan(),
+                    "{label} step {step} {what}[{i}] = {g:e} is not a {format:?} value"
+                );
+                if *format != Format::F32 {
+                    total += 1;
+                    if g == format.round(c as f32) {
+                        equal += 1;
+                    }
+                }
+                // A few units in the last place of the coarsest format the group stores, at
+                // the largest magnitude the value has had: the GPU computes in float32, the
+                // reference in float64, and either may round a near-tie the other way; the
+                // difference then reaches the other roles (a state one unit apart moves the
+                // parameter by lr units) and decays with the values. Plus that rounding at the
+                // tensor's largest magnitude (terms of an update that cancel leave it behind).
+                let _ = format;
+                let bound = 4.0 * step as f64 * ulp(coarsest, seen[i])
+                    + relative * step as f64 * largest
+                    + 1e-30;
+                assert!(
+                    (g as f64 - c).abs() <= bound,
+                    "{label} step {step} {what}[{i}]: gpu {g:e}, reference {c:e} (bound {bound:e})"
+                );
+            }
+        }
+        if step == 1 && total > 0 {
+            let share = equal as f64 / total as f64;
+            assert!(
+                share > 0.95,
+                "{label}: only {equal} of {total} stored values equal the reference's rounding \
+                 after one step"
+            );
+        }
+    }
+    if storage.master_weights {
+        for (t, &n) in SIZES.iter().enumerate() {
+            let master = opt.read(TensorId(t), Role::Master, 0..n as u64).unwrap();
+            let model = opt.read_param(TensorId(t)).unwrap();
+            for i in 0..n {
+                assert_eq!(
+                    model[i].to_bits(),
+                    storage.param.round(master[i]).to_bits(),
+                    "{label} tensor {t}[{i}]: the model's copy is not the master rounded"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_optimizer_in_every_storage_format_follows_the_reference() {
+    for (k, config) in configs().into_iter().enumerate() {
+        for (s, storage) in storages().into_iter().enumerate() {
+            check(config.clone(), storage, (k * 31 + s) as u64);
+        }
+    }
+}
+
+#[test]
+fn sixteen_bit_values_round_trip_through_the_host_exactly() {
+    let ctx = context();
+    for format in [Format::Bf16, Format::F16] {
+        let storage = Storage {
+            param: format,
+            grad: format,
+            states: format,
+            master_weights: false,
+        };
+        let values: Vec<f32> = (0..1001)
+            .map(|i| format.round((i as f32 - 500.0) * 0.37))
+            .collect();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                Adam::default(),
+                storage,
+                TrainingOptions::default(),
+                [&values[..]],
+            )
+            .build()
+            .unwrap();
+        assert_eq!(opt.read_param(TensorId(0)).unwrap(), values);
+        // Writes that start and end inside 4-byte words keep their neighbours.
+        opt.write(TensorId(0), Role::Param, 3, &[1.5, 2.5, 3.5])
+            .unwrap();
+        let mut expected = values.clone();
+        expected[3..6].copy_from_slice(&[1.5, 2.5, 3.5]);
+        assert_eq!(opt.read_param(TensorId(0)).unwrap(), expected);
+        assert_eq!(
+            opt.read(TensorId(0), Role::Param, 4..7).unwrap(),
+            expected[4..7]
+        );
+        // Values that are not of the format are rounded to nearest even on the way in.
+        opt.write_grad(TensorId(0), &vec![1.0 + 2f32.powi(-20); 1001])
+            .unwrap();
+        assert!(
+            opt.read_grad(TensorId(0))
+                .unwrap()
+                .iter()
+                .all(|g| *g == 1.0)
+        );
+    }
+}
+
+#[test]
+fn master_weights_need_sixteen_bit_parameters_and_role_master_needs_master_weights() {
+    let ctx = context();
+    let values = [0.5f32; 8];
+    let bad = Storage {
+        master_weights: true,
+        ..Storage::F32
+    };
+    let Err(err) = Optimizer::builder(&ctx)
+        .group_stored(
+            Adam::default(),
+            bad,
+            TrainingOptions::default(),
+            [&values[..]],
+        )
+        .build()
+    else {
+        panic!("master weights of float32 parameters are refused");
+    };
+    assert!(err.to_string().contains("master weights"), "{err}");
+    let opt = Optimizer::builder(&ctx)
+        .group(Adam::default(), [&values[..]])
+        .build()
+        .unwrap();
+    let err = opt.read(TensorId(0), Role::Master, 0..8).unwrap_err();
+    assert!(err.to_string().contains("master"), "{err}");
+}

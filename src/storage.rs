@@ -168,6 +168,15 @@ impl Storage {
         }
     }
 
+    /// Bytes per value of the widest role: segments hold as many elements as its buffers may.
+    pub(crate) fn widest_bytes(&self) -> u64 {
+        [self.updated_param(), self.param, self.grad, self.states]
+            .iter()
+            .map(|f| f.bytes())
+            .max()
+            .unwrap_or(4)
+    }
+
     /// Whether any role is packed 16-bit (the kernel then needs the vec4 element type).
     pub fn has_16_bit(&self) -> bool {
         [self.param, self.grad, self.states]

@@ -355,3 +355,124 @@ fn master_weights_need_sixteen_bit_parameters_and_role_master_needs_master_weigh
     let err = opt.read(TensorId(0), Role::Master, 0..8).unwrap_err();
     assert!(err.to_string().contains("master"), "{err}");
 }
+
+/// Every stored value of every tensor: the parameters (the master with master weights), then
+/// each state, as bits.
+fn stored_bits(opt: &Optimizer, storage: &Storage) -> Vec<Vec<u32>> {
+    let mut all = Vec::new();
+    for t in 0..opt.num_tensors() {
+        let id = TensorId(t);
+        let len = opt.tensor_len(id).unwrap();
+        let mut roles = vec![opt.read(id, Role::Param, 0..len).unwrap()];
+        if storage.master_weights {
+            roles.push(opt.read(id, Role::Master, 0..len).unwrap());
+        }
+        for name in opt.state_names(GroupId(0)).unwrap() {
+            roles.push(opt.read_state(id, name).unwrap());
+        }
+        all.extend(
+            roles
+                .into_iter()
+                .map(|r| r.iter().map(|v| v.to_bits()).collect()),
+        );
+    }
+    all
+}
+
+#[test]
+fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
+    use Format::{Bf16, F16};
+    let ctx = context();
+    let sizes = [5usize, 257, 4_099];
+    let config: OptimizerConfig = Adam {
+        lr: 0.01,
+        amsgrad: true,
+        ..Default::default()
+    }
+    .into();
+    for storage in [
+        storage(Bf16, Bf16, Bf16, false),
+        storage(F16, F16, Bf16, true),
+    ] {
+        let label = storage.label();
+        let mut rng = rng(11);
+        let params: Vec<Vec<f32>> = sizes.iter().map(|&n| params(&mut rng, n)).collect();
+        let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+        let steps: Vec<Vec<Vec<f32>>> = (0..5)
+            .map(|_| scales.iter().map(|s| grads(&mut rng, s)).collect())
+            .collect();
+        let step = |opt: &mut Optimizer, grads: &Vec<Vec<f32>>| {
+            let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            opt.step_with_grads(&refs).unwrap();
+        };
+        let mut original = Optimizer::builder(&ctx)
+            .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
+            .build()
+            .unwrap();
+        for grads in &steps[..3] {
+            step(&mut original, grads);
+        }
+        let bytes = original.save_checkpoint_bytes().unwrap();
+        // What was saved: the parameters (the master, with master weights) and exp_avg_sq.
+        let saved: Vec<(Vec<f32>, Vec<f32>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| {
+                let role = if storage.master_weights {
+                    Role::Master
+                } else {
+                    Role::Param
+                };
+                (
+                    original.read(TensorId(t), role, 0..n as u64).unwrap(),
+                    original.read_state(TensorId(t), "exp_avg_sq").unwrap(),
+                )
+            })
+            .collect();
+        // Each buffer in its own format: 16-bit tensors as BF16/F16, a master as F32.
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let param_dtype = file.tensor("tensor0.param").unwrap().dtype();
+        let expected_param = if storage.master_weights {
+            safetensors::Dtype::F32
+        } else {
+            safetensors::Dtype::BF16
+        };
+        assert_eq!(param_dtype, expected_param, "{label}");
+        assert_eq!(
+            file.tensor("tensor0.exp_avg").unwrap().dtype(),
+            safetensors::Dtype::BF16,
+            "{label}"
+        );
+        let mut resumed = Optimizer::from_checkpoint(&ctx, &bytes).unwrap();
+        assert_eq!(
+            stored_bits(&resumed, &storage),
+            stored_bits(&original, &storage),
+            "{label}: loaded"
+        );
+        for grads in &steps[3..] {
+            step(&mut original, grads);
+            step(&mut resumed, grads);
+        }
+        assert_eq!(
+            stored_bits(&resumed, &storage),
+            stored_bits(&original, &storage),
+            "{label}: two steps after resuming"
+        );
+
+        // Into a float32 group: the same values, widened exactly.
+        let mut wide = Optimizer::builder(&ctx)
+            .group(config.clone(), &params)
+            .build()
+            .unwrap();
+        wide.load_checkpoint_bytes(&bytes).unwrap();
+        for (t, (param, exp_avg_sq)) in saved.iter().enumerate() {
+            let id = TensorId(t);
+            assert_eq!(&wide.read_param(id).unwrap(), param, "{label} tensor {t}");
+            assert_eq!(
+                &wide.read_state(id, "exp_avg_sq").unwrap(),
+                exp_avg_sq,
+                "{label} tensor {t}"
+            );
+        }
+    }
+}

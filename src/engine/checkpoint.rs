@@ -28,6 +28,7 @@ use super::{GroupId, Optimizer, Role, TensorId, TensorInit, check_usage};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
+use crate::storage::{Format, Storage};
 
 /// The metadata key and the version of the layout.
 const METADATA_KEY: &str = "wgpu-optim";
@@ -58,6 +59,10 @@ struct Manifest {
 #[derive(Serialize, Deserialize)]
 struct GroupRecord {
     config: OptimizerConfig,
+    /// How the group stored its values; each tensor is saved in its own format (with master
+    /// weights, the float32 master stands for the parameters). Older files: float32.
+    #[serde(default)]
+    storage: Storage,
     options: TrainingOptions,
     iterations: u64,
     /// Length of each tensor of the group.
@@ -86,7 +91,28 @@ struct Contents {
 /// One tensor of a checkpoint being written.
 enum Blob {
     Control(StepControl),
-    Values(Vec<f32>),
+    /// Values in a storage format, as its bytes.
+    Stored(Format, Vec<u8>),
+}
+
+impl Blob {
+    fn values(format: Format, values: &[f32]) -> Self {
+        Blob::Stored(format, format.encode(values))
+    }
+}
+
+/// The safetensors type of a storage format.
+fn dtype(format: Format) -> Dtype {
+    match format {
+        Format::F32 => Dtype::F32,
+        Format::Bf16 => Dtype::BF16,
+        Format::F16 => Dtype::F16,
+    }
+}
+
+/// The format a group saves its parameters in: the master's with master weights.
+fn saved_param_format(storage: &Storage) -> Format {
+    storage.updated_param()
 }
 
 fn control_name(group: usize) -> String {
@@ -186,6 +212,7 @@ impl Optimizer {
             ));
             groups.push(GroupRecord {
                 config: group.config.clone(),
+                storage: group.storage,
                 options: group.options.clone(),
                 iterations: group.iterations,
                 tensors: group.tensors.iter().map(|t| t.len).collect(),
@@ -198,20 +225,28 @@ impl Optimizer {
                 .filter(|s| s.external_tensor.is_none())
                 .collect();
             if arena.len() > 1 {
-                segment_bytes = segment_bytes.or(Some(arena[0].param.len * 4));
+                segment_bytes =
+                    segment_bytes.or(Some(arena[0].param.len * group.storage.widest_bytes()));
             }
         }
         for t in 0..self.tensors.len() {
             let tensor = TensorId(t);
             let (g, _) = self.locate(tensor)?;
+            let storage = self.groups[g].storage;
+            let param_role = if storage.master_weights {
+                Role::Master
+            } else {
+                Role::Param
+            };
+            let param = self.read(tensor, param_role, 0..self.tensor_len(tensor)?)?;
             blobs.push((
                 tensor_name(t, "param"),
-                Blob::Values(self.read_param(tensor)?),
+                Blob::values(saved_param_format(&storage), &param),
             ));
             for state in self.groups[g].state_names() {
                 blobs.push((
                     tensor_name(t, state),
-                    Blob::Values(self.read_state(tensor, state)?),
+                    Blob::values(storage.states, &self.read_state(tensor, state)?),
                 ));
             }
         }
@@ -253,8 +288,9 @@ impl Optimizer {
             builder = builder.max_segment_bytes(segment_bytes);
         }
         for record in &parsed.manifest.groups {
-            builder = builder.group_with(
+            builder = builder.group_stored(
                 record.config.clone(),
+                record.storage,
                 record.options.clone(),
                 record.tensors.iter().map(|&len| TensorInit::Zeros(len)),
             );
@@ -329,13 +365,21 @@ impl Optimizer {
         let mut t = 0;
         for record in &parsed.manifest.groups {
             for _ in &record.tensors {
-                let roles = std::iter::once(Role::Param)
-                    .chain(record.states.iter().map(|s| Role::State(s.as_str())));
-                for (role, data) in roles.zip(&parsed.tensors[t]) {
-                    // The file's data is used in place when it is aligned for f32.
-                    let values: Cow<[f32]> = match bytemuck::try_cast_slice(data) {
-                        Ok(values) => Cow::Borrowed(values),
-                        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(data)),
+                let roles = std::iter::once((Role::Param, saved_param_format(&record.storage)))
+                    .chain(
+                        record
+                            .states
+                            .iter()
+                            .map(|s| (Role::State(s.as_str()), record.storage.states)),
+                    );
+                // Written in this optimizer's storage: a file of another format converts
+                // (rounded to nearest even where this one is narrower). With master weights the
+                // parameters' values go to the master and their rounding to the model's copy.
+                for ((role, format), data) in roles.zip(&parsed.tensors[t]) {
+                    // Float32 data is used in place when it is aligned.
+                    let values: Cow<[f32]> = match (format, bytemuck::try_cast_slice(data)) {
+                        (Format::F32, Ok(values)) => Cow::Borrowed(values),
+                        _ => Cow::Owned(format.decode(data)),
                     };
                     self.write(TensorId(t), role, 0, &values)?;
                 }
@@ -353,7 +397,7 @@ fn views<'a>(blobs: &'a [(String, Blob)], origin: &str) -> Result<Vec<(&'a str, 
         .map(|(name, blob)| {
             let (dtype, bytes) = match blob {
                 Blob::Control(control) => (Dtype::U8, bytemuck::bytes_of(control)),
-                Blob::Values(values) => (Dtype::F32, bytemuck::cast_slice(values)),
+                Blob::Stored(format, bytes) => (dtype(*format), bytes.as_slice()),
             };
             let len = bytes.len() / dtype.bitsize().div_ceil(8);
             TensorView::new(dtype, vec![len], bytes).map(|view| (name.as_str(), view))
@@ -434,18 +478,26 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
     for record in &manifest.groups {
         for &len in &record.tensors {
             let t = tensors.len();
-            let bytes = usize::try_from(len)
-                .ok()
-                .and_then(|n| n.checked_mul(4))
-                .ok_or_else(|| format!("tensor {t} declares {len} elements, more than fit"))?;
+            let bytes = |format: Format| {
+                usize::try_from(len)
+                    .ok()
+                    .and_then(|n| n.checked_mul(format.bytes() as usize))
+                    .ok_or_else(|| format!("tensor {t} declares {len} elements, more than fit"))
+            };
             let mut blobs = Vec::with_capacity(1 + record.states.len());
-            for role in std::iter::once("param").chain(record.states.iter().map(String::as_str)) {
+            let roles = std::iter::once(("param", saved_param_format(&record.storage))).chain(
+                record
+                    .states
+                    .iter()
+                    .map(|s| (s.as_str(), record.storage.states)),
+            );
+            for (role, format) in roles {
                 blobs.push(tensor_data(
                     &header,
                     data,
                     &tensor_name(t, role),
-                    Dtype::F32,
-                    bytes,
+                    dtype(format),
+                    bytes(format)?,
                 )?);
             }
             tensors.push(blobs);

@@ -319,17 +319,7 @@ impl Group {
             }
         }
         // Segments hold as many elements as the widest role's buffers allow.
-        let storage = &spec.storage;
-        let widest = [
-            storage.updated_param(),
-            storage.param,
-            storage.grad,
-            storage.states,
-        ]
-        .iter()
-        .map(|f| f.bytes())
-        .max()
-        .unwrap_or(4);
+        let widest = spec.storage.widest_bytes();
         // The arena: every tensor that is not external, flat, cut into segments.
         let arena_lens: Vec<u64> = inits
             .iter()

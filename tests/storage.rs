@@ -476,3 +476,94 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
         }
     }
 }
+
+/// Clipping and loss scaling read 16-bit gradients through their format: the norm, the skip
+/// of a step with an infinity, and the scale's growth follow the reference.
+#[test]
+fn clipping_and_loss_scaling_work_on_sixteen_bit_gradients() {
+    use Format::{Bf16, F16, F32};
+    let ctx = context();
+    for storage in [
+        storage(Bf16, Bf16, F32, true),
+        storage(F32, F16, F32, false),
+    ] {
+        let label = storage.label();
+        let options = training_options();
+        let config: OptimizerConfig = AdamW::default().into();
+        let mut rng = rng(5);
+        let params: Vec<Vec<f32>> = [3usize, 1_029, 65_537]
+            .iter()
+            .map(|&n| {
+                params(&mut rng, n)
+                    .iter()
+                    .map(|v| storage.param.round(*v))
+                    .collect()
+            })
+            .collect();
+        let scales: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| grad_scales(&mut rng, p.len()))
+            .collect();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(config.clone(), storage, options.clone(), &params)
+            .max_segment_bytes(4096)
+            .build()
+            .unwrap();
+        let mut reference = ReferenceGroup::with_storage(
+            config,
+            options.clone(),
+            storage,
+            params.iter().map(|p| to_f64(p)).collect(),
+        )
+        .unwrap();
+        for step in 0..6 {
+            let scale = reference.loss_scale as f32;
+            let mut grads: Vec<Vec<f32>> = scales
+                .iter()
+                .map(|s| grads(&mut rng, s).iter().map(|g| g * scale).collect())
+                .collect();
+            if step == 2 {
+                grads[1][700] = f32::INFINITY;
+            }
+            let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            opt.step_with_grads(&refs).unwrap();
+            reference
+                .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+                .unwrap();
+            let report = opt.step_report(GroupId(0)).unwrap();
+            assert_eq!(
+                report.skipped, reference.last.skipped,
+                "{label} step {step}"
+            );
+            assert_eq!(report.step, reference.last.step, "{label} step {step}");
+            assert_eq!(
+                report.loss_scale, reference.last.loss_scale,
+                "{label} step {step}"
+            );
+            if !reference.last.found_inf {
+                let norm = reference.last.grad_norm;
+                assert!(
+                    (report.grad_norm - norm).abs() <= 1e-5 * norm,
+                    "{label} step {step}: norm {} vs {norm}",
+                    report.grad_norm
+                );
+            }
+        }
+        assert_eq!(reference.last.skipped_steps, 1, "{label}");
+        let role = if storage.master_weights {
+            Role::Master
+        } else {
+            Role::Param
+        };
+        for (t, p) in reference.params.iter().enumerate() {
+            let gpu = opt.read(TensorId(t), role, 0..p.len() as u64).unwrap();
+            let largest = p.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (i, (g, c)) in gpu.iter().zip(p).enumerate() {
+                assert!(
+                    (*g as f64 - c).abs() <= 1e-4 * largest,
+                    "{label} tensor {t}[{i}]: {g} vs {c}"
+                );
+            }
+        }
+    }
+}

@@ -30,7 +30,14 @@ fn optimizers(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(config.bytes_per_element() * elements));
             // Prepared inside: a filtered-out bench builds nothing.
             group.bench_function(name, |b| {
-                let mut prepared = PreparedSteps::new(&ctx, &config, &workload, &options).unwrap();
+                let mut prepared = PreparedSteps::new(
+                    &ctx,
+                    &config,
+                    &wgpu_optim::Storage::F32,
+                    &workload,
+                    &options,
+                )
+                .unwrap();
                 b.iter_custom(|iters| {
                     let (_, times) = prepared.time(iters as usize).unwrap();
                     Duration::from_secs_f64(times.iter().sum())

@@ -115,6 +115,43 @@ impl Format {
     }
 }
 
+/// A host value type the engine reads and writes: `f32`, and the `half` crate's `bf16` and
+/// `f16` (re-exported as `wgpu_optim::half`). Values are widened to float32 exactly, then
+/// stored in their role's format.
+pub trait HostValue: Copy {
+    /// The value as a float32 (exact for every implementation here).
+    fn to_f32(self) -> f32;
+    /// The float32 rounded to this type (nearest even).
+    fn from_f32(value: f32) -> Self;
+}
+
+impl HostValue for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl HostValue for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        half::bf16::from_f32(value)
+    }
+}
+
+impl HostValue for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        half::f16::from_f32(value)
+    }
+}
+
 /// How one parameter group keeps its values. Math is float32 in every case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,22 +221,67 @@ impl Storage {
             .any(|f| *f != Format::F32)
     }
 
-    /// A short label: `f32`, `bf16`, `bf16-master`, `f32+bf16-states`, ...
+    /// A short label, which [`parse`](Self::parse) reads back: the parameters' format, `/`
+    /// and the gradients' if they differ, `-master` with master weights, `+` and the states'
+    /// format if not float32. `f32`, `bf16` (bf16 parameters and gradients), `bf16-master`,
+    /// `bf16+bf16`, `f32/bf16` (bf16 gradients only), `f16-master+bf16`.
     pub fn label(&self) -> String {
-        if self.is_f32() {
-            return "f32".into();
-        }
         let mut label = self.param.name().to_string();
         if self.grad != self.param {
-            label.push_str(&format!("+{}-grads", self.grad.name()));
-        }
-        if self.states != Format::F32 {
-            label.push_str(&format!("+{}-states", self.states.name()));
+            label.push('/');
+            label.push_str(self.grad.name());
         }
         if self.master_weights {
             label.push_str("-master");
         }
+        if self.states != Format::F32 {
+            label.push('+');
+            label.push_str(self.states.name());
+        }
         label
+    }
+
+    /// Reads a [`label`](Self::label).
+    pub fn parse(label: &str) -> crate::Result<Self> {
+        let bad = |reason: String| crate::Error::InvalidConfig {
+            optimizer: "storage",
+            reason: format!("`{label}`: {reason}"),
+        };
+        let format = |name: &str| match name {
+            "f32" => Ok(Format::F32),
+            "bf16" => Ok(Format::Bf16),
+            "f16" => Ok(Format::F16),
+            "q8" => Err(bad("8-bit blockwise (q8) states are not built yet".into())),
+            other => Err(bad(format!(
+                "unknown format `{other}` (f32, bf16, f16; e.g. bf16, bf16-master, bf16+bf16, \
+                 f32/bf16)"
+            ))),
+        };
+        let (rest, states) = match label.split_once('+') {
+            Some((rest, states)) => (rest, format(states)?),
+            None => (label, Format::F32),
+        };
+        let (rest, master_weights) = match rest.strip_suffix("-master") {
+            Some(rest) => (rest, true),
+            None => (rest, false),
+        };
+        if rest.ends_with("-sr") || rest.ends_with("-kahan") {
+            return Err(bad(
+                "stochastic rounding and Kahan summation are not built yet".into(),
+            ));
+        }
+        let (param, grad) = match rest.split_once('/') {
+            Some((param, grad)) => (format(param)?, format(grad)?),
+            None => (format(rest)?, format(rest)?),
+        };
+        let storage = Storage {
+            param,
+            grad,
+            states,
+            master_weights,
+        };
+        storage.validate()?;
+        Ok(storage)
     }
 
     /// The bytes one step must move per element: read and write the parameter (and the
@@ -366,3 +448,48 @@ fn f32_to_f16x4(x: vec4<f32>) -> vec2<u32> {
     return vec2<u32>(f16_bits(x.x) | (f16_bits(x.y) << 16u), f16_bits(x.z) | (f16_bits(x.w) << 16u));
 }
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_read_back() {
+        let formats = [Format::F32, Format::Bf16, Format::F16];
+        for param in formats {
+            for grad in formats {
+                for states in formats {
+                    for master_weights in [false, true] {
+                        let storage = Storage {
+                            param,
+                            grad,
+                            states,
+                            master_weights,
+                        };
+                        if storage.validate().is_ok() {
+                            assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(Storage::parse("bf16").unwrap().grad, Format::Bf16);
+        for bad in ["bf16+q8", "bf16-sr", "f64", "f32-master", ""] {
+            assert!(Storage::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values: to the even one, 1.
+        assert_eq!(Format::Bf16.round(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(
+            Format::Bf16.round(1.0 + 3.0 * 2f32.powi(-8)),
+            1.0 + 2f32.powi(-6)
+        );
+        assert_eq!(Format::F16.round(65520.0), f32::INFINITY);
+        assert_eq!(Format::F16.round(2f32.powi(-25)), 0.0);
+        let bytes = Format::Bf16.encode(&[1.5, -2.0]);
+        assert_eq!(Format::Bf16.decode(&bytes), vec![1.5, -2.0]);
+    }
+}

@@ -567,3 +567,61 @@ fn clipping_and_loss_scaling_work_on_sixteen_bit_gradients() {
         }
     }
 }
+
+/// A framework's bf16 or f16 gradients and parameters go in and come out as those types,
+/// exactly where the storage is the same format.
+#[test]
+fn half_typed_host_values_go_in_and_out_exactly() {
+    use wgpu_optim::half::{bf16, f16};
+    let ctx = context();
+    let n = 1_029;
+    let values: Vec<bf16> = (0..n)
+        .map(|i| bf16::from_f32((i as f32 - 500.0) * 0.013))
+        .collect();
+    let as_f32: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let bf16_all = storage(Format::Bf16, Format::Bf16, Format::F32, false);
+    let mut opt = Optimizer::builder(&ctx)
+        .group_stored(
+            Sgd::default(),
+            bf16_all,
+            TrainingOptions::default(),
+            [&as_f32[..]],
+        )
+        .build()
+        .unwrap();
+    let id = TensorId(0);
+    assert_eq!(
+        opt.read_as::<bf16>(id, Role::Param, 0..n as u64).unwrap(),
+        values
+    );
+    let grads: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32 * 0.5)).collect();
+    opt.step_with_grads_as(&[&grads[..]]).unwrap();
+    assert_eq!(
+        opt.read_as::<bf16>(id, Role::Grad, 0..n as u64).unwrap(),
+        grads
+    );
+    let mut reference = ReferenceGroup::with_storage(
+        Sgd::default().into(),
+        TrainingOptions::default(),
+        bf16_all,
+        vec![to_f64(&as_f32)],
+    )
+    .unwrap();
+    reference
+        .step(&[grads.iter().map(|g| g.to_f32() as f64).collect()])
+        .unwrap();
+    let stepped = opt.read_as::<bf16>(id, Role::Param, 0..n as u64).unwrap();
+    let agree = stepped
+        .iter()
+        .zip(&reference.params[0])
+        .filter(|(g, c)| g.to_f32() == Format::Bf16.round(**c as f32))
+        .count();
+    assert!(agree > n * 95 / 100, "{agree} of {n}");
+    // f16 gradients into f16 storage, and rounded into bf16 storage.
+    let small: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 / 1024.0)).collect();
+    opt.write_as(id, Role::Grad, 0, &small).unwrap();
+    let back = opt.read(id, Role::Grad, 0..n as u64).unwrap();
+    for (b, s) in back.iter().zip(&small) {
+        assert_eq!(*b, Format::Bf16.round(s.to_f32()));
+    }
+}

@@ -29,6 +29,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::fill::{self, RandomFill};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
+use crate::storage::HostValue;
 use crate::transfer::{self, View};
 pub use builder::OptimizerBuilder;
 /// The step control a checkpoint stores for each group (its bytes are the record's).
@@ -273,6 +274,45 @@ impl Optimizer {
             self.write(TensorId(t), Role::Grad, 0, grad)?;
         }
         self.step()
+    }
+
+    /// [`step_with_grads`](Self::step_with_grads) with gradients of another host type (the
+    /// `half` crate's `bf16` or `f16`, as a training framework holds them): widened exactly,
+    /// then stored in the gradients' format.
+    pub fn step_with_grads_as<T: HostValue>(&mut self, grads: &[&[T]]) -> Result<()> {
+        let widened: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|g| g.iter().map(|v| v.to_f32()).collect())
+            .collect();
+        let refs: Vec<&[f32]> = widened.iter().map(Vec::as_slice).collect();
+        self.step_with_grads(&refs)
+    }
+
+    /// [`write`](Self::write) with values of another host type (`half::bf16`, `half::f16`).
+    pub fn write_as<T: HostValue>(
+        &mut self,
+        tensor: TensorId,
+        role: Role,
+        offset: u64,
+        data: &[T],
+    ) -> Result<()> {
+        let widened: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        self.write(tensor, role, offset, &widened)
+    }
+
+    /// [`read`](Self::read) as values of another host type, each rounded to it (exact when
+    /// the role is stored in that format).
+    pub fn read_as<T: HostValue>(
+        &self,
+        tensor: TensorId,
+        role: Role,
+        range: Range<u64>,
+    ) -> Result<Vec<T>> {
+        Ok(self
+            .read(tensor, role, range)?
+            .into_iter()
+            .map(T::from_f32)
+            .collect())
     }
 
     /// Blocks until the GPU has finished every step queued so far.

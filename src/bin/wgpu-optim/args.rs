@@ -126,6 +126,12 @@ pub(crate) enum Command {
         /// change speed.
         #[arg(long, value_name = "MIB", value_parser = mebibytes, allow_negative_numbers = true)]
         segment_mib: Option<u64>,
+        /// Storages to measure each optimizer in, one after the other (default: f32):
+        /// parameters' format, `/` and the gradients' if they differ, `-master` for float32
+        /// master weights, `+` and the states' format. E.g. `f32 bf16 bf16-master bf16+bf16
+        /// f32/bf16`. Formats: f32, bf16, f16.
+        #[arg(long = "formats", value_name = "STORAGE", num_args = 1.., value_parser = storage)]
+        formats: Vec<wgpu_optim::Storage>,
         /// Also write the full results (adapter, copy ceiling, every measurement) as JSON
         /// (checked for writing before anything is measured).
         #[arg(long, value_name = "FILE")]
@@ -181,6 +187,10 @@ pub(crate) fn positive_finite(text: &str) -> Result<f64, String> {
 }
 
 /// A whole number of MiB, at least 1, returned in bytes (`--segment-mib`).
+pub(crate) fn storage(text: &str) -> Result<wgpu_optim::Storage, String> {
+    wgpu_optim::Storage::parse(text).map_err(|e| e.to_string())
+}
+
 pub(crate) fn mebibytes(text: &str) -> Result<u64, String> {
     let mib = at_least_one(text)? as u64;
     mib.checked_mul(1 << 20)

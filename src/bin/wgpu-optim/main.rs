@@ -41,6 +41,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_grad_norm,
             grad_scaler,
             segment_mib,
+            formats,
             json,
         } => {
             let options = BenchOptions {
@@ -52,6 +53,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..Default::default()
                 },
                 max_segment_bytes: segment_mib,
+                storages: if formats.is_empty() {
+                    vec![wgpu_optim::Storage::F32]
+                } else {
+                    formats
+                },
                 ..Default::default()
             };
             run_bench(&optimizers, &sizes, &options, json, &adapter)

@@ -28,6 +28,7 @@ use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::TrainingOptions;
 use crate::error::Result;
 use crate::optim::{Hyperparameters, OptimizerConfig};
+use crate::storage::Storage;
 
 /// How to measure.
 #[derive(Clone, Debug)]
@@ -50,6 +51,9 @@ pub struct BenchOptions {
     /// limit). How a process allocates its memory changes what a GPU's kernels reach (see the
     /// "cliff" in BENCHMARKS.md); this lets one run compare allocation sizes.
     pub max_segment_bytes: Option<u64>,
+    /// The storages every configuration is measured in, one after the other (float32 only by
+    /// default).
+    pub storages: Vec<Storage>,
 }
 
 impl Default for BenchOptions {
@@ -62,6 +66,7 @@ impl Default for BenchOptions {
             copy_per_result: true,
             training: TrainingOptions::default(),
             max_segment_bytes: None,
+            storages: vec![Storage::F32],
         }
     }
 }
@@ -78,6 +83,7 @@ impl BenchOptions {
             copy_per_result: false,
             training: TrainingOptions::default(),
             max_segment_bytes: None,
+            storages: vec![Storage::F32],
         }
     }
 }
@@ -111,6 +117,9 @@ pub struct BenchResult {
     /// "clip", "scaler", "clip+scaler", or empty.
     #[serde(default)]
     pub features: String,
+    /// The storage's label (`bf16-master`, see [`Storage::label`]); empty for float32.
+    #[serde(default)]
+    pub storage: String,
     /// The workload as the tables name it (`2^24`, `gpt2`).
     pub workload: String,
     /// Elements updated per step, every tensor together.
@@ -139,13 +148,17 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// The optimizer with its measured features: "adamw", "adamw+clip+scaler".
+    /// The optimizer with its measured features and storage: "adamw", "adamw+clip+scaler",
+    /// "adamw bf16-master".
     pub fn label(&self) -> String {
-        if self.features.is_empty() {
-            self.optimizer.clone()
-        } else {
-            format!("{}+{}", self.optimizer, self.features)
+        let mut label = self.optimizer.clone();
+        if !self.features.is_empty() {
+            label = format!("{label}+{}", self.features);
         }
+        if !self.storage.is_empty() {
+            label = format!("{label} {}", self.storage);
+        }
+        label
     }
 }
 
@@ -230,11 +243,12 @@ pub fn bench_config(name: &str) -> Result<OptimizerConfig> {
 pub fn bench_optimizer(
     ctx: &GpuContext,
     config: &OptimizerConfig,
+    storage: &Storage,
     workload: &Workload,
     options: &BenchOptions,
     copy_gbps: f64,
 ) -> Result<BenchResult> {
-    let mut prepared = PreparedSteps::new(ctx, config, workload, options)?;
+    let mut prepared = PreparedSteps::new(ctx, config, storage, workload, options)?;
     let (_, mut times) = prepared.time(options.steps)?;
     let seconds = median(&mut times);
     let elements = prepared.elements();
@@ -251,6 +265,11 @@ pub fn bench_optimizer(
     Ok(BenchResult {
         optimizer: config.name().into(),
         features,
+        storage: if storage.is_f32() {
+            String::new()
+        } else {
+            storage.label()
+        },
         workload: workload.label(),
         elements,
         tensors: workload.lens().len(),
@@ -289,13 +308,16 @@ pub fn run(
     let mut results = Vec::new();
     for workload in workloads {
         for config in configs {
-            if options.copy_per_result && !results.is_empty() {
-                copies.push(measure_copy(ctx, options)?);
+            // Every storage of a configuration measured one after the other: same conditions.
+            for storage in &options.storages {
+                if options.copy_per_result && !results.is_empty() {
+                    copies.push(measure_copy(ctx, options)?);
+                }
+                let ceiling = copies.last().expect("measured").gbps;
+                let result = bench_optimizer(ctx, config, storage, workload, options, ceiling)?;
+                progress(&result);
+                results.push(result);
             }
-            let ceiling = copies.last().expect("measured").gbps;
-            let result = bench_optimizer(ctx, config, workload, options, ceiling)?;
-            progress(&result);
-            results.push(result);
         }
     }
     copies.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));

@@ -8,12 +8,14 @@ use crate::engine::{Optimizer, Role, TensorId, TensorInit};
 use crate::error::Result;
 use crate::fill::RandomFill;
 use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::storage::Storage;
 
 /// Optimizer instances of one configuration and workload, filled with random data and warmed
 /// up, ready to be timed (also what the criterion benches drive).
 pub struct PreparedSteps {
     ctx: GpuContext,
     config: OptimizerConfig,
+    storage: Storage,
     training: TrainingOptions,
     workload: Workload,
     pub(super) instances: Vec<Optimizer>,
@@ -27,21 +29,28 @@ impl PreparedSteps {
     pub fn new(
         ctx: &GpuContext,
         config: &OptimizerConfig,
+        storage: &Storage,
         workload: &Workload,
         options: &BenchOptions,
     ) -> Result<Self> {
         let lens = workload.lens();
         let elements: u64 = lens.iter().sum();
         let kept_states = config.initial_states().iter().flatten().count() as u64;
-        let resident = (2 + kept_states) * 4 * elements;
+        let master = if storage.master_weights { 4 } else { 0 };
+        let resident = (storage.param.bytes()
+            + master
+            + storage.grad.bytes()
+            + kept_states * storage.states.bytes())
+            * elements;
         let count = options
             .min_working_set_bytes
             .div_ceil(resident)
             .clamp(1, 64) as usize;
         let mut instances = Vec::with_capacity(count);
         for k in 0..count {
-            let mut builder = Optimizer::builder(ctx).group_with(
+            let mut builder = Optimizer::builder(ctx).group_stored(
                 config.clone(),
+                *storage,
                 options.training.clone(),
                 lens.iter().map(|&n| TensorInit::Zeros(n)),
             );
@@ -66,6 +75,7 @@ impl PreparedSteps {
         Ok(Self {
             ctx: ctx.clone(),
             config: config.clone(),
+            storage: *storage,
             training: options.training.clone(),
             workload: workload.clone(),
             instances,
@@ -78,10 +88,16 @@ impl PreparedSteps {
         self.workload.lens().iter().sum()
     }
 
-    /// The fewest bytes one step must move per element: the update's, plus one more read of
-    /// the gradients for the norm when clipping or loss scaling.
+    /// The fewest bytes one step must move per element in its storage: the update's, plus one
+    /// more read of the gradients for the norm when clipping or loss scaling.
     pub fn bytes_per_element(&self) -> u64 {
-        self.config.bytes_per_element() + if self.training.needs_norm() { 4 } else { 0 }
+        let states = self.config.initial_states().iter().flatten().count() as u64;
+        let norm = if self.training.needs_norm() {
+            self.storage.grad.bytes()
+        } else {
+            0
+        };
+        self.storage.bytes_per_element(states) + norm
     }
 
     /// The fewest bytes one step must move.

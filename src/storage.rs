@@ -190,6 +190,31 @@ impl Storage {
         Ok(())
     }
 
+    /// Every storage a group may have: each role in each format, with master weights where
+    /// the parameters are 16-bit (45 in all).
+    pub fn all() -> Vec<Storage> {
+        let formats = [Format::F32, Format::Bf16, Format::F16];
+        let mut all = Vec::new();
+        for param in formats {
+            for grad in formats {
+                for states in formats {
+                    for master_weights in [false, true] {
+                        let storage = Storage {
+                            param,
+                            grad,
+                            states,
+                            master_weights,
+                        };
+                        if storage.validate().is_ok() {
+                            all.push(storage);
+                        }
+                    }
+                }
+            }
+        }
+        all
+    }
+
     /// Whether every role is float32 (no conversion anywhere).
     pub fn is_f32(&self) -> bool {
         *self == Storage::F32
@@ -282,6 +307,13 @@ impl Storage {
         };
         storage.validate()?;
         Ok(storage)
+    }
+
+    /// Bytes each element keeps resident: the parameter (and its master), the gradient and
+    /// `states` states.
+    pub fn resident_bytes(&self, states: u64) -> u64 {
+        let master = if self.master_weights { 4 } else { 0 };
+        self.param.bytes() + master + self.grad.bytes() + states * self.states.bytes()
     }
 
     /// The bytes one step must move per element: read and write the parameter (and the
@@ -455,23 +487,10 @@ mod tests {
 
     #[test]
     fn labels_read_back() {
-        let formats = [Format::F32, Format::Bf16, Format::F16];
-        for param in formats {
-            for grad in formats {
-                for states in formats {
-                    for master_weights in [false, true] {
-                        let storage = Storage {
-                            param,
-                            grad,
-                            states,
-                            master_weights,
-                        };
-                        if storage.validate().is_ok() {
-                            assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
-                        }
-                    }
-                }
-            }
+        let all = Storage::all();
+        assert_eq!(all.len(), 27 + 18);
+        for storage in all {
+            assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
         }
         assert_eq!(Storage::parse("bf16").unwrap().grad, Format::Bf16);
         for bad in ["bf16+q8", "bf16-sr", "f64", "f32-master", ""] {

@@ -55,35 +55,9 @@ fn every_kernel_parses_and_validates_for_both_element_types_and_bindings() {
     }
 }
 
-/// Every storage combination a group may have: parameters, gradients and states in each
-/// format, with and without master weights (16-bit parameters only).
-fn every_storage() -> Vec<Storage> {
-    let formats = [Format::F32, Format::Bf16, Format::F16];
-    let mut all = Vec::new();
-    for param in formats {
-        for grad in formats {
-            for states in formats {
-                for master_weights in [false, true] {
-                    let storage = Storage {
-                        param,
-                        grad,
-                        states,
-                        master_weights,
-                    };
-                    if storage.validate().is_ok() {
-                        all.push(storage);
-                    }
-                }
-            }
-        }
-    }
-    all
-}
-
 #[test]
 fn every_kernel_validates_in_every_storage_format() {
-    let storages = every_storage();
-    assert_eq!(storages.len(), 27 + 18);
+    let storages = Storage::all();
     for kernel in all_kernels() {
         for storage in &storages {
             let module = stored_module(kernel, Element::Vec4, ScalarsVia::Immediates, storage);

@@ -10,6 +10,7 @@ use wgpu_optim::optim::OPTIMIZER_NAMES;
 use wgpu_optim::tools::bench::{self, BenchOptions, Workload};
 use wgpu_optim::tools::conformance::{self, Fixture, Status};
 use wgpu_optim::tools::report;
+use wgpu_optim::{Storage, UpdateRule};
 
 use crate::args::{AdapterArgs, Backend};
 use crate::output::{Output, describe_adapter, mib, progress_bar, status_word};
@@ -122,13 +123,13 @@ pub(crate) fn run_conformance(
             fixture.tolerance.rel_l2
         );
         println!(
-            "{:<28} {:<9} {:>5} {:>12} {:>12}  status",
+            "{:<28} {:<17} {:>5} {:>12} {:>12}  status",
             "case", "optimizer", "steps", "gpu rel-L2", "cpu rel-L2"
         );
         let fmt = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
         for c in &report.cases {
             println!(
-                "{:<28} {:<9} {:>5} {:>12} {:>12}  {}{}",
+                "{:<28} {:<17} {:>5} {:>12} {:>12}  {}{}",
                 c.name,
                 c.optimizer,
                 c.steps,
@@ -209,6 +210,29 @@ pub(crate) fn run_bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The compact storages the default run measures AdamW in (labels of `Storage::parse`).
+const COMPACT_STORAGES: [&str; 2] = ["bf16-master", "bf16+bf16"];
+
+/// What each parameter keeps resident in AdamW, per storage.
+fn print_memory_per_parameter(compact: &[Storage]) -> Result<()> {
+    let adamw = bench::bench_config("adamw")?;
+    let states = adamw.initial_states().iter().flatten().count() as u64;
+    println!("\nmemory per parameter, AdamW:");
+    for storage in std::iter::once(&Storage::F32).chain(compact) {
+        let state = states * storage.states.bytes();
+        let master = if storage.master_weights { 4 } else { 0 };
+        println!(
+            "  {:<12} {:>2} B: {state} B of state, {} B parameter{}, {} B gradient",
+            storage.label(),
+            storage.resident_bytes(states),
+            storage.param.bytes(),
+            if master > 0 { " + 4 B master" } else { "" },
+            storage.grad.bytes(),
+        );
+    }
+    Ok(())
+}
+
 /// The default run: the adapter, the fixture, a short benchmark, one table.
 pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
     let ctx = adapter.context()?;
@@ -218,16 +242,40 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         .iter()
         .map(|n| bench::bench_config(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let bar = progress_bar((fixture.cases.len() + configs.len()) as u64, "checking");
+    // AdamW once more in compact storages: a row each under the table.
+    let compact: Vec<Storage> = COMPACT_STORAGES
+        .iter()
+        .map(|s| Storage::parse(s))
+        .collect::<Result<_, _>>()?;
+    let bar = progress_bar(
+        (fixture.cases.len() + configs.len() + compact.len()) as u64,
+        "checking",
+    );
     let conformance = conformance::run_with_progress(&ctx, &fixture, |c| {
         bar.set_message(format!("conformance {}", c.name));
         bar.inc(1);
     });
     let size = Workload::Elements(1 << 20);
-    let report = bench::run(&ctx, &configs, &[size], &BenchOptions::quick(), |r| {
-        bar.set_message(format!("bench {}", r.optimizer));
+    let mut report = bench::run(
+        &ctx,
+        &configs,
+        std::slice::from_ref(&size),
+        &BenchOptions::quick(),
+        |r| {
+            bar.set_message(format!("bench {}", r.optimizer));
+            bar.inc(1);
+        },
+    )?;
+    let adamw = bench::bench_config("adamw")?;
+    let compact_options = BenchOptions {
+        storages: compact.clone(),
+        ..BenchOptions::quick()
+    };
+    let compact_report = bench::run(&ctx, &[adamw], &[size], &compact_options, |r| {
+        bar.set_message(format!("bench {}", r.label()));
         bar.inc(1);
     })?;
+    report.results.extend(compact_report.results);
     bar.finish_and_clear();
 
     let count = |st| conformance.cases.iter().filter(|c| c.status == st).count();
@@ -252,10 +300,24 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         report.timing
     );
     println!(
-        "{:<9} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
+        "{:<17} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
         "optimizer", "cases", "max rel-L2", "GB/s", "x copy", "ns/elem", "B/elem"
     );
     for r in &report.results {
+        if !r.storage.is_empty() {
+            // A compact storage: its fixture cases are formats.json's (`conformance`).
+            println!(
+                "{:<17} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+                r.label(),
+                "-",
+                "-",
+                r.gbps,
+                r.fraction_of_copy,
+                r.ns_per_element,
+                r.bytes_per_element
+            );
+            continue;
+        }
         let cases: Vec<_> = conformance
             .cases
             .iter()
@@ -274,7 +336,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
                 }
             });
         println!(
-            "{:<9} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+            "{:<17} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
             r.optimizer,
             cases.len(),
             format!("{worst:.2e}{}", if failed { " FAIL" } else { "" }),
@@ -284,6 +346,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
             r.bytes_per_element
         );
     }
+    print_memory_per_parameter(&compact)?;
     println!(
         "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against torch.optim \
          (float64) over each optimizer's fixture cases (tolerance {:e}). GB/s: the fewest bytes a \

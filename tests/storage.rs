@@ -625,3 +625,136 @@ fn half_typed_host_values_go_in_and_out_exactly() {
         assert_eq!(*b, Format::Bf16.round(s.to_f32()));
     }
 }
+
+/// A caller's bf16 buffers, bound in place: updated exactly as the arena would update the same
+/// tensor, with and without master weights, and not one byte outside the tensor touched. A
+/// length or offset the packed layout cannot bind is a clear error.
+#[test]
+fn callers_sixteen_bit_buffers_are_updated_in_place() {
+    use wgpu_optim::ExternalTensor;
+    use wgpu_optim::half::bf16;
+    let ctx = context();
+    let n = 1_028usize;
+    let offset = 64u64;
+    let mut rng = rng(3);
+    let values: Vec<f32> = params(&mut rng, n)
+        .iter()
+        .map(|v| Format::Bf16.round(*v))
+        .collect();
+    let grads: Vec<f32> = grad_scales(&mut rng, n)
+        .iter()
+        .map(|s| Format::Bf16.round(s * 0.3))
+        .collect();
+    // The tensor at `offset`, bf16 NaNs (0xffff) all around it.
+    let callers_buffer = |contents: &[f32]| {
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("caller's bf16 tensor"),
+            size: offset + 2 * n as u64 + 24,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut bytes = vec![0xffu8; buffer.size() as usize];
+        for (k, v) in contents.iter().enumerate() {
+            let at = offset as usize + 2 * k;
+            bytes[at..at + 2].copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+        }
+        ctx.queue.write_buffer(&buffer, 0, &bytes);
+        buffer
+    };
+    let read_bytes = |buffer: &wgpu::Buffer| -> Vec<u8> {
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: buffer.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+        ctx.queue.submit([encoder.finish()]);
+        staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+        staging.get_mapped_range(..).unwrap().to_vec()
+    };
+    for master_weights in [false, true] {
+        let storage = storage(Format::Bf16, Format::Bf16, Format::F32, master_weights);
+        let param = callers_buffer(&values);
+        let grad = callers_buffer(&grads);
+        let external = ExternalTensor {
+            param: param.clone(),
+            param_offset: offset,
+            grad: grad.clone(),
+            grad_offset: offset,
+            len: n as u64,
+        };
+        let config: OptimizerConfig = AdamW {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                config.clone(),
+                storage,
+                TrainingOptions::default(),
+                [external],
+            )
+            .build()
+            .unwrap();
+        let mut twin = Optimizer::builder(&ctx)
+            .group_stored(config, storage, TrainingOptions::default(), [&values[..]])
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            opt.step().unwrap();
+            twin.step_with_grads(&[&grads[..]]).unwrap();
+        }
+        let label = storage.label();
+        assert_eq!(
+            opt.read_param(TensorId(0)).unwrap(),
+            twin.read_param(TensorId(0)).unwrap(),
+            "{label}"
+        );
+        let bytes = read_bytes(&param);
+        let tensor = offset as usize..offset as usize + 2 * n;
+        for (k, b) in bytes.iter().enumerate() {
+            if !tensor.contains(&k) {
+                assert_eq!(*b, 0xff, "{label}: byte {k} outside the tensor changed");
+            }
+        }
+        let from_caller: Vec<f32> = bytes[tensor]
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        assert_eq!(from_caller, opt.read_param(TensorId(0)).unwrap(), "{label}");
+        assert_ne!(
+            from_caller, values,
+            "{label}: the caller's parameters moved"
+        );
+    }
+    // 1,027 values cannot be bound four to an invocation.
+    let param = callers_buffer(&values);
+    let grad = callers_buffer(&grads);
+    let odd = ExternalTensor {
+        param,
+        param_offset: offset,
+        grad,
+        grad_offset: offset,
+        len: n as u64 - 1,
+    };
+    let Err(err) = Optimizer::builder(&ctx)
+        .group_stored(
+            Sgd::default(),
+            storage(Format::Bf16, Format::Bf16, Format::F32, false),
+            TrainingOptions::default(),
+            [odd],
+        )
+        .build()
+    else {
+        panic!("an odd-length bf16 tensor bound in place is refused");
+    };
+    assert!(err.to_string().contains("multiple of 4"), "{err}");
+}

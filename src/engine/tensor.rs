@@ -29,7 +29,8 @@ pub struct ExternalTensor {
     pub grad: wgpu::Buffer,
     /// Byte offset of the first gradient in `grad`.
     pub grad_offset: u64,
-    /// Elements (f32).
+    /// Elements: values in the group's parameter and gradient formats (float32 unless the group
+    /// is stored in 16 bits; see [`Storage`](crate::Storage)).
     pub len: u64,
 }
 

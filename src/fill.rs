@@ -6,7 +6,7 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{BindingKind, Element, UtilityKernel, shader_struct, workgroups_for};
-use crate::storage::Format;
+use crate::storage::{Format, GradAccess};
 use crate::transfer::View;
 
 shader_struct! {
@@ -38,7 +38,7 @@ pub static FILL_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[],
     elementwise: false,
     uniform: Some(&FillParams::LAYOUT),
-    reads_grad: false,
+    grad: GradAccess::None,
     bindings: &[
         BindingKind::Uniform,
         BindingKind::Storage { read_only: false },

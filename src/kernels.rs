@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{Format, Storage};
+use crate::storage::{Format, GradAccess, Storage};
 
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
@@ -284,7 +284,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 ";
 
-/// A helper kernel (gradient norm, step finalize, random fill, bandwidth copy): its own
+/// A helper kernel (gradient norm, step finalize, gradient accumulation, random fill,
+/// bandwidth copy): its own
 /// bindings, no flags.
 #[derive(Debug)]
 pub struct UtilityKernel {
@@ -298,9 +299,10 @@ pub struct UtilityKernel {
     pub elementwise: bool,
     /// The uniform struct at `@binding(0)`, if the kernel has one.
     pub uniform: Option<&'static StructLayout>,
-    /// It reads a segment's gradients at `@binding(0)` through `grad_count()` and
-    /// `load_raw_grad(i)`, which the host writes for the gradients' storage format.
-    pub reads_grad: bool,
+    /// Whether and how it reaches a segment's gradients (through `grad_count()`,
+    /// `load_raw_grad(i)` and `store_raw_grad(i, value)`, which the host writes for the
+    /// gradients' storage format).
+    pub grad: GradAccess,
     /// The kind of each binding, from `@binding(0)` up.
     pub bindings: &'static [BindingKind],
 }
@@ -326,14 +328,18 @@ impl UtilityKernel {
         } else {
             ""
         };
-        let grad_access = if self.reads_grad {
+        let grad_access = if self.grad == GradAccess::None {
+            String::new()
+        } else {
             let storage = Storage {
                 grad,
                 ..Storage::F32
             };
-            format!("{}{}", storage.wgsl_conversions(), storage.wgsl_norm_grad())
-        } else {
-            String::new()
+            format!(
+                "{}{}",
+                storage.wgsl_conversions(),
+                storage.wgsl_raw_grad(self.grad)
+            )
         };
         format!(
             "{prelude}{COMMON_WGSL}\n{grad_access}\n{}\n{}",
@@ -487,7 +493,11 @@ impl KernelCache {
         } else {
             Element::F32
         };
-        let grad = if kernel.reads_grad { grad } else { Format::F32 };
+        let grad = if kernel.grad == GradAccess::None {
+            Format::F32
+        } else {
+            grad
+        };
         let mut utilities = self.utilities.lock().expect("kernel cache poisoned");
         utilities
             .entry((kernel.name, element, grad))

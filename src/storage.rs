@@ -115,6 +115,17 @@ impl Format {
     }
 }
 
+/// How a helper kernel reaches a segment's gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradAccess {
+    /// Not at all.
+    None,
+    /// Read, at `@binding(0)` (the norm pass).
+    Read,
+    /// Read and written, at `@binding(1)` (gradient accumulation).
+    ReadWrite,
+}
+
 /// A host value type the engine reads and writes: `f32`, and the `half` crate's `bf16` and
 /// `f16` (re-exported as `wgpu_optim::half`). Values are widened to float32 exactly, then
 /// stored in their role's format.
@@ -388,16 +399,30 @@ impl Storage {
         wgsl
     }
 
-    /// The gradient binding and accessors of the norm kernel: `grad_count()` elements (of type
-    /// `V`) and `load_raw_grad(i)` in float32, as stored (not yet unscaled).
-    pub(crate) fn wgsl_norm_grad(&self) -> String {
-        format!(
-            "@group(0) @binding(0) var<storage, read> grad: array<{}>;\n\
+    /// The gradient binding and accessors of a helper kernel: `grad_count()` elements (of type
+    /// `V`), `load_raw_grad(i)` in float32 as stored (not yet unscaled) and, read-write,
+    /// `store_raw_grad(i, value)` rounded to the format. Read-only at `@binding(0)` (the
+    /// norm), read-write at `@binding(1)` (gradient accumulation).
+    pub(crate) fn wgsl_raw_grad(&self, access: GradAccess) -> String {
+        let (binding, mode) = match access {
+            GradAccess::None => return String::new(),
+            GradAccess::Read => (0, "read"),
+            GradAccess::ReadWrite => (1, "read_write"),
+        };
+        let mut wgsl = format!(
+            "@group(0) @binding({binding}) var<storage, {mode}> grad: array<{}>;\n\
              fn grad_count() -> u32 {{ return arrayLength(&grad); }}\n\
              fn load_raw_grad(i: u32) -> V {{ return {}; }}\n",
             self.grad.wgsl_array_element(),
             self.grad.wgsl_load("grad[i]"),
-        )
+        );
+        if access == GradAccess::ReadWrite {
+            wgsl.push_str(&format!(
+                "fn store_raw_grad(i: u32, value: V) {{ grad[i] = {}; }}\n",
+                self.grad.wgsl_store("value")
+            ));
+        }
+        wgsl
     }
 }
 

@@ -758,3 +758,49 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
     };
     assert!(err.to_string().contains("multiple of 4"), "{err}");
 }
+
+/// Micro-batching: zero the gradients on the device, add three micro-batches, step. The sums
+/// are float32 additions stored in the gradients' format (each partial sum rounded as stored),
+/// exactly as the host computes them, in every gradient format, across segment boundaries.
+#[test]
+fn gradients_accumulate_on_the_device_in_their_format() {
+    let ctx = context();
+    for grad in [Format::F32, Format::Bf16, Format::F16] {
+        let storage = storage(Format::F32, grad, Format::F32, false);
+        let mut rng = rng(21);
+        let sizes = [3usize, 1_029, 5_000];
+        let params: Vec<Vec<f32>> = sizes.iter().map(|&n| params(&mut rng, n)).collect();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(Sgd::default(), storage, TrainingOptions::default(), &params)
+            .max_segment_bytes(4096)
+            .build()
+            .unwrap();
+        // Poison: zero_grads must clear whatever was there.
+        for (t, &n) in sizes.iter().enumerate() {
+            opt.write_grad(TensorId(t), &vec![f32::NAN; n]).unwrap();
+        }
+        opt.zero_grads().unwrap();
+        let mut expected: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        for _ in 0..3 {
+            let batch: Vec<Vec<f32>> = sizes.iter().map(|&n| common::params(&mut rng, n)).collect();
+            let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
+            opt.accumulate_grads(&refs).unwrap();
+            for (e, b) in expected.iter_mut().zip(&batch) {
+                for (e, b) in e.iter_mut().zip(b) {
+                    *e = grad.round(*e + b);
+                }
+            }
+        }
+        for (t, e) in expected.iter().enumerate() {
+            assert_eq!(
+                &opt.read_grad(TensorId(t)).unwrap(),
+                e,
+                "{grad:?} tensor {t}"
+            );
+        }
+        // The parameters did not move: accumulation is not a step.
+        assert_eq!(opt.read_param(TensorId(1)).unwrap(), params[1]);
+        let err = opt.accumulate_grads(&[&[1.0]]).unwrap_err();
+        assert!(err.to_string().contains("gradient"), "{err}");
+    }
+}

@@ -23,7 +23,7 @@ use crate::kernels::{
 };
 use crate::optim::{FactorRows, OptimizerConfig, StepCounter, UpdateRule, step_factor_rows};
 use crate::schedule::Schedule;
-use crate::storage::{Format, Storage};
+use crate::storage::{Format, GradAccess, Storage};
 
 /// Rows of step factors a window holds ahead of the device's step (1 MiB): the host slides it
 /// forward every this many steps until the factors converge.
@@ -89,7 +89,7 @@ pub static NORM_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[REDUCE_WGSL],
     elementwise: true,
     uniform: None,
-    reads_grad: true,
+    grad: GradAccess::Read,
     bindings: &[
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },
@@ -104,7 +104,7 @@ pub static FINALIZE_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[CONTROL_WGSL, REDUCE_WGSL],
     elementwise: false,
     uniform: Some(&ControlSettings::LAYOUT),
-    reads_grad: false,
+    grad: GradAccess::None,
     bindings: &[
         BindingKind::Uniform,
         BindingKind::Storage { read_only: true },

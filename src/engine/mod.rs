@@ -14,6 +14,7 @@
 //! corrections, step number) and records the dispatches into one command encoder, submitted once;
 //! it does not wait for the GPU.
 
+mod accumulate;
 pub(crate) mod arena;
 mod builder;
 mod checkpoint;
@@ -31,6 +32,7 @@ use crate::fill::{self, RandomFill};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
 use crate::storage::HostValue;
 use crate::transfer::{self, View};
+pub(crate) use accumulate::ACCUMULATE_KERNEL;
 pub use builder::OptimizerBuilder;
 /// The step control a checkpoint stores for each group (its bytes are the record's).
 pub use control::StepControl;

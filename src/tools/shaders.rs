@@ -8,11 +8,13 @@ pub fn optimizer_kernels() -> Vec<&'static Kernel> {
     crate::optim::all_kernels()
 }
 
-/// The helper kernels: gradient norm, step finalize, random fill, bandwidth copy.
-pub fn utility_kernels() -> [&'static UtilityKernel; 4] {
+/// The helper kernels: gradient norm, step finalize, gradient accumulation, random fill,
+/// bandwidth copy.
+pub fn utility_kernels() -> [&'static UtilityKernel; 5] {
     [
         &crate::engine::control::NORM_KERNEL,
         &crate::engine::control::FINALIZE_KERNEL,
+        &crate::engine::ACCUMULATE_KERNEL,
         &crate::fill::FILL_KERNEL,
         &super::bench::COPY_KERNEL,
     ]

@@ -7,7 +7,7 @@ use crate::context::GpuContext;
 use crate::error::Result;
 use crate::fill::{self, RandomFill};
 use crate::kernels::{BindingKind, Element, UtilityKernel, workgroups_for};
-use crate::storage::Format;
+use crate::storage::{Format, GradAccess};
 use crate::transfer::{self, View};
 
 /// The copy kernel that measures the ceiling.
@@ -17,7 +17,7 @@ pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
     pieces: &[],
     elementwise: false,
     uniform: None,
-    reads_grad: false,
+    grad: GradAccess::None,
     bindings: &[
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },

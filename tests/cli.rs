@@ -497,3 +497,22 @@ fn report_errors_name_the_file_in_one_line() {
     let line = fails_at_once(&["report", file, "--markdown", "/no/such/dir/table.md"]);
     assert!(line.contains("/no/such/dir/table.md"), "{line}");
 }
+
+/// With no file, `conformance` runs every fixture the binary ships: torch.optim, the storage
+/// formats and the next optimizers (whose cases say `unsupported`, which is no failure).
+#[test]
+fn conformance_runs_every_shipped_fixture_by_default() {
+    let out = wgpu_optim(&["conformance"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for name in ["torch-optim.json", "formats.json", "more-optimizers.json"] {
+        assert!(
+            stdout.contains(&format!("fixture: built-in {name}")),
+            "{name} not run:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("cases: 7 pass, 0 fail, 7 unsupported"),
+        "{stdout}"
+    );
+}

@@ -16,6 +16,18 @@ use crate::storage::{Format, Storage};
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
 pub const BUILTIN_FIXTURE: &str = include_str!("../../data/torch-optim.json");
 
+/// Every fixture the crate ships (byte-identical copies of the shared ones): torch.optim,
+/// reduced-precision storage, the optimizers of the next issue. `conformance` runs them all
+/// when it is given no file.
+pub const SHIPPED_FIXTURES: [(&str, &str); 3] = [
+    ("torch-optim.json", BUILTIN_FIXTURE),
+    ("formats.json", include_str!("../../data/formats.json")),
+    (
+        "more-optimizers.json",
+        include_str!("../../data/more-optimizers.json"),
+    ),
+];
+
 /// The whole fixture file.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Fixture {
@@ -272,7 +284,19 @@ impl Fixture {
         Ok(fixture)
     }
 
-    /// The fixture built into the binary.
+    /// Every fixture built into the binary, by file name.
+    pub fn shipped() -> Vec<(&'static str, Self)> {
+        SHIPPED_FIXTURES
+            .iter()
+            .map(|(name, text)| {
+                let fixture = Self::parse(text, &format!("built-in {name}"))
+                    .expect("the shipped fixtures parse");
+                (*name, fixture)
+            })
+            .collect()
+    }
+
+    /// The built-in torch.optim fixture.
     pub fn builtin() -> Self {
         Self::parse(BUILTIN_FIXTURE, "built-in torch-optim.json")
             .expect("the built-in fixture parses")

@@ -89,9 +89,11 @@ impl AdapterArgs {
 pub(crate) enum Command {
     /// Replay PyTorch's trajectories on the GPU and on the CPU reference; exit 1 on any failure.
     Conformance {
-        /// Fixture file (format optimizer-conformance/1); default: the copy built into the binary.
+        /// Fixture file (format optimizer-conformance/1); default: every fixture built into the
+        /// binary (torch-optim.json, formats.json, more-optimizers.json).
         file: Option<PathBuf>,
-        /// Print one JSON object instead of the table.
+        /// Print JSON instead of the tables: one report for a file, an array of reports for
+        /// the built-in fixtures.
         #[arg(long)]
         json: bool,
     },

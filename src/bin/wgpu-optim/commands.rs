@@ -90,84 +90,100 @@ pub(crate) fn run_conformance(
     json: bool,
     adapter: &AdapterArgs,
 ) -> Result<ExitCode> {
-    let fixture = match &file {
-        Some(path) => Fixture::load(path)?,
-        None => Fixture::builtin(),
+    // A file, or every fixture the binary ships.
+    let fixtures: Vec<(String, Fixture)> = match &file {
+        Some(path) => vec![(path.display().to_string(), Fixture::load(path)?)],
+        None => Fixture::shipped()
+            .into_iter()
+            .map(|(name, fixture)| (format!("built-in {name}"), fixture))
+            .collect(),
     };
     let ctx = adapter.context()?;
-    let bar = progress_bar(fixture.cases.len() as u64, "conformance");
-    let report = conformance::run_with_progress(&ctx, &fixture, |c| {
-        bar.set_message(c.name.clone());
-        bar.inc(1);
-    });
+    let cases = fixtures.iter().map(|(_, f)| f.cases.len()).sum::<usize>();
+    let bar = progress_bar(cases as u64, "conformance");
+    let reports: Vec<_> = fixtures
+        .iter()
+        .map(|(_, fixture)| {
+            conformance::run_with_progress(&ctx, fixture, |c| {
+                bar.set_message(c.name.clone());
+                bar.inc(1);
+            })
+        })
+        .collect();
     bar.finish_and_clear();
+    let passed = reports.iter().all(|r| r.passed());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("serializing the report")?
-        );
+        let text = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&reports)
+        };
+        println!("{}", text.context("serializing the report")?);
     } else {
-        let a = &report.adapter;
+        let a = &reports[0].adapter;
         println!(
             "adapter: {} ({}, {}, {})",
             a.name, a.backend, a.device_type, a.driver_info
         );
-        println!(
-            "fixture: {} ({} cases, {} schedules), tolerance rel-L2 {:e}",
-            file.as_ref()
-                .map_or("built-in torch-optim.json".into(), |p| p
-                    .display()
-                    .to_string()),
-            fixture.cases.len(),
-            fixture.schedules.len(),
-            fixture.tolerance.rel_l2
-        );
-        println!(
-            "{:<28} {:<17} {:>5} {:>12} {:>12}  status",
-            "case", "optimizer", "steps", "gpu rel-L2", "cpu rel-L2"
-        );
-        let fmt = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
-        for c in &report.cases {
-            println!(
-                "{:<28} {:<17} {:>5} {:>12} {:>12}  {}{}",
-                c.name,
-                c.optimizer,
-                c.steps,
-                fmt(c.gpu_rel_l2),
-                fmt(c.cpu_rel_l2),
-                status_word(c.status),
-                c.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
-            );
+        for ((label, fixture), report) in fixtures.iter().zip(&reports) {
+            print_conformance(label, fixture, report);
         }
-        for s in &report.schedules {
-            println!(
-                "schedule {:<19} max lr rel. error {:.2e} (tolerance {:e})  {}",
-                s.name,
-                s.max_rel_error,
-                fixture.tolerance.lr_rel,
-                status_word(s.status),
-            );
-        }
-        let count = |st| report.cases.iter().filter(|c| c.status == st).count();
-        let schedules = report
-            .schedules
-            .iter()
-            .filter(|s| s.status == Status::Pass)
-            .count();
-        println!(
-            "cases: {} pass, {} fail, {} unsupported; schedules: {} of {} pass",
-            count(Status::Pass),
-            count(Status::Fail),
-            count(Status::Unsupported),
-            schedules,
-            report.schedules.len()
-        );
     }
-    Ok(if report.passed() {
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One fixture's results as a table.
+fn print_conformance(label: &str, fixture: &Fixture, report: &conformance::Report) {
+    println!(
+        "\nfixture: {label} ({} cases, {} schedules), tolerance rel-L2 {:e}",
+        fixture.cases.len(),
+        fixture.schedules.len(),
+        fixture.tolerance.rel_l2
+    );
+    println!(
+        "{:<28} {:<17} {:>5} {:>12} {:>12}  status",
+        "case", "optimizer", "steps", "gpu rel-L2", "cpu rel-L2"
+    );
+    let fmt = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
+    for c in &report.cases {
+        println!(
+            "{:<28} {:<17} {:>5} {:>12} {:>12}  {}{}",
+            c.name,
+            c.optimizer,
+            c.steps,
+            fmt(c.gpu_rel_l2),
+            fmt(c.cpu_rel_l2),
+            status_word(c.status),
+            c.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
+        );
+    }
+    for s in &report.schedules {
+        println!(
+            "schedule {:<19} max lr rel. error {:.2e} (tolerance {:e})  {}",
+            s.name,
+            s.max_rel_error,
+            fixture.tolerance.lr_rel,
+            status_word(s.status),
+        );
+    }
+    let count = |st| report.cases.iter().filter(|c| c.status == st).count();
+    let schedules = report
+        .schedules
+        .iter()
+        .filter(|s| s.status == Status::Pass)
+        .count();
+    println!(
+        "cases: {} pass, {} fail, {} unsupported; schedules: {} of {} pass",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Unsupported),
+        schedules,
+        report.schedules.len()
+    );
 }
 
 pub(crate) fn run_bench(

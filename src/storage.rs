@@ -2,7 +2,7 @@
 //! in GPU memory, and how they are converted on the way in and out. The update rules compute in
 //! float32 registers and never see a format: the host writes, for each kernel, accessors that
 //! load a role's values as `V` (float32) and store them rounded to the role's format
-//! ([`Storage::wgsl`]), and the same conversions in Rust for the host's copies and for the
+//! (`Storage::wgsl_accessors`), and the same conversions in Rust for the host's copies and for the
 //! float64 reference.
 //!
 //! 16-bit values are packed two per `u32`; a vec4 element is one `vec2<u32>`, so a 16-bit role

@@ -4,7 +4,7 @@
 
 use super::{Optimizer, Role, TensorId, check_usage};
 // (Caller buffers were checked for STORAGE usage when the optimizer was built.)
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::{BindingKind, UtilityKernel, workgroups_for};
 use crate::storage::GradAccess;
 
@@ -30,17 +30,7 @@ impl Optimizer {
     /// written; queued, it returns without waiting (one staging buffer per call, as large as
     /// the largest segment).
     pub fn accumulate_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
-        if grads.len() != self.tensors.len() {
-            return Err(Error::WrongCount {
-                call: "accumulate_grads",
-                item: "gradient",
-                expected: self.tensors.len(),
-                got: grads.len(),
-            });
-        }
-        for (t, grad) in grads.iter().enumerate() {
-            self.check_full(TensorId(t), "gradient", grad.len())?;
-        }
+        self.check_grads("accumulate_grads", grads)?;
         let ctx = &self.ctx;
         let largest = self
             .groups

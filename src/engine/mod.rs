@@ -261,17 +261,7 @@ impl Optimizer {
     /// Uploads one gradient per tensor (in [`TensorId`] order), then steps. Every length is
     /// checked before anything is written.
     pub fn step_with_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
-        if grads.len() != self.tensors.len() {
-            return Err(Error::WrongCount {
-                call: "step_with_grads",
-                item: "gradient",
-                expected: self.tensors.len(),
-                got: grads.len(),
-            });
-        }
-        for (t, grad) in grads.iter().enumerate() {
-            self.check_full(TensorId(t), "gradient", grad.len())?;
-        }
+        self.check_grads("step_with_grads", grads)?;
         for (t, grad) in grads.iter().enumerate() {
             self.write(TensorId(t), Role::Grad, 0, grad)?;
         }
@@ -442,6 +432,23 @@ impl Optimizer {
                 expected,
                 got: offset + len as u64,
             });
+        }
+        Ok(())
+    }
+
+    /// One gradient per tensor, each of the tensor's whole length (`call` names the method in
+    /// the error).
+    fn check_grads(&self, call: &'static str, grads: &[&[f32]]) -> Result<()> {
+        if grads.len() != self.tensors.len() {
+            return Err(Error::WrongCount {
+                call,
+                item: "gradient",
+                expected: self.tensors.len(),
+                got: grads.len(),
+            });
+        }
+        for (t, grad) in grads.iter().enumerate() {
+            self.check_full(TensorId(t), "gradient", grad.len())?;
         }
         Ok(())
     }

@@ -253,7 +253,12 @@ impl Kernel {
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}",
             storage.wgsl_conversions(),
-            storage.wgsl_accessors(&states, FIRST_STATE_BINDING, MODEL_COPY_BINDING),
+            storage.wgsl_accessors(
+                &states,
+                FIRST_STATE_BINDING,
+                MODEL_COPY_BINDING,
+                SEGMENT_INFO_BINDING
+            ),
         )
     }
 }
@@ -268,6 +273,10 @@ pub const CONTROL_BINDING: u32 = FIRST_STATE_BINDING + MAX_STATE_SLOTS as u32;
 /// With master weights, the binding of the model's 16-bit copy of the parameters (the
 /// parameter binding then holds the float32 master).
 pub const MODEL_COPY_BINDING: u32 = CONTROL_BINDING + 1;
+
+/// With stochastic rounding, the binding of the segment's uniform (the index of its first
+/// element in the group).
+pub const SEGMENT_INFO_BINDING: u32 = MODEL_COPY_BINDING + 1;
 
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
 /// on the elements of a step that is not skipped. It never returns before its end, so that a
@@ -367,7 +376,7 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<(usize, ScalarsVia, bool), wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, ScalarsVia, bool, bool), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
 }
@@ -379,11 +388,13 @@ impl KernelCache {
         device: &wgpu::Device,
         states: usize,
         scalars: ScalarsVia,
-        model_copy: bool,
+        stored: &Storage,
     ) -> wgpu::BindGroupLayout {
+        let model_copy = stored.master_weights;
+        let segment_info = stored.stochastic();
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
-            .entry((states, scalars, model_copy))
+            .entry((states, scalars, model_copy, segment_info))
             .or_insert_with(|| {
                 let storage = |binding, read_only| {
                     buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
@@ -401,6 +412,12 @@ impl KernelCache {
                 ));
                 if model_copy {
                     entries.push(storage(MODEL_COPY_BINDING, false));
+                }
+                if segment_info {
+                    entries.push(buffer_entry(
+                        SEGMENT_INFO_BINDING,
+                        wgpu::BufferBindingType::Uniform,
+                    ));
                 }
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!(
@@ -437,7 +454,7 @@ impl KernelCache {
         {
             return p.clone();
         }
-        let layout = self.layout(device, kernel.states.len(), scalars, storage.master_weights);
+        let layout = self.layout(device, kernel.states.len(), scalars, &storage);
         let label = format!(
             "{} {element:?} {scalars:?} {} {flags:?}",
             kernel.name,

@@ -53,7 +53,7 @@ pub use optim::{
 };
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
-pub use storage::{Format, HostValue, Storage};
+pub use storage::{Format, HostValue, Rounding, Storage};
 
 /// The `half` crate this one is built against: its `bf16` and `f16` are the 16-bit host types
 /// ([`HostValue`]).

@@ -6,7 +6,7 @@
 use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OptimizerConfig, ReferenceTensor, StepCounter, UpdateRule};
-use crate::storage::{Format, Storage};
+use crate::storage::{Format, Rounding, Storage, stochastic_bits};
 
 /// `value` as stored in `format` and loaded again (16-bit: through float32, rounded to nearest
 /// even); float32 storage keeps the float64 value, as the reference computes in float64.
@@ -42,6 +42,9 @@ pub struct ReferenceGroup {
     /// One vector per tensor: the parameters the step updates (the master, with master
     /// weights; see [`model_params`](Self::model_params)).
     pub params: Vec<Vec<f64>>,
+    /// The index of each tensor's first element in the GPU group, for stochastic rounding
+    /// (see `Optimizer::rounding_positions`; by default the tensors one after the other).
+    pub positions: Vec<u64>,
     /// `states[tensor][slot]`: empty for the slots the configuration does not use.
     pub states: Vec<Vec<Vec<f64>>>,
 }
@@ -104,6 +107,14 @@ impl ReferenceGroup {
                 growth_tracker: 0,
                 skipped_steps: 0,
             },
+            positions: params
+                .iter()
+                .scan(0u64, |next, p| {
+                    let at = *next;
+                    *next += p.len() as u64;
+                    Some(at)
+                })
+                .collect(),
             params,
             states,
         })
@@ -182,7 +193,8 @@ impl ReferenceGroup {
         self.last.skipped = false;
 
         let counter = self.config.advance(&self.counter);
-        for ((param, grad), states) in self.params.iter_mut().zip(&grads).zip(&mut self.states) {
+        let tensors = self.params.iter_mut().zip(&grads).zip(&mut self.states);
+        for (((param, grad), states), &position) in tensors.zip(&self.positions) {
             let tensor = ReferenceTensor {
                 param,
                 grad,
@@ -192,7 +204,13 @@ impl ReferenceGroup {
             for v in states.iter_mut().flatten() {
                 *v = stored(self.storage.states, *v);
             }
-            if !self.storage.master_weights {
+            if let Rounding::Stochastic { seed } = self.storage.rounding {
+                // The step computes in float32; the random bits decide from its bits.
+                for (k, v) in param.iter_mut().enumerate() {
+                    let random = stochastic_bits(seed, counter.step as u32, position + k as u64);
+                    *v = self.storage.param.round_stochastic(*v as f32, random) as f64;
+                }
+            } else if !self.storage.master_weights {
                 for v in param.iter_mut() {
                     *v = stored(self.storage.param, *v);
                 }

@@ -54,6 +54,25 @@ impl Format {
         }
     }
 
+    /// The value a float32 becomes when stored with stochastic rounding, given 32 random
+    /// bits (what the kernels' stores do): up with probability equal to the distance to the
+    /// value below, in units in the last place. Exact values stay; NaN stays NaN; f16 values
+    /// below 2^-25 become zero.
+    pub fn round_stochastic(self, value: f32, random: u32) -> f32 {
+        match self {
+            Format::F32 => value,
+            Format::Bf16 => {
+                let u = value.to_bits();
+                if value.is_nan() {
+                    return value;
+                }
+                let bits = (u.wrapping_add(random & 0xffff) >> 16) as u16;
+                half::bf16::from_bits(bits).to_f32()
+            }
+            Format::F16 => half::f16::from_bits(f16_bits_stochastic(value, random)).to_f32(),
+        }
+    }
+
     /// The values as this format's little-endian bytes, each rounded to nearest even.
     pub(crate) fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {
@@ -163,6 +182,63 @@ impl HostValue for half::f16 {
     }
 }
 
+/// How 16-bit parameters are rounded when the step stores them (without master weights).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// To nearest, ties to even: small updates below half a unit in the last place are lost.
+    #[default]
+    NearestEven,
+    /// Up or down with probability proportional to the distance (unbiased in expectation), the
+    /// random bits a counter-based hash of `seed`, the step number and the element's index in
+    /// its group ([`stochastic_bits`]): a run is reproducible, and the reference mirrors it.
+    Stochastic {
+        /// The hash's seed.
+        seed: u32,
+    },
+}
+
+/// The 32 random bits stochastic rounding uses for the element at `index` (its position in
+/// its group, see `Optimizer::rounding_positions`) at step `step` (from 1): PCG's output
+/// permutation, chained.
+pub fn stochastic_bits(seed: u32, step: u32, index: u64) -> u32 {
+    let stream = pcg_hash(step ^ pcg_hash(seed));
+    pcg_hash((index as u32) ^ stream)
+}
+
+/// PCG's output permutation (O'Neill 2014), as a hash; the same in WGSL.
+pub(crate) fn pcg_hash(x: u32) -> u32 {
+    let state = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Binary16 bits of `x` rounded stochastically with `random` (as `f16_bits_sr` in WGSL).
+fn f16_bits_stochastic(x: f32, random: u32) -> u16 {
+    let u = x.to_bits();
+    let sign = (u >> 16) & 0x8000;
+    let a = u & 0x7fff_ffff;
+    if a >= 0x7f80_0000 {
+        return half::f16::from_f32(x).to_bits();
+    }
+    if a >= 0x3880_0000 {
+        // Normal: add random low bits, drop 13 bits; past 65504 the carry reaches infinity.
+        let r = a + (random & 0x1fff);
+        if r >= 0x4780_0000 {
+            return (sign | 0x7c00) as u16;
+        }
+        return (sign | ((r - 0x3800_0000) >> 13)) as u16;
+    }
+    let e = a >> 23;
+    if e < 102 {
+        return sign as u16;
+    }
+    let m = (a & 0x7f_ffff) | 0x80_0000;
+    let shift = 126 - e;
+    let q = (m + (random & ((1 << shift) - 1))) >> shift;
+    (sign | q) as u16
+}
+
 /// How one parameter group keeps its values. Math is float32 in every case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -176,6 +252,8 @@ pub struct Storage {
     /// Keep a float32 master copy of 16-bit parameters: the step updates the master and
     /// writes the 16-bit copy, rounded, in the same pass.
     pub master_weights: bool,
+    /// How the step rounds 16-bit parameters (without master weights).
+    pub rounding: Rounding,
 }
 
 impl Storage {
@@ -185,11 +263,22 @@ impl Storage {
         grad: Format::F32,
         states: Format::F32,
         master_weights: false,
+        rounding: Rounding::NearestEven,
     };
 
     /// Master weights keep a float32 copy of 16-bit parameters: float32 parameters with them
     /// are an error (there is nothing to keep a master of).
     pub fn validate(&self) -> crate::Result<()> {
+        if matches!(self.rounding, Rounding::Stochastic { .. })
+            && (self.param == Format::F32 || self.master_weights)
+        {
+            return Err(crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason: "stochastic rounding applies to 16-bit parameters without master \
+                         weights"
+                    .into(),
+            });
+        }
         if self.master_weights && self.param == Format::F32 {
             return Err(crate::Error::InvalidConfig {
                 optimizer: "storage",
@@ -202,7 +291,8 @@ impl Storage {
     }
 
     /// Every storage a group may have: each role in each format, with master weights where
-    /// the parameters are 16-bit (45 in all).
+    /// the parameters are 16-bit, stochastic rounding where they are 16-bit without master
+    /// weights (63 in all).
     pub fn all() -> Vec<Storage> {
         let formats = [Format::F32, Format::Bf16, Format::F16];
         let mut all = Vec::new();
@@ -215,9 +305,17 @@ impl Storage {
                             grad,
                             states,
                             master_weights,
+                            rounding: Rounding::NearestEven,
                         };
                         if storage.validate().is_ok() {
                             all.push(storage);
+                        }
+                        let stochastic = Storage {
+                            rounding: Rounding::Stochastic { seed: 0 },
+                            ..storage
+                        };
+                        if stochastic.validate().is_ok() {
+                            all.push(stochastic);
                         }
                     }
                 }
@@ -250,6 +348,11 @@ impl Storage {
             .unwrap_or(4)
     }
 
+    /// Whether parameters are rounded stochastically.
+    pub fn stochastic(&self) -> bool {
+        matches!(self.rounding, Rounding::Stochastic { .. })
+    }
+
     /// Whether any role is packed 16-bit (the kernel then needs the vec4 element type).
     pub fn has_16_bit(&self) -> bool {
         [self.param, self.grad, self.states]
@@ -269,6 +372,12 @@ impl Storage {
         }
         if self.master_weights {
             label.push_str("-master");
+        }
+        if let Rounding::Stochastic { seed } = self.rounding {
+            label.push_str("-sr");
+            if seed != 0 {
+                label.push_str(&seed.to_string());
+            }
         }
         if self.states != Format::F32 {
             label.push('+');
@@ -297,14 +406,25 @@ impl Storage {
             Some((rest, states)) => (rest, format(states)?),
             None => (label, Format::F32),
         };
+        // `-sr` or `-sr<seed>`: stochastic rounding.
+        let (rest, rounding) = match rest.rsplit_once("-sr") {
+            Some((rest, seed)) if seed.is_empty() || seed.bytes().all(|b| b.is_ascii_digit()) => {
+                let seed = if seed.is_empty() {
+                    0
+                } else {
+                    seed.parse()
+                        .map_err(|_| bad(format!("seed `{seed}` is not a u32")))?
+                };
+                (rest, Rounding::Stochastic { seed })
+            }
+            _ => (rest, Rounding::NearestEven),
+        };
         let (rest, master_weights) = match rest.strip_suffix("-master") {
             Some(rest) => (rest, true),
             None => (rest, false),
         };
-        if rest.ends_with("-sr") || rest.ends_with("-kahan") {
-            return Err(bad(
-                "stochastic rounding and Kahan summation are not built yet".into(),
-            ));
+        if rest.ends_with("-kahan") {
+            return Err(bad("Kahan summation is not built yet".into()));
         }
         let (param, grad) = match rest.split_once('/') {
             Some((param, grad)) => (format(param)?, format(grad)?),
@@ -315,6 +435,7 @@ impl Storage {
             grad,
             states,
             master_weights,
+            rounding,
         };
         storage.validate()?;
         Ok(storage)
@@ -357,6 +478,7 @@ impl Storage {
         states: &[&str],
         first_state_binding: u32,
         model_copy_binding: u32,
+        segment_info_binding: u32,
     ) -> String {
         let param = self.updated_param();
         let mut wgsl = format!(
@@ -378,6 +500,26 @@ impl Storage {
                  fn store_param(i: u32, value: V) {{ param[i] = value; model_param[i] = {}; }}\n",
                 self.param.wgsl_array_element(),
                 self.param.wgsl_store("value"),
+            ));
+        } else if let Rounding::Stochastic { seed } = self.rounding {
+            let store = match self.param {
+                Format::Bf16 => "f32_to_bf16x4_sr",
+                _ => "f32_to_f16x4_sr",
+            };
+            wgsl.push_str(&format!(
+                "// Stochastic rounding: the random bits of each element hash the seed, the\n\
+                 // device's step number and the element's index in its group (this segment's\n\
+                 // first index, plus its place in the segment).\n\
+                 struct SegmentInfo {{ base: u32, _pad0: u32, _pad1: u32, _pad2: u32 }}\n\
+                 @group(0) @binding({segment_info_binding}) var<uniform> segment_info: SegmentInfo;\n\
+                 const ROUNDING_SEED: u32 = {seed}u;\n\
+                 fn rounding_bits(i: u32) -> vec4<u32> {{\n\
+                 let stream = pcg_hash(control.step ^ pcg_hash(ROUNDING_SEED));\n\
+                 let first = segment_info.base + 4u * i;\n\
+                 return vec4<u32>(pcg_hash(first ^ stream), pcg_hash((first + 1u) ^ stream),\n\
+                 pcg_hash((first + 2u) ^ stream), pcg_hash((first + 3u) ^ stream));\n\
+                 }}\n\
+                 fn store_param(i: u32, value: V) {{ param[i] = {store}(value, rounding_bits(i)); }}\n"
             ));
         } else {
             wgsl.push_str(&format!(
@@ -504,6 +646,51 @@ fn f16_bits(x: f32) -> u32 {
 fn f32_to_f16x4(x: vec4<f32>) -> vec2<u32> {
     return vec2<u32>(f16_bits(x.x) | (f16_bits(x.y) << 16u), f16_bits(x.z) | (f16_bits(x.w) << 16u));
 }
+
+// PCG's output permutation (O'Neill 2014) as a hash: stochastic rounding's random bits.
+fn pcg_hash(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Stochastic rounding to bf16: add 16 random low bits, then drop them.
+fn f32_to_bf16x4_sr(x: vec4<f32>, r: vec4<u32>) -> vec2<u32> {
+    let u = bitcast<vec4<u32>>(x);
+    let nan = (u & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    let b = select((u + (r & vec4<u32>(0xffffu))) >> vec4<u32>(16u), (u >> vec4<u32>(16u)) | vec4<u32>(0x40u), nan);
+    return vec2<u32>(b.x | (b.y << 16u), b.z | (b.w << 16u));
+}
+
+// Stochastic rounding to binary16: random low bits added before they are dropped (values below
+// 2^-25 become zero).
+fn f16_bits_sr(x: f32, random: u32) -> u32 {
+    let u = bitcast<u32>(x);
+    let sign = (u >> 16u) & 0x8000u;
+    let a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) {
+        return f16_bits(x);
+    }
+    if (a >= 0x38800000u) {
+        let r = a + (random & 0x1fffu);
+        if (r >= 0x47800000u) {
+            return sign | 0x7c00u;
+        }
+        return sign | ((r - 0x38000000u) >> 13u);
+    }
+    let e = a >> 23u;
+    if (e < 102u) {
+        return sign;
+    }
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    return sign | ((m + (random & ((1u << shift) - 1u))) >> shift);
+}
+
+fn f32_to_f16x4_sr(x: vec4<f32>, r: vec4<u32>) -> vec2<u32> {
+    return vec2<u32>(f16_bits_sr(x.x, r.x) | (f16_bits_sr(x.y, r.y) << 16u),
+                     f16_bits_sr(x.z, r.z) | (f16_bits_sr(x.w, r.w) << 16u));
+}
 ";
 
 #[cfg(test)]
@@ -513,12 +700,21 @@ mod tests {
     #[test]
     fn labels_read_back() {
         let all = Storage::all();
-        assert_eq!(all.len(), 27 + 18);
+        // 27 without master weights, 18 with, 18 with stochastic rounding.
+        assert_eq!(all.len(), 27 + 18 + 18);
         for storage in all {
             assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
         }
         assert_eq!(Storage::parse("bf16").unwrap().grad, Format::Bf16);
-        for bad in ["bf16+q8", "bf16-sr", "f64", "f32-master", ""] {
+        for bad in [
+            "bf16+q8",
+            "f32-sr",
+            "bf16-master-sr",
+            "bf16-srx",
+            "f64",
+            "f32-master",
+            "",
+        ] {
             assert!(Storage::parse(bad).is_err(), "{bad}");
         }
     }

@@ -23,6 +23,9 @@ use crate::transfer;
 /// Where one tensor's elements lie: runs in segments.
 pub(crate) struct TensorPlace {
     pub len: u64,
+    /// The index of its first element among the group's elements (see
+    /// [`Segment::first_index`]).
+    pub position: u64,
     pub pieces: Vec<Piece>,
     /// Parameters and gradients live in the caller's buffers.
     pub external: bool,
@@ -194,6 +197,7 @@ fn arena_segments(ctx: &GpuContext, spec: &GroupSpec, layout: &ArenaLayout) -> V
                 bind_group: None,
                 workgroups: (0, 0),
                 external_tensor: None,
+                first_index: range.start,
             }
         })
         .collect()
@@ -209,6 +213,7 @@ fn external_segments(
     (t, number): (usize, usize),
     segment_bytes: u64,
     segments: &mut Vec<Segment>,
+    position: u64,
 ) -> TensorPlace {
     let aligned = ext.len.is_multiple_of(4)
         && ext.param_offset.is_multiple_of(16)
@@ -257,10 +262,12 @@ fn external_segments(
             bind_group: None,
             workgroups: (0, 0),
             external_tensor: Some(t),
+            first_index: position + first,
         });
     }
     TensorPlace {
         len: ext.len,
+        position,
         pieces,
         external: true,
     }
@@ -330,17 +337,30 @@ impl Group {
             .collect();
         let layout = ArenaLayout::new(&arena_lens, segment_bytes / widest);
         let mut segments = arena_segments(ctx, &spec, &layout);
-        // Then each external tensor's own segments, in the order of the tensors.
+        // Then each external tensor's own segments, in the order of the tensors; their
+        // elements are numbered after the arena's.
+        let mut next_external = layout.segments.last().map_or(0, |s| s.end);
         let tensors = inits
             .iter()
             .enumerate()
             .map(|(t, init)| match init {
                 TensorInit::External(ext) => {
                     let numbered = (t, first_tensor + t);
-                    external_segments(ctx, &spec, ext, numbered, segment_bytes, &mut segments)
+                    let position = next_external;
+                    next_external += ext.len;
+                    external_segments(
+                        ctx,
+                        &spec,
+                        ext,
+                        numbered,
+                        segment_bytes,
+                        &mut segments,
+                        position,
+                    )
                 }
                 other => TensorPlace {
                     len: other.len(),
+                    position: layout.offsets[t],
                     pieces: layout.pieces(t, 0..other.len()),
                     external: false,
                 },
@@ -395,10 +415,30 @@ impl Group {
             &ctx.device,
             kernel.states.len(),
             self.scalars_via,
-            self.storage.master_weights,
+            &self.storage,
         );
         for (s, segment) in self.segments.iter_mut().enumerate() {
+            // With stochastic rounding, the index of the segment's first element (a u32: the
+            // hash takes indices modulo 2^32), in a small uniform the bind group keeps alive.
+            let segment_info = self.storage.stochastic().then(|| {
+                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("segment info"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let words = [segment.first_index as u32, 0, 0, 0];
+                ctx.queue
+                    .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+                buffer
+            });
             let mut entries = Vec::new();
+            if let Some(info) = &segment_info {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: crate::kernels::SEGMENT_INFO_BINDING,
+                    resource: info.as_entire_binding(),
+                });
+            }
             if let Some(uniform) = &self.uniform {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 0,

@@ -173,6 +173,19 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The index of each tensor's first element among its group's elements, in the group's
+    /// tensor order: what stochastic rounding hashes with the seed and the step (element `k`
+    /// of a tensor is `position + k`). The float64 reference takes them
+    /// ([`ReferenceGroup::positions`](crate::ReferenceGroup::positions)) to round the same way.
+    pub fn rounding_positions(&self, group: GroupId) -> Result<Vec<u64>> {
+        Ok(self
+            .group(group)?
+            .tensors
+            .iter()
+            .map(|t| t.position)
+            .collect())
+    }
+
     /// Names of the optimizer states a group keeps, in binding order.
     pub fn state_names(&self, group: GroupId) -> Result<Vec<&'static str>> {
         Ok(self.group(group)?.state_names())

@@ -20,6 +20,9 @@ pub(crate) struct Segment {
     pub workgroups: (u32, u32),
     /// The group-local index of the external tensor this segment belongs to, if any.
     pub external_tensor: Option<usize>,
+    /// The index of its first element among the group's elements (arena positions, then each
+    /// external tensor's after the arena's end): stochastic rounding hashes it.
+    pub first_index: u64,
 }
 
 impl Segment {

@@ -376,6 +376,7 @@ impl Case {
             grad: format("grad", false)?,
             states: format("state", true)?,
             master_weights,
+            ..Storage::F32
         };
         storage
             .validate()

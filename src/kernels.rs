@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{Format, GradAccess, Storage};
+use crate::storage::{Format, GradAccess, Rounding, Storage};
 
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
@@ -257,7 +257,8 @@ impl Kernel {
                 &states,
                 FIRST_STATE_BINDING,
                 MODEL_COPY_BINDING,
-                SEGMENT_INFO_BINDING
+                SEGMENT_INFO_BINDING,
+                COMPENSATION_BINDING,
             ),
         )
     }
@@ -277,6 +278,9 @@ pub const MODEL_COPY_BINDING: u32 = CONTROL_BINDING + 1;
 /// With stochastic rounding, the binding of the segment's uniform (the index of its first
 /// element in the group).
 pub const SEGMENT_INFO_BINDING: u32 = MODEL_COPY_BINDING + 1;
+
+/// With Kahan summation, the binding of the parameters' compensation buffer.
+pub const COMPENSATION_BINDING: u32 = SEGMENT_INFO_BINDING + 1;
 
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
 /// on the elements of a step that is not skipped. It never returns before its end, so that a
@@ -376,7 +380,7 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<(usize, ScalarsVia, bool, bool), wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
 }
@@ -392,9 +396,19 @@ impl KernelCache {
     ) -> wgpu::BindGroupLayout {
         let model_copy = stored.master_weights;
         let segment_info = stored.stochastic();
+        let kahan = stored.kahan();
+        // Keyed by what changes the bindings only: one layout serves every format.
+        let key = Storage {
+            master_weights: model_copy,
+            rounding: match stored.rounding {
+                Rounding::Stochastic { .. } => Rounding::Stochastic { seed: 0 },
+                other => other,
+            },
+            ..Storage::F32
+        };
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
-            .entry((states, scalars, model_copy, segment_info))
+            .entry((states, scalars, key))
             .or_insert_with(|| {
                 let storage = |binding, read_only| {
                     buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
@@ -418,6 +432,9 @@ impl KernelCache {
                         SEGMENT_INFO_BINDING,
                         wgpu::BufferBindingType::Uniform,
                     ));
+                }
+                if kahan {
+                    entries.push(storage(COMPENSATION_BINDING, false));
                 }
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!(

@@ -45,6 +45,8 @@ pub struct ReferenceGroup {
     /// The index of each tensor's first element in the GPU group, for stochastic rounding
     /// (see `Optimizer::rounding_positions`; by default the tensors one after the other).
     pub positions: Vec<u64>,
+    /// With Kahan summation, what rounding each stored parameter lost (one vector per tensor).
+    pub compensation: Vec<Vec<f64>>,
     /// `states[tensor][slot]`: empty for the slots the configuration does not use.
     pub states: Vec<Vec<Vec<f64>>>,
 }
@@ -115,6 +117,7 @@ impl ReferenceGroup {
                     Some(at)
                 })
                 .collect(),
+            compensation: params.iter().map(|p| vec![0.0; p.len()]).collect(),
             params,
             states,
         })
@@ -194,7 +197,13 @@ impl ReferenceGroup {
 
         let counter = self.config.advance(&self.counter);
         let tensors = self.params.iter_mut().zip(&grads).zip(&mut self.states);
-        for (((param, grad), states), &position) in tensors.zip(&self.positions) {
+        let extra = self.positions.iter().zip(&mut self.compensation);
+        for (((param, grad), states), (&position, compensation)) in tensors.zip(extra) {
+            let before: Vec<f64> = if self.storage.kahan() {
+                param.clone()
+            } else {
+                Vec::new()
+            };
             let tensor = ReferenceTensor {
                 param,
                 grad,
@@ -204,7 +213,18 @@ impl ReferenceGroup {
             for v in states.iter_mut().flatten() {
                 *v = stored(self.storage.states, *v);
             }
-            if let Rounding::Stochastic { seed } = self.storage.rounding {
+            if self.storage.kahan() {
+                // In float32, as the kernel's store: the update plus what was lost before,
+                // stored rounded, and what this rounding lost kept for the next step.
+                let format = self.storage.param;
+                for ((v, old), c) in param.iter_mut().zip(&before).zip(compensation.iter_mut()) {
+                    let p = *old as f32;
+                    let y = (*v as f32 - p) + *c as f32;
+                    let stored = format.round(p + y);
+                    *c = format.round(y - (stored - p)) as f64;
+                    *v = stored as f64;
+                }
+            } else if let Rounding::Stochastic { seed } = self.storage.rounding {
                 // The step computes in float32; the random bits decide from its bits.
                 for (k, v) in param.iter_mut().enumerate() {
                     let random = stochastic_bits(seed, counter.step as u32, position + k as u64);

@@ -196,6 +196,9 @@ pub enum Rounding {
         /// The hash's seed.
         seed: u32,
     },
+    /// Compensated (Kahan) summation: a second 16-bit buffer keeps what each store's rounding
+    /// lost and adds it back to the next update, so that small updates accumulate.
+    Kahan,
 }
 
 /// The 32 random bits stochastic rounding uses for the element at `index` (its position in
@@ -269,13 +272,13 @@ impl Storage {
     /// Master weights keep a float32 copy of 16-bit parameters: float32 parameters with them
     /// are an error (there is nothing to keep a master of).
     pub fn validate(&self) -> crate::Result<()> {
-        if matches!(self.rounding, Rounding::Stochastic { .. })
+        if self.rounding != Rounding::NearestEven
             && (self.param == Format::F32 || self.master_weights)
         {
             return Err(crate::Error::InvalidConfig {
                 optimizer: "storage",
-                reason: "stochastic rounding applies to 16-bit parameters without master \
-                         weights"
+                reason: "stochastic rounding and Kahan summation apply to 16-bit parameters \
+                         without master weights"
                     .into(),
             });
         }
@@ -310,12 +313,14 @@ impl Storage {
                         if storage.validate().is_ok() {
                             all.push(storage);
                         }
-                        let stochastic = Storage {
-                            rounding: Rounding::Stochastic { seed: 0 },
-                            ..storage
-                        };
-                        if stochastic.validate().is_ok() {
-                            all.push(stochastic);
+                        for rounding in [Rounding::Stochastic { seed: 0 }, Rounding::Kahan] {
+                            let other = Storage {
+                                rounding,
+                                ..storage
+                            };
+                            if other.validate().is_ok() {
+                                all.push(other);
+                            }
                         }
                     }
                 }
@@ -348,6 +353,11 @@ impl Storage {
             .unwrap_or(4)
     }
 
+    /// Whether parameters keep a Kahan compensation buffer.
+    pub fn kahan(&self) -> bool {
+        self.rounding == Rounding::Kahan
+    }
+
     /// Whether parameters are rounded stochastically.
     pub fn stochastic(&self) -> bool {
         matches!(self.rounding, Rounding::Stochastic { .. })
@@ -373,11 +383,15 @@ impl Storage {
         if self.master_weights {
             label.push_str("-master");
         }
-        if let Rounding::Stochastic { seed } = self.rounding {
-            label.push_str("-sr");
-            if seed != 0 {
-                label.push_str(&seed.to_string());
+        match self.rounding {
+            Rounding::NearestEven => {}
+            Rounding::Stochastic { seed } => {
+                label.push_str("-sr");
+                if seed != 0 {
+                    label.push_str(&seed.to_string());
+                }
             }
+            Rounding::Kahan => label.push_str("-kahan"),
         }
         if self.states != Format::F32 {
             label.push('+');
@@ -419,13 +433,14 @@ impl Storage {
             }
             _ => (rest, Rounding::NearestEven),
         };
+        let (rest, rounding) = match rest.strip_suffix("-kahan") {
+            Some(rest) if rounding == Rounding::NearestEven => (rest, Rounding::Kahan),
+            _ => (rest, rounding),
+        };
         let (rest, master_weights) = match rest.strip_suffix("-master") {
             Some(rest) => (rest, true),
             None => (rest, false),
         };
-        if rest.ends_with("-kahan") {
-            return Err(bad("Kahan summation is not built yet".into()));
-        }
         let (param, grad) = match rest.split_once('/') {
             Some((param, grad)) => (format(param)?, format(grad)?),
             None => (format(rest)?, format(rest)?),
@@ -479,6 +494,7 @@ impl Storage {
         first_state_binding: u32,
         model_copy_binding: u32,
         segment_info_binding: u32,
+        compensation_binding: u32,
     ) -> String {
         let param = self.updated_param();
         let mut wgsl = format!(
@@ -520,6 +536,25 @@ impl Storage {
                  pcg_hash((first + 2u) ^ stream), pcg_hash((first + 3u) ^ stream));\n\
                  }}\n\
                  fn store_param(i: u32, value: V) {{ param[i] = {store}(value, rounding_bits(i)); }}\n"
+            ));
+        } else if self.rounding == Rounding::Kahan {
+            let element = param.wgsl_array_element();
+            let load = |raw: &str| param.wgsl_load(raw);
+            wgsl.push_str(&format!(
+                "// Kahan summation: `compensation` holds what rounding the stored parameter lost;\n\
+                 // it joins the next update, and what that store loses replaces it.\n\
+                 @group(0) @binding({compensation_binding}) var<storage, read_write> compensation: array<{element}>;\n\
+                 fn store_param(i: u32, value: V) {{\n\
+                 let p = {};\n\
+                 let y = (value - p) + {};\n\
+                 let stored = {};\n\
+                 param[i] = stored;\n\
+                 compensation[i] = {};\n\
+                 }}\n",
+                load("param[i]"),
+                load("compensation[i]"),
+                param.wgsl_store("p + y"),
+                param.wgsl_store(&format!("y - ({} - p)", load("stored"))),
             ));
         } else {
             wgsl.push_str(&format!(

@@ -104,6 +104,14 @@ fn storages() -> Vec<Storage> {
         storage(F32, F32, Bf16, false),
         storage(Bf16, Bf16, F32, true),
         storage(F16, F16, Bf16, true),
+        Storage {
+            rounding: wgpu_optim::Rounding::Kahan,
+            ..storage(Bf16, Bf16, F32, false)
+        },
+        Storage {
+            rounding: wgpu_optim::Rounding::Kahan,
+            ..storage(F16, F32, F32, false)
+        },
     ]
 }
 
@@ -363,6 +371,9 @@ fn stored_bits(opt: &Optimizer, storage: &Storage) -> Vec<Vec<u32>> {
         if storage.master_weights {
             roles.push(opt.read(id, Role::Master, 0..len).unwrap());
         }
+        if storage.kahan() {
+            roles.push(opt.read(id, Role::Compensation, 0..len).unwrap());
+        }
         for name in opt.state_names(GroupId(0)).unwrap() {
             roles.push(opt.read_state(id, name).unwrap());
         }
@@ -389,6 +400,10 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
     for storage in [
         storage(Bf16, Bf16, Bf16, false),
         storage(F16, F16, Bf16, true),
+        Storage {
+            rounding: wgpu_optim::Rounding::Kahan,
+            ..storage(Bf16, Bf16, Bf16, false)
+        },
     ] {
         let label = storage.label();
         let mut rng = rng(11);
@@ -900,7 +915,7 @@ fn stochastic_rounding_is_reproducible_and_mirrored() {
 /// last place. Rounding to nearest even never moves a parameter (each update is lost);
 /// stochastic rounding follows float32 on average.
 #[test]
-fn nearest_even_stalls_where_stochastic_rounding_tracks_float32() {
+fn nearest_even_stalls_where_stochastic_rounding_and_kahan_track_float32() {
     let ctx = context();
     let n = 4_096usize;
     let steps = 2_000;
@@ -940,9 +955,17 @@ fn nearest_even_stalls_where_stochastic_rounding_tracks_float32() {
     let float32 = run(Storage::F32);
     let nearest = run(storage(Format::Bf16, Format::F32, Format::F32, false));
     let stochastic = run(stochastic(Format::Bf16, 1));
+    let kahan = run(Storage {
+        rounding: wgpu_optim::Rounding::Kahan,
+        ..storage(Format::Bf16, Format::F32, Format::F32, false)
+    });
     println!(
         "moved on average after {steps} steps: float32 {float32:.6}, bf16 nearest-even \
-         {nearest:.6}, bf16 stochastic {stochastic:.6} (exact {exact:.6})"
+         {nearest:.6}, bf16 stochastic {stochastic:.6}, bf16 Kahan {kahan:.6} (exact {exact:.6})"
+    );
+    assert!(
+        (kahan - float32).abs() < 0.02 * float32,
+        "Kahan {kahan} vs float32 {float32}"
     );
     assert!((float32 - exact).abs() < 1e-3 * exact, "float32 {float32}");
     assert_eq!(nearest, 0.0, "nearest-even loses every update");

@@ -115,6 +115,9 @@ fn saved_param_format(storage: &Storage) -> Format {
     storage.updated_param()
 }
 
+/// The name of a tensor's Kahan compensation in the file.
+const COMPENSATION: &str = "param_compensation";
+
 fn control_name(group: usize) -> String {
     format!("group{group}.control")
 }
@@ -243,6 +246,14 @@ impl Optimizer {
                 tensor_name(t, "param"),
                 Blob::values(saved_param_format(&storage), &param),
             ));
+            if storage.kahan() {
+                let len = self.tensor_len(tensor)?;
+                let compensation = self.read(tensor, Role::Compensation, 0..len)?;
+                blobs.push((
+                    tensor_name(t, COMPENSATION),
+                    Blob::values(storage.param, &compensation),
+                ));
+            }
             for state in self.groups[g].state_names() {
                 blobs.push((
                     tensor_name(t, state),
@@ -365,7 +376,15 @@ impl Optimizer {
         let mut t = 0;
         for record in &parsed.manifest.groups {
             for _ in &record.tensors {
+                // Kahan's compensation after the parameters (writing parameters resets it),
+                // and only where this group keeps one too.
+                let here = self.groups[self.locate(TensorId(t))?.0].storage.kahan();
+                let compensation = record
+                    .storage
+                    .kahan()
+                    .then_some((Role::Compensation, record.storage.param));
                 let roles = std::iter::once((Role::Param, saved_param_format(&record.storage)))
+                    .chain(compensation)
                     .chain(
                         record
                             .states
@@ -376,6 +395,9 @@ impl Optimizer {
                 // (rounded to nearest even where this one is narrower). With master weights the
                 // parameters' values go to the master and their rounding to the model's copy.
                 for ((role, format), data) in roles.zip(&parsed.tensors[t]) {
+                    if role == Role::Compensation && !here {
+                        continue;
+                    }
                     // Float32 data is used in place when it is aligned.
                     let values: Cow<[f32]> = match (format, bytemuck::try_cast_slice(data)) {
                         (Format::F32, Ok(values)) => Cow::Borrowed(values),
@@ -485,12 +507,18 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
                     .ok_or_else(|| format!("tensor {t} declares {len} elements, more than fit"))
             };
             let mut blobs = Vec::with_capacity(1 + record.states.len());
-            let roles = std::iter::once(("param", saved_param_format(&record.storage))).chain(
-                record
-                    .states
-                    .iter()
-                    .map(|s| (s.as_str(), record.storage.states)),
-            );
+            let compensation = record
+                .storage
+                .kahan()
+                .then_some((COMPENSATION, record.storage.param));
+            let roles = std::iter::once(("param", saved_param_format(&record.storage)))
+                .chain(compensation)
+                .chain(
+                    record
+                        .states
+                        .iter()
+                        .map(|s| (s.as_str(), record.storage.states)),
+                );
             for (role, format) in roles {
                 blobs.push(tensor_data(
                     &header,

@@ -192,6 +192,9 @@ fn arena_segments(ctx: &GpuContext, spec: &GroupSpec, layout: &ArenaLayout) -> V
                 model_param: storage
                     .master_weights
                     .then(|| create_view(ctx, &label("model param"), elems, storage.param)),
+                compensation: storage
+                    .kahan()
+                    .then(|| create_view(ctx, &label("compensation"), elems, storage.param)),
                 grad: create_view(ctx, &label("grad"), elems, storage.grad),
                 states: state_views(ctx, spec, elems, &label),
                 bind_group: None,
@@ -252,6 +255,9 @@ fn external_segments(
                 let offset = ext.param_offset + first * storage.param.bytes();
                 caller_view(&ext.param, offset, len, storage.param)
             }),
+            compensation: storage
+                .kahan()
+                .then(|| create_view(ctx, &label("compensation"), len, storage.param)),
             grad: caller_view(
                 &ext.grad,
                 ext.grad_offset + first * storage.grad.bytes(),
@@ -459,6 +465,12 @@ impl Group {
                     resource: self.control.buffer.as_entire_binding(),
                 },
             ]);
+            if let Some(compensation) = &segment.compensation {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: crate::kernels::COMPENSATION_BINDING,
+                    resource: compensation.binding(),
+                });
+            }
             if let Some(model_param) = &segment.model_param {
                 entries.push(wgpu::BindGroupEntry {
                     binding: crate::kernels::MODEL_COPY_BINDING,
@@ -560,6 +572,12 @@ impl Group {
                 return Err(Error::InvalidConfig {
                     optimizer: self.config.name(),
                     reason: "this group keeps no master weights (Role::Master)".into(),
+                });
+            }
+            Role::Compensation if !self.storage.kahan() => {
+                return Err(Error::InvalidConfig {
+                    optimizer: self.config.name(),
+                    reason: "this group keeps no Kahan compensation (Role::Compensation)".into(),
                 });
             }
             _ => None,

@@ -328,7 +328,7 @@ impl Optimizer {
     /// Writes `data` into a tensor's buffer of the given role, from element `offset`.
     pub fn write(&mut self, tensor: TensorId, role: Role, offset: u64, data: &[f32]) -> Result<()> {
         let what = match role {
-            Role::Param | Role::Master => "parameter data",
+            Role::Param | Role::Master | Role::Compensation => "parameter data",
             Role::Grad => "gradient",
             Role::State(_) => "state data",
         };
@@ -341,8 +341,13 @@ impl Optimizer {
         if role == Role::Param && self.groups[g].storage.master_weights {
             // New parameters: the master takes the values as given, the model's copy their
             // rounding.
-            let master = self.groups[g].spans(Role::Master, local, range)?;
+            let master = self.groups[g].spans(Role::Master, local, range.clone())?;
             transfer::write(&self.ctx, &master, data)?;
+        }
+        if role == Role::Param && self.groups[g].storage.kahan() {
+            // New parameters start with nothing lost to rounding.
+            let compensation = self.groups[g].spans(Role::Compensation, local, range)?;
+            transfer::fill(&self.ctx, &compensation, 0.0)?;
         }
         Ok(())
     }
@@ -507,7 +512,7 @@ fn check_usage(
         None => Ok(()),
         Some(span) => Err(Error::BadBuffer {
             role: match role {
-                Role::Param | Role::Master => "parameters",
+                Role::Param | Role::Master | Role::Compensation => "parameters",
                 Role::Grad => "gradients",
                 Role::State(_) => "state",
             },

@@ -13,6 +13,8 @@ pub(crate) struct Segment {
     pub param: View,
     /// With master weights, the 16-bit copy the model reads, written by the step.
     pub model_param: Option<View>,
+    /// With Kahan summation, what rounding the stored parameters lost.
+    pub compensation: Option<View>,
     pub grad: View,
     /// One per state slot of the kernel; `None` where the configuration keeps no such state.
     pub states: Vec<Option<View>>,
@@ -30,6 +32,7 @@ impl Segment {
         match role {
             Role::Param => self.model_param.as_ref().unwrap_or(&self.param),
             Role::Master => &self.param,
+            Role::Compensation => self.compensation.as_ref().expect("Kahan summation"),
             Role::Grad => &self.grad,
             Role::State(_) => self.states[slot.expect("state slot resolved")]
                 .as_ref()

@@ -98,4 +98,7 @@ pub enum Role<'a> {
     /// The float32 master copy of 16-bit parameters (groups with master weights only; their
     /// [`Param`](Role::Param) is the 16-bit copy the model reads).
     Master,
+    /// What rounding the stored 16-bit parameters lost, kept by Kahan summation (groups with
+    /// [`Rounding::Kahan`](crate::Rounding::Kahan) only).
+    Compensation,
 }

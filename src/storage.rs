@@ -295,7 +295,7 @@ impl Storage {
 
     /// Every storage a group may have: each role in each format, with master weights where
     /// the parameters are 16-bit, stochastic rounding where they are 16-bit without master
-    /// weights (63 in all).
+    /// weights, Kahan summation there too (81 in all).
     pub fn all() -> Vec<Storage> {
         let formats = [Format::F32, Format::Bf16, Format::F16];
         let mut all = Vec::new();
@@ -735,8 +735,8 @@ mod tests {
     #[test]
     fn labels_read_back() {
         let all = Storage::all();
-        // 27 without master weights, 18 with, 18 with stochastic rounding.
-        assert_eq!(all.len(), 27 + 18 + 18);
+        // 27 without master weights, 18 with, 18 with stochastic rounding, 18 with Kahan.
+        assert_eq!(all.len(), 27 + 18 + 18 + 18);
         for storage in all {
             assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
         }

@@ -456,18 +456,28 @@ impl Storage {
         Ok(storage)
     }
 
-    /// Bytes each element keeps resident: the parameter (and its master), the gradient and
+    /// Bytes each element keeps resident: the parameter (and its master or its Kahan
+    /// compensation), the gradient and
     /// `states` states.
     pub fn resident_bytes(&self, states: u64) -> u64 {
         let master = if self.master_weights { 4 } else { 0 };
-        self.param.bytes() + master + self.grad.bytes() + states * self.states.bytes()
+        let compensation = if self.kahan() { self.param.bytes() } else { 0 };
+        self.param.bytes()
+            + master
+            + compensation
+            + self.grad.bytes()
+            + states * self.states.bytes()
     }
 
     /// The bytes one step must move per element: read and write the parameter (and the
-    /// master, and write the model's copy), read the gradient, read and write every state.
+    /// master, and write the model's copy; or its Kahan compensation), read the gradient, read
+    /// and write every state.
     pub fn bytes_per_element(&self, states: u64) -> u64 {
         let param = if self.master_weights {
             2 * 4 + self.param.bytes()
+        } else if self.kahan() {
+            // The compensation is read and written with the parameter.
+            4 * self.param.bytes()
         } else {
             2 * self.param.bytes()
         };

@@ -108,14 +108,16 @@ fn write_view(ctx: &GpuContext, view: &View, values: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` into the views, in order. `data.len()` must equal the views' total length.
-pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()> {
-    debug_assert_eq!(spans.iter().map(|s| s.len).sum::<u64>(), data.len() as u64);
-    let mut at = 0usize;
+/// Writes every chunk of the views with the values `values` gives for it, in order, flushing
+/// once [`FLUSH_BYTES`] are pending.
+fn write_chunks<'a>(
+    ctx: &GpuContext,
+    spans: &[View],
+    mut values: impl FnMut(&View) -> &'a [f32],
+) -> Result<()> {
     let mut pending = 0u64;
     for span in chunks(spans, CHUNK_BYTES / 4) {
-        write_view(ctx, &span, &data[at..at + span.len as usize])?;
-        at += span.len as usize;
+        write_view(ctx, &span, values(&span))?;
         pending += span.bytes();
         if pending >= FLUSH_BYTES {
             ctx.queue.submit([]);
@@ -126,22 +128,22 @@ pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()
     Ok(())
 }
 
+/// Writes `data` into the views, in order. `data.len()` must equal the views' total length.
+pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()> {
+    debug_assert_eq!(spans.iter().map(|s| s.len).sum::<u64>(), data.len() as u64);
+    let mut at = 0usize;
+    write_chunks(ctx, spans, |span| {
+        let values = &data[at..at + span.len as usize];
+        at += span.len as usize;
+        values
+    })
+}
+
 /// Writes `value` into every element of the views.
 pub(crate) fn fill(ctx: &GpuContext, spans: &[View], value: f32) -> Result<()> {
-    let max = CHUNK_BYTES / 4;
-    let longest = spans.iter().map(|s| s.len).max().unwrap_or(0).min(max);
-    let block = vec![value; longest as usize];
-    let mut pending = 0u64;
-    for span in chunks(spans, max) {
-        write_view(ctx, &span, &block[..span.len as usize])?;
-        pending += span.bytes();
-        if pending >= FLUSH_BYTES {
-            ctx.queue.submit([]);
-            ctx.wait()?;
-            pending = 0;
-        }
-    }
-    Ok(())
+    let longest = spans.iter().map(|s| s.len).max().unwrap_or(0);
+    let block = vec![value; longest.min(CHUNK_BYTES / 4) as usize];
+    write_chunks(ctx, spans, |span| &block[..span.len as usize])
 }
 
 /// Bytes `start..end` of `buffer` (multiples of 4), waiting for the GPU.

@@ -67,7 +67,7 @@ impl RandomFill {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let power_of_two = self.scale == 0.0
             || (self.scale.is_finite() && self.scale.abs().to_bits() & 0x007f_ffff == 0);
         if !power_of_two || !self.offset.is_finite() {

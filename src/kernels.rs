@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{Format, GradAccess, Rounding, Storage};
+use crate::storage::{AccessorBindings, Format, GradAccess, QMap, Rounding, Storage};
 
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
@@ -181,6 +181,9 @@ pub struct StateSlot {
     /// The kernel flag that turns the state on (`AMSGRAD` for `max_exp_avg_sq`); `None` for a
     /// state every configuration keeps.
     pub kept_with: Option<&'static str>,
+    /// The map its values take when stored as q8: signed unless declared
+    /// [`unsigned`](Self::unsigned).
+    pub q8_map: QMap,
 }
 
 impl StateSlot {
@@ -189,6 +192,7 @@ impl StateSlot {
         Self {
             name,
             kept_with: None,
+            q8_map: QMap::Signed,
         }
     }
 
@@ -197,6 +201,17 @@ impl StateSlot {
         Self {
             name,
             kept_with: Some(flag),
+            q8_map: QMap::Signed,
+        }
+    }
+
+    /// The same state, non-negative, stored as q8 with the unsigned map (finer steps): as
+    /// bitsandbytes stores Adam's `exp_avg_sq`. (It quantizes `momentum_buffer`, RMSprop's
+    /// `square_avg` and Adagrad's `sum` with the signed map, non-negative or not; so do we.)
+    pub const fn unsigned(self) -> Self {
+        Self {
+            q8_map: QMap::Unsigned,
+            ..self
         }
     }
 }
@@ -249,16 +264,18 @@ impl Kernel {
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
     pub fn storage(&self, storage: &Storage) -> String {
-        let states: Vec<&str> = self.state_names().collect();
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}",
             storage.wgsl_conversions(),
             storage.wgsl_accessors(
-                &states,
-                FIRST_STATE_BINDING,
-                MODEL_COPY_BINDING,
-                SEGMENT_INFO_BINDING,
-                COMPENSATION_BINDING,
+                self.states,
+                &AccessorBindings {
+                    first_state: FIRST_STATE_BINDING,
+                    model_copy: MODEL_COPY_BINDING,
+                    segment_info: SEGMENT_INFO_BINDING,
+                    compensation: COMPENSATION_BINDING,
+                    qmaps: QMAP_BINDING,
+                },
             ),
         )
     }
@@ -282,18 +299,29 @@ pub const SEGMENT_INFO_BINDING: u32 = MODEL_COPY_BINDING + 1;
 /// With Kahan summation, the binding of the parameters' compensation buffer.
 pub const COMPENSATION_BINDING: u32 = SEGMENT_INFO_BINDING + 1;
 
+/// With q8 states, the binding of the two quantization maps (a uniform, `QMaps`).
+pub const QMAP_BINDING: u32 = COMPENSATION_BINDING + 1;
+
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
-/// on the elements of a step that is not skipped. It never returns before its end, so that a
-/// storage format may gather the whole workgroup at a barrier after the update (an 8-bit
-/// blockwise state takes its block's absolute maximum by a workgroup reduction).
+/// on the elements of a step that is not skipped. A skipped step returns at once (the whole
+/// dispatch: `control` is uniform); otherwise every invocation reaches the end, so that the
+/// storage layer may gather the workgroup at barriers before and after the update (q8 states
+/// load their maps into workgroup memory, and take each block's new absmax by a reduction);
+/// `prepare_workgroup` and `finish_workgroup` are empty for the other formats.
 const ENTRY_POINT_WGSL: &str = "
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+    if (control.skip != 0u) {
+        return;
+    }
+    prepare_workgroup(lid);
     let i = element_index(wg, nwg, lid);
-    if (i < element_count() && control.skip == 0u) {
+    let in_range = i < element_count();
+    if (in_range) {
         update(i);
     }
+    finish_workgroup(i, lid, in_range);
 }
 ";
 
@@ -397,6 +425,7 @@ impl KernelCache {
         let model_copy = stored.master_weights;
         let segment_info = stored.stochastic();
         let kahan = stored.kahan();
+        let q8 = stored.q8();
         // Keyed by what changes the bindings only: one layout serves every format.
         let key = Storage {
             master_weights: model_copy,
@@ -404,6 +433,7 @@ impl KernelCache {
                 Rounding::Stochastic { .. } => Rounding::Stochastic { seed: 0 },
                 other => other,
             },
+            states: if q8 { Format::Q8 } else { Format::F32 },
             ..Storage::F32
         };
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
@@ -435,6 +465,9 @@ impl KernelCache {
                 }
                 if kahan {
                     entries.push(storage(COMPENSATION_BINDING, false));
+                }
+                if q8 {
+                    entries.push(buffer_entry(QMAP_BINDING, wgpu::BufferBindingType::Uniform));
                 }
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!(

@@ -6,7 +6,7 @@
 use crate::engine::control::{StepReport, TrainingOptions};
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OptimizerConfig, ReferenceTensor, StepCounter, UpdateRule};
-use crate::storage::{Format, Rounding, Storage, stochastic_bits};
+use crate::storage::{Format, Rounding, Storage, q8, stochastic_bits};
 
 /// `value` as stored in `format` and loaded again (16-bit: through float32, rounded to nearest
 /// even); float32 storage keeps the float64 value, as the reference computes in float64.
@@ -14,6 +14,20 @@ fn stored(format: Format, value: f64) -> f64 {
     match format {
         Format::F32 => value,
         other => other.round(value as f32) as f64,
+    }
+}
+
+/// A tensor's states as stored in `format` and loaded again: each value rounded, or (q8) each
+/// block of 256 quantized with its slot's map from the values' float32 roundings.
+fn store_states(config: &OptimizerConfig, format: Format, states: &mut [Vec<f64>]) {
+    for (state, slot) in states.iter_mut().zip(config.kernel().states) {
+        if format == Format::Q8 {
+            q8::round_trip(state, slot.q8_map);
+        } else {
+            for v in state.iter_mut() {
+                *v = stored(format, *v);
+            }
+        }
     }
 }
 
@@ -84,11 +98,12 @@ impl ReferenceGroup {
         let states = params
             .iter()
             .map(|p| {
-                init.iter()
-                    .map(|slot| {
-                        slot.map_or_else(Vec::new, |v| vec![stored(storage.states, v); p.len()])
-                    })
-                    .collect()
+                let mut states: Vec<Vec<f64>> = init
+                    .iter()
+                    .map(|slot| slot.map_or_else(Vec::new, |v| vec![v; p.len()]))
+                    .collect();
+                store_states(&config, storage.states, &mut states);
+                states
             })
             .collect();
         let loss_scale = options.grad_scaler.as_ref().map_or(1.0, |s| s.init_scale);
@@ -210,9 +225,7 @@ impl ReferenceGroup {
                 states,
             };
             self.config.reference_step(&counter, lr, tensor);
-            for v in states.iter_mut().flatten() {
-                *v = stored(self.storage.states, *v);
-            }
+            store_states(&self.config, self.storage.states, states);
             if self.storage.kahan() {
                 // In float32, as the kernel's store: the update plus what was lost before,
                 // stored rounded, and what this rounding lost kept for the next step.

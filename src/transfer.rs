@@ -28,22 +28,21 @@ pub(crate) struct View {
 impl View {
     /// All of `buffer`, as float32 values.
     pub(crate) fn whole(buffer: &wgpu::Buffer) -> Self {
-        Self::whole_in(buffer, Format::F32)
-    }
-
-    /// All of `buffer`, as values of `format`.
-    pub(crate) fn whole_in(buffer: &wgpu::Buffer, format: Format) -> Self {
         Self {
             buffer: buffer.clone(),
             offset: 0,
-            len: buffer.size() / format.bytes(),
-            format,
+            len: buffer.size() / 4,
+            format: Format::F32,
         }
     }
 
     /// `len` values of this view from its value `first`.
     pub(crate) fn part(&self, first: u64, len: u64) -> Self {
         debug_assert!(first + len <= self.len);
+        debug_assert!(
+            self.format != Format::Q8,
+            "a q8 view is a segment's codes and absmax"
+        );
         Self {
             buffer: self.buffer.clone(),
             offset: self.offset + first * self.format.bytes(),
@@ -52,9 +51,20 @@ impl View {
         }
     }
 
-    /// Bytes the view covers.
+    /// Bytes the view covers (a q8 view: its codes, then one absmax per block).
     pub(crate) fn bytes(&self) -> u64 {
-        self.len * self.format.bytes()
+        self.format.buffer_bytes(self.len)
+    }
+
+    /// `words` 4-byte words from byte `byte` of the view's buffer, as raw float32 bits: how the
+    /// host moves a q8 state's codes and absmax.
+    pub(crate) fn words(&self, byte: u64, words: u64) -> Self {
+        Self {
+            buffer: self.buffer.clone(),
+            offset: self.offset + byte,
+            len: words,
+            format: Format::F32,
+        }
     }
 
     /// The view as a bind group entry's resource.

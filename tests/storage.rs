@@ -121,6 +121,8 @@ fn significand_bits(format: Format) -> i32 {
         Format::F32 => 24,
         Format::Bf16 => 8,
         Format::F16 => 11,
+        // A q8 value's precision depends on its block; `check_q8` bounds it by code steps.
+        Format::Q8 => 8,
     }
 }
 
@@ -288,6 +290,157 @@ fn every_optimizer_in_every_storage_format_follows_the_reference() {
     for (k, config) in configs().into_iter().enumerate() {
         for (s, storage) in storages().into_iter().enumerate() {
             check(config.clone(), storage, (k * 31 + s) as u64);
+        }
+    }
+}
+
+/// Storages with q8 states: with float32, 16-bit and master parameters, and with each way of
+/// rounding 16-bit parameters.
+fn q8_storages() -> Vec<Storage> {
+    use Format::{Bf16, F16, F32, Q8};
+    vec![
+        storage(F32, F32, Q8, false),
+        storage(Bf16, Bf16, Q8, false),
+        storage(F16, F32, Q8, true),
+        Storage {
+            rounding: wgpu_optim::Rounding::Stochastic { seed: 7 },
+            ..storage(Bf16, F16, Q8, false)
+        },
+        Storage {
+            rounding: wgpu_optim::Rounding::Kahan,
+            ..storage(Bf16, Bf16, Q8, false)
+        },
+    ]
+}
+
+/// The largest gap between neighbouring codes of either map, as a fraction of the absmax:
+/// two quantizations of nearly the same value are at most this far apart.
+const Q8_LARGEST_GAP: f64 = 0.015;
+
+/// q8 states, step by step: before each step the reference takes the GPU's parameters and
+/// (dequantized) states exactly, so that both start from the same values; after it, the stored
+/// states must be the reference's quantization of its own results (the same codes, but for a
+/// few near-ties where float32 and float64 differ) and never more than one code apart, and
+/// the parameters must agree to the rounding of their format.
+fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
+    let ctx = context();
+    let label = format!("{} {}", config.rule().name(), storage.label());
+    let mut rng = rng(seed);
+    let params: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&n| {
+            params(&mut rng, n)
+                .iter()
+                .map(|v| storage.param.round(*v))
+                .collect()
+        })
+        .collect();
+    let scales: Vec<Vec<f32>> = SIZES.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+    let mut opt = Optimizer::builder(&ctx)
+        .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
+        // Small segments: tensors straddle segment buffers (cut at whole blocks).
+        .max_segment_bytes(1028 * 4)
+        .build()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let mut reference = ReferenceGroup::with_storage(
+        config.clone(),
+        TrainingOptions::default(),
+        storage,
+        params.iter().map(|p| to_f64(p)).collect(),
+    )
+    .unwrap();
+    reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
+    let states = opt.state_names(GroupId(0)).unwrap();
+    let slots: Vec<usize> = states
+        .iter()
+        .map(|name| {
+            config
+                .kernel()
+                .state_names()
+                .position(|s| s == *name)
+                .unwrap()
+        })
+        .collect();
+    let updated = if storage.master_weights {
+        Role::Master
+    } else {
+        Role::Param
+    };
+    let (mut equal, mut total) = (0usize, 0usize);
+    for step in 1..=STEPS {
+        // The reference starts where the GPU is.
+        for (t, &n) in SIZES.iter().enumerate() {
+            let id = TensorId(t);
+            reference.params[t] = to_f64(&opt.read(id, updated, 0..n as u64).unwrap());
+            if storage.kahan() {
+                reference.compensation[t] =
+                    to_f64(&opt.read(id, Role::Compensation, 0..n as u64).unwrap());
+            }
+            for (name, &slot) in states.iter().zip(&slots) {
+                reference.states[t][slot] = to_f64(&opt.read_state(id, name).unwrap());
+            }
+        }
+        let grads: Vec<Vec<f32>> = scales.iter().map(|s| grads(&mut rng, s)).collect();
+        let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        opt.step_with_grads(&refs).unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+        for (t, &n) in SIZES.iter().enumerate() {
+            let id = TensorId(t);
+            for (name, &slot) in states.iter().zip(&slots) {
+                let gpu = opt.read_state(id, name).unwrap();
+                let cpu = &reference.states[t][slot];
+                for (block, (g, c)) in gpu.chunks(256).zip(cpu.chunks(256)).enumerate() {
+                    let absmax = c.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    for (k, (&g, &c)) in g.iter().zip(c).enumerate() {
+                        // The same code: equal up to the rounding of the absmax (float32
+                        // against float64 results).
+                        total += 1;
+                        if (g as f64 - c).abs() <= 4.0 * f32::EPSILON as f64 * absmax {
+                            equal += 1;
+                        }
+                        let bound = Q8_LARGEST_GAP * absmax * 1.001;
+                        assert!(
+                            (g as f64 - c).abs() <= bound,
+                            "{label} step {step} tensor {t} {name}[{}]: gpu {g:e}, reference \
+                             {c:e}, more than a code apart (block absmax {absmax:e})",
+                            block * 256 + k
+                        );
+                    }
+                }
+            }
+            // The parameters: float32 against float64 arithmetic, then the format's rounding
+            // (stochastic rounding may land one unit apart where the two straddle a boundary).
+            let gpu = opt.read(id, updated, 0..n as u64).unwrap();
+            let format = if storage.master_weights {
+                Format::F32
+            } else {
+                storage.param
+            };
+            let largest = reference.params[t]
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()));
+            for (i, (&g, &c)) in gpu.iter().zip(&reference.params[t]).enumerate() {
+                let bound = 2.0 * ulp(format, c) + 1e-6 * largest;
+                assert!(
+                    (g as f64 - c).abs() <= bound,
+                    "{label} step {step} tensor {t} param[{i}]: gpu {g:e}, reference {c:e}"
+                );
+            }
+        }
+    }
+    assert!(
+        equal as f64 >= 0.99 * total as f64,
+        "{label}: only {equal} of {total} q8 state values equal the reference's quantization"
+    );
+}
+
+#[test]
+fn every_optimizer_with_q8_states_follows_the_reference_step_by_step() {
+    for (k, config) in configs().into_iter().enumerate() {
+        for (s, storage) in q8_storages().into_iter().enumerate() {
+            check_q8(config.clone(), storage, (k * 17 + s) as u64);
         }
     }
 }

@@ -28,7 +28,7 @@ use super::{GroupId, Optimizer, Role, TensorId, TensorInit, check_usage};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
-use crate::storage::{Format, Storage};
+use crate::storage::{Format, Storage, q8};
 
 /// The metadata key and the version of the layout.
 const METADATA_KEY: &str = "wgpu-optim";
@@ -107,7 +107,13 @@ fn dtype(format: Format) -> Dtype {
         Format::F32 => Dtype::F32,
         Format::Bf16 => Dtype::BF16,
         Format::F16 => Dtype::F16,
+        Format::Q8 => Dtype::U8,
     }
+}
+
+/// The name of a q8 state's absmax (one float32 per block) beside its codes.
+fn absmax_name(state: &str) -> String {
+    format!("{state}.absmax")
 }
 
 /// The format a group saves its parameters in: the master's with master weights.
@@ -255,6 +261,17 @@ impl Optimizer {
                 ));
             }
             for state in self.groups[g].state_names() {
+                if let Some(slot) = self.groups[g].q8_slot(Role::State(state))? {
+                    // Codes (U8) and absmax (F32) as stored: a resume is bit for bit.
+                    let (_, local) = self.locate(tensor)?;
+                    let (codes, absmax) = self.groups[g].q8_read_raw(&self.ctx, slot, local)?;
+                    blobs.push((tensor_name(t, state), Blob::Stored(Format::Q8, codes)));
+                    blobs.push((
+                        tensor_name(t, &absmax_name(state)),
+                        Blob::values(Format::F32, &absmax),
+                    ));
+                    continue;
+                }
                 blobs.push((
                     tensor_name(t, state),
                     Blob::values(storage.states, &self.read_state(tensor, state)?),
@@ -392,10 +409,38 @@ impl Optimizer {
                             .map(|s| (Role::State(s.as_str()), record.storage.states)),
                     );
                 // Written in this optimizer's storage: a file of another format converts
-                // (rounded to nearest even where this one is narrower). With master weights the
-                // parameters' values go to the master and their rounding to the model's copy.
-                for ((role, format), data) in roles.zip(&parsed.tensors[t]) {
+                // (rounded to nearest even where this one is narrower, quantized where it is
+                // q8). With master weights the parameters' values go to the master and their
+                // rounding to the model's copy.
+                let mut blobs = parsed.tensors[t].iter();
+                for (role, format) in roles {
+                    let data = blobs.next().expect("parse found every blob");
                     if role == Role::Compensation && !here {
+                        continue;
+                    }
+                    if format == Format::Q8 {
+                        let absmax = Format::F32.decode(blobs.next().expect("parse found it"));
+                        let (g, local) = self.locate(TensorId(t))?;
+                        let group = &self.groups[g];
+                        let slot = group.q8_slot(role)?;
+                        match slot {
+                            Some(slot) => {
+                                group.q8_write_raw(&self.ctx, slot, local, data, &absmax)?
+                            }
+                            None => {
+                                let Role::State(name) = role else {
+                                    unreachable!("only states are q8")
+                                };
+                                let kernel = group.config.kernel();
+                                let map = kernel.states[kernel
+                                    .state_names()
+                                    .position(|s| s == name)
+                                    .expect("check_fits matched the states")]
+                                .q8_map;
+                                let values = q8::dequantize_all(data, &absmax, map);
+                                self.write(TensorId(t), role, 0, &values)?;
+                            }
+                        }
                         continue;
                     }
                     // Float32 data is used in place when it is aligned.
@@ -527,6 +572,16 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
                     dtype(format),
                     bytes(format)?,
                 )?);
+                if format == Format::Q8 {
+                    let blocks = len.div_ceil(q8::BLOCK) as usize;
+                    blobs.push(tensor_data(
+                        &header,
+                        data,
+                        &tensor_name(t, &absmax_name(role)),
+                        Dtype::F32,
+                        blocks * 4,
+                    )?);
+                }
             }
             tensors.push(blobs);
         }

@@ -17,7 +17,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarsVia, workgroups_for};
 use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
-use crate::storage::{Format, Storage};
+use crate::storage::{Format, Storage, q8};
 use crate::transfer;
 
 /// Where one tensor's elements lie: runs in segments.
@@ -65,6 +65,8 @@ pub(crate) struct Group {
     pub scalars_via: ScalarsVia,
     /// The per-step values' buffer, on devices without immediates.
     pub uniform: Option<wgpu::Buffer>,
+    /// With q8 states, both quantization maps (signed, then unsigned), as a uniform.
+    qmaps: Option<wgpu::Buffer>,
     pub segments: Vec<Segment>,
     pub tensors: Vec<TensorPlace>,
     /// Compiled pipelines for the element types the segments use.
@@ -76,15 +78,21 @@ const ARENA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// A new buffer of `elems` values of `format`, as a view.
+/// A new buffer of `elems` values of `format`, as a view (q8: the codes, then the absmax of
+/// each block).
 fn create_view(ctx: &GpuContext, label: &str, elems: u64, format: Format) -> View {
     let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: elems * format.bytes(),
+        size: format.buffer_bytes(elems),
         usage: ARENA_USAGE,
         mapped_at_creation: false,
     });
-    View::whole_in(&buffer, format)
+    View {
+        buffer,
+        offset: 0,
+        len: elems,
+        format,
+    }
 }
 
 /// Checks an external tensor's buffers against what binding them requires.
@@ -138,6 +146,17 @@ fn check_external(
         return Err(Error::Empty(format!(
             "external tensor {tensor} has no elements"
         )));
+    }
+    if storage.q8() && !ext.len.is_multiple_of(4) {
+        return Err(Error::BadBuffer {
+            role: "parameters",
+            tensor,
+            problem: format!(
+                "holds {} values: a tensor with q8 states bound in place needs a length that is \
+                 a multiple of 4 (four values per invocation, a byte each)",
+                ext.len
+            ),
+        });
     }
     if ext.param == ext.grad {
         let (p, g) = (ext.param_offset, ext.grad_offset);
@@ -224,7 +243,11 @@ fn external_segments(
     let element = if aligned { Element::Vec4 } else { Element::F32 };
     // Pieces whose boundaries keep every role's binding offsets aligned.
     let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
-    let piece_elems = (segment_bytes / align * align / 4).max(align / 4);
+    let mut piece_elems = (segment_bytes / align * align / 4).max(align / 4);
+    if spec.storage.q8() {
+        // Whole q8 blocks per piece (256 elements: a multiple of every alignment above).
+        piece_elems = (piece_elems / q8::BLOCK * q8::BLOCK).max(q8::BLOCK);
+    }
     let storage = &spec.storage;
     let label = |role: &str| format!("{} {role} of external tensor {number}", spec.config.name());
     let caller_view = |buffer: &wgpu::Buffer, offset: u64, len: u64, format: Format| View {
@@ -341,7 +364,11 @@ impl Group {
                 other => other.len(),
             })
             .collect();
-        let layout = ArenaLayout::new(&arena_lens, segment_bytes / widest);
+        let layout = ArenaLayout::new(
+            &arena_lens,
+            segment_bytes / widest,
+            spec.storage.align_elems(),
+        );
         let mut segments = arena_segments(ctx, &spec, &layout);
         // Then each external tensor's own segments, in the order of the tensors; their
         // elements are numbered after the arena's.
@@ -382,6 +409,21 @@ impl Group {
                 mapped_at_creation: false,
             })
         });
+        let qmaps = spec.storage.q8().then(|| {
+            let maps: Vec<f32> = [q8::QMap::Signed, q8::QMap::Unsigned]
+                .iter()
+                .flat_map(|m| m.values().iter().copied())
+                .collect();
+            let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("q8 maps"),
+                size: (maps.len() * 4) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&maps));
+            buffer
+        });
         let pipelines = compile_pipelines(ctx, &spec, &segments, scalars_via);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         for segment in &mut segments {
@@ -405,6 +447,7 @@ impl Group {
             placeholders: placeholders.to_vec(),
             scalars_via,
             uniform,
+            qmaps,
             segments,
             tensors,
             pipelines,
@@ -449,6 +492,12 @@ impl Group {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 0,
                     resource: uniform.as_entire_binding(),
+                });
+            }
+            if let Some(qmaps) = &self.qmaps {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: crate::kernels::QMAP_BINDING,
+                    resource: qmaps.as_entire_binding(),
                 });
             }
             entries.extend([
@@ -536,9 +585,17 @@ impl Group {
                 _ => {}
             }
         }
-        // Fresh buffers are zeroed by wgpu; only non-zero starting states need writing.
+        // Fresh buffers are zeroed by wgpu (q8: code 0 with absmax 0, which is 0); only non-zero
+        // starting states need writing.
         for (slot, init) in self.config.initial_states().into_iter().enumerate() {
             if let Some(value) = init.filter(|v| *v != 0.0) {
+                if self.storage.q8() {
+                    for (t, place) in self.tensors.iter().enumerate() {
+                        let values = vec![value as f32; place.len as usize];
+                        self.q8_write(ctx, slot, t, &values)?;
+                    }
+                    continue;
+                }
                 let spans: Vec<View> = self
                     .segments
                     .iter()
@@ -598,6 +655,136 @@ impl Group {
                 })
             })
             .collect())
+    }
+
+    /// The q8 state slot a role names: `Some` for a kept state of a q8 group, `None` for every
+    /// other role (whose values move through [`spans`](Self::spans)).
+    pub fn q8_slot(&self, role: Role) -> Result<Option<usize>> {
+        match role {
+            Role::State(name) if self.storage.q8() => Ok(Some(self.slot(name)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where a tensor's q8 state lies, piece by piece: `(codes, absmax, tensor_offset, len)`,
+    /// the codes (padded to the end of the last block within the segment) and the absmax of
+    /// each block as raw words.
+    fn q8_pieces(&self, slot: usize, tensor: usize) -> Vec<(View, View, u64, u64)> {
+        self.tensors[tensor]
+            .pieces
+            .iter()
+            .map(|p| {
+                let state = self.segments[p.segment].states[slot]
+                    .as_ref()
+                    .expect("q8 slot kept");
+                let first = p.segment_offset;
+                debug_assert!(first.is_multiple_of(q8::BLOCK));
+                let padded = p.len.next_multiple_of(q8::BLOCK).min(state.len - first);
+                let codes = state.words(first, padded.div_ceil(4));
+                let absmax_at = state.len.next_multiple_of(4) + 4 * (first / q8::BLOCK);
+                let absmax = state.words(absmax_at, padded.div_ceil(q8::BLOCK));
+                (codes, absmax, p.tensor_offset, p.len)
+            })
+            .collect()
+    }
+
+    /// A tensor's q8 state as stored: one code per element and one absmax per block.
+    pub fn q8_read_raw(
+        &self,
+        ctx: &GpuContext,
+        slot: usize,
+        tensor: usize,
+    ) -> Result<(Vec<u8>, Vec<f32>)> {
+        let mut codes = Vec::new();
+        let mut absmax = Vec::new();
+        for (code_words, absmax_words, _, len) in self.q8_pieces(slot, tensor) {
+            let words = transfer::read(ctx, &[code_words])?;
+            codes.extend_from_slice(&bytemuck::cast_slice::<f32, u8>(&words)[..len as usize]);
+            absmax.extend(transfer::read(ctx, &[absmax_words])?);
+        }
+        Ok((codes, absmax))
+    }
+
+    /// Elements `range` of a tensor's q8 state, dequantized (reads the blocks around them).
+    pub fn q8_read(
+        &self,
+        ctx: &GpuContext,
+        slot: usize,
+        tensor: usize,
+        range: Range<u64>,
+    ) -> Result<Vec<f32>> {
+        let map = self.config.kernel().states[slot].q8_map;
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (code_words, absmax_words, tensor_offset, len) in self.q8_pieces(slot, tensor) {
+            let start = range.start.max(tensor_offset);
+            let end = range.end.min(tensor_offset + len);
+            if start >= end {
+                continue;
+            }
+            // The blocks that hold elements start..end of the piece.
+            let first_block = (start - tensor_offset) / q8::BLOCK;
+            let last_block = (end - tensor_offset).div_ceil(q8::BLOCK);
+            let words_per_block = q8::BLOCK / 4;
+            let block_words = code_words.words(
+                4 * first_block * words_per_block,
+                ((last_block * words_per_block).min(code_words.len))
+                    - first_block * words_per_block,
+            );
+            let block_absmax = absmax_words.words(4 * first_block, last_block - first_block);
+            let words = transfer::read(ctx, &[block_words])?;
+            let codes: &[u8] = bytemuck::cast_slice(&words);
+            let absmax = transfer::read(ctx, &[block_absmax])?;
+            let base = tensor_offset + first_block * q8::BLOCK;
+            out.extend((start..end).map(|j| {
+                let k = (j - base) as usize;
+                q8::dequantize(codes[k], absmax[k / q8::BLOCK as usize], map)
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Replaces a tensor's q8 state by its stored form: `codes` (one per element) and
+    /// `absmax` (one per block). The padding after the tensor's last element gets the code of 0.
+    pub fn q8_write_raw(
+        &self,
+        ctx: &GpuContext,
+        slot: usize,
+        tensor: usize,
+        codes: &[u8],
+        absmax: &[f32],
+    ) -> Result<()> {
+        let zero = self.config.kernel().states[slot].q8_map.zero_code();
+        for (code_words, absmax_words, tensor_offset, len) in self.q8_pieces(slot, tensor) {
+            let mut bytes = vec![zero; (code_words.len * 4) as usize];
+            let at = tensor_offset as usize;
+            bytes[..len as usize].copy_from_slice(&codes[at..at + len as usize]);
+            let words: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|w| f32::from_bits(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            transfer::write(ctx, &[code_words], &words)?;
+            let first_block = at / q8::BLOCK as usize;
+            let blocks = absmax_words.len as usize;
+            transfer::write(
+                ctx,
+                &[absmax_words],
+                &absmax[first_block..first_block + blocks],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a tensor's whole q8 state: quantized block by block.
+    pub fn q8_write(
+        &self,
+        ctx: &GpuContext,
+        slot: usize,
+        tensor: usize,
+        values: &[f32],
+    ) -> Result<()> {
+        let map = self.config.kernel().states[slot].q8_map;
+        let (codes, absmax) = q8::quantize(values, map);
+        self.q8_write_raw(ctx, slot, tensor, &codes, &absmax)
     }
 
     /// Names of the states this group keeps.

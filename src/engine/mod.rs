@@ -335,6 +335,20 @@ impl Optimizer {
         self.check_len(tensor, what, offset, data.len())?;
         let (g, local) = self.locate(tensor)?;
         let range = offset..offset + data.len() as u64;
+        if let Some(slot) = self.groups[g].q8_slot(role)? {
+            let len = self.tensor_len(tensor)?;
+            if range != (0..len) {
+                return Err(Error::InvalidConfig {
+                    optimizer: self.groups[g].config.name(),
+                    reason: format!(
+                        "a q8 state is written whole (its blocks of 256 share an absmax): \
+                         {} values from {offset}, not {len} from 0",
+                        data.len()
+                    ),
+                });
+            }
+            return self.groups[g].q8_write(&self.ctx, slot, local, data);
+        }
         let spans = self.groups[g].spans(role, local, range.clone())?;
         check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_DST)?;
         transfer::write(&self.ctx, &spans, data)?;
@@ -368,6 +382,9 @@ impl Optimizer {
     pub fn read(&self, tensor: TensorId, role: Role, range: Range<u64>) -> Result<Vec<f32>> {
         self.check_range(tensor, "the range to read", &range)?;
         let (g, local) = self.locate(tensor)?;
+        if let Some(slot) = self.groups[g].q8_slot(role)? {
+            return self.groups[g].q8_read(&self.ctx, slot, local, range);
+        }
         let spans = self.groups[g].spans(role, local, range)?;
         check_usage(&spans, tensor, role, wgpu::BufferUsages::COPY_SRC)?;
         transfer::read(&self.ctx, &spans)
@@ -400,6 +417,16 @@ impl Optimizer {
     ) -> Result<()> {
         self.check_range(tensor, "the range to fill", &range)?;
         let (g, local) = self.locate(tensor)?;
+        if let Some(slot) = self.groups[g].q8_slot(role)? {
+            // Quantized on the host, from the same values the fill kernel computes.
+            fill.validate()?;
+            let len = self.tensor_len(tensor)?;
+            let mut values = self.groups[g].q8_read(&self.ctx, slot, local, 0..len)?;
+            for j in range {
+                values[j as usize] = fill.value(j);
+            }
+            return self.groups[g].q8_write(&self.ctx, slot, local, &values);
+        }
         let spans = self.groups[g].spans(role, local, range.clone())?;
         fill::fill(&self.ctx, &spans, range.start, fill)?;
         if role == Role::Param && self.groups[g].storage.master_weights {

@@ -38,7 +38,9 @@ pub static KERNEL: Kernel = Kernel {
     name: "adadelta",
     source: include_str!("../../shaders/adadelta.wgsl"),
     pieces: &[],
-    states: &[StateSlot::always("square_avg"), StateSlot::always("acc_delta")],
+    states: &[StateSlot::always("square_avg").unsigned(),
+        StateSlot::always("acc_delta").unsigned(),
+    ],
     flags: &["MAXIMIZE"],
     scalars: &AdadeltaScalars::LAYOUT,
 };

@@ -124,8 +124,8 @@ pub static KERNEL: Kernel = Kernel {
     pieces: &[ADAM_FAMILY_WGSL],
     states: &[
         StateSlot::always("exp_avg"),
-        StateSlot::always("exp_avg_sq"),
-        StateSlot::with_flag("max_exp_avg_sq", "AMSGRAD"),
+        StateSlot::always("exp_avg_sq").unsigned(),
+        StateSlot::with_flag("max_exp_avg_sq", "AMSGRAD").unsigned(),
     ],
     flags: &["AMSGRAD", "MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,

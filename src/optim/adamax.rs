@@ -37,7 +37,7 @@ pub static KERNEL: Kernel = Kernel {
     name: "adamax",
     source: include_str!("../../shaders/adamax.wgsl"),
     pieces: &[],
-    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_inf")],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_inf").unsigned()],
     flags: &["MAXIMIZE"],
     scalars: &AdamaxScalars::LAYOUT,
 };

@@ -29,7 +29,7 @@ pub static KERNEL: Kernel = Kernel {
     name: "nadam",
     source: include_str!("../../shaders/nadam.wgsl"),
     pieces: &[ADAM_FAMILY_WGSL],
-    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq")],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq").unsigned()],
     flags: &["MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
 };

@@ -26,7 +26,7 @@ pub static KERNEL: Kernel = Kernel {
     name: "radam",
     source: include_str!("../../shaders/radam.wgsl"),
     pieces: &[ADAM_FAMILY_WGSL],
-    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq")],
+    states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq").unsigned()],
     flags: &["MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
 };

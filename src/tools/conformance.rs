@@ -360,9 +360,7 @@ impl Case {
                 "f32" => Ok(Format::F32),
                 "bf16" => Ok(Format::Bf16),
                 "f16" => Ok(Format::F16),
-                "q8" if states => Err(format!(
-                    "storage {dtypes}: 8-bit blockwise (q8) states are not supported yet"
-                )),
+                "q8" if states => Ok(Format::Q8),
                 other => Err(format!("storage {dtypes}: unknown {key} type `{other}`")),
             }
         };

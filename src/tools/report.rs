@@ -104,7 +104,9 @@ pub fn markdown(files: &[BenchFile]) -> String {
         let bytes = files
             .iter()
             .find_map(|f| find(f, &workload, &optimizer))
-            .map_or(0, |r| r.bytes_per_element);
+            .map_or("-".to_string(), |r| {
+                super::bench::byte_count(r.bytes_per_element)
+            });
         out.push_str(&format!("| {optimizer} | {workload} | {bytes} |"));
         for f in files {
             match find(f, &workload, &optimizer) {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use wgpu_optim::AdapterSummary;
 use wgpu_optim::context::list_adapters;
 use wgpu_optim::optim::OPTIMIZER_NAMES;
-use wgpu_optim::tools::bench::{self, BenchOptions, Workload};
+use wgpu_optim::tools::bench::{self, BenchOptions, Workload, byte_count};
 use wgpu_optim::tools::conformance::{self, Fixture, Status};
 use wgpu_optim::tools::report;
 use wgpu_optim::{Storage, UpdateRule};
@@ -235,12 +235,13 @@ fn print_memory_per_parameter(compact: &[Storage]) -> Result<()> {
     let states = adamw.initial_states().iter().flatten().count() as u64;
     println!("\nmemory per parameter, AdamW:");
     for storage in std::iter::once(&Storage::F32).chain(compact) {
-        let state = states * storage.states.bytes();
+        let state = states as f64 * storage.states.bytes_per_value();
         let master = if storage.master_weights { 4 } else { 0 };
         println!(
-            "  {:<12} {:>2} B: {state} B of state, {} B parameter{}, {} B gradient",
+            "  {:<12} {:>5} B: {} B of state, {} B parameter{}, {} B gradient",
             storage.label(),
-            storage.resident_bytes(states),
+            byte_count(storage.resident_bytes(states)),
+            byte_count(state),
             storage.param.bytes(),
             if master > 0 { " + 4 B master" } else { "" },
             storage.grad.bytes(),
@@ -330,7 +331,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
                 r.gbps,
                 r.fraction_of_copy,
                 r.ns_per_element,
-                r.bytes_per_element
+                byte_count(r.bytes_per_element)
             );
             continue;
         }
@@ -359,7 +360,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
             r.gbps,
             r.fraction_of_copy,
             r.ns_per_element,
-            r.bytes_per_element
+            byte_count(r.bytes_per_element)
         );
     }
     print_memory_per_parameter(&compact)?;

@@ -127,7 +127,7 @@ pub struct BenchResult {
     /// Tensors in the group (148 for gpt2).
     pub tensors: usize,
     /// The fewest bytes a step must move per element.
-    pub bytes_per_element: u64,
+    pub bytes_per_element: f64,
     /// Compute dispatches one step records (update kernels, plus norm and finalize).
     pub dispatches_per_step: usize,
     /// Optimizer instances rotated over.
@@ -214,7 +214,7 @@ impl BenchReport {
                 r.label(),
                 r.workload,
                 r.tensors,
-                r.bytes_per_element,
+                byte_count(r.bytes_per_element),
                 r.dispatches_per_step,
                 r.median_ms,
                 r.gbps,
@@ -252,7 +252,7 @@ pub fn bench_optimizer(
     let (_, mut times) = prepared.time(options.steps)?;
     let seconds = median(&mut times);
     let elements = prepared.elements();
-    let gbps = prepared.bytes_per_step() as f64 / seconds / 1e9;
+    let gbps = prepared.bytes_per_step() / seconds / 1e9;
     let features = [
         (options.training.max_grad_norm.is_some(), "clip"),
         (options.training.grad_scaler.is_some(), "scaler"),
@@ -334,4 +334,14 @@ pub fn run(
         max_segment_bytes: options.max_segment_bytes,
         results,
     })
+}
+
+/// A byte count per element as the tables print it: whole where it is (`28`), else with two
+/// decimals (`10.06`, q8's absmax shared by a block).
+pub fn byte_count(bytes: f64) -> String {
+    if bytes.fract() == 0.0 {
+        format!("{bytes:.0}")
+    } else {
+        format!("{bytes:.2}")
+    }
 }

@@ -90,19 +90,19 @@ impl PreparedSteps {
 
     /// The fewest bytes one step must move per element in its storage: the update's, plus one
     /// more read of the gradients for the norm when clipping or loss scaling.
-    pub fn bytes_per_element(&self) -> u64 {
+    pub fn bytes_per_element(&self) -> f64 {
         let states = self.config.initial_states().iter().flatten().count() as u64;
         let norm = if self.training.needs_norm() {
-            self.storage.grad.bytes()
+            self.storage.grad.bytes() as f64
         } else {
-            0
+            0.0
         };
         self.storage.bytes_per_element(states) + norm
     }
 
     /// The fewest bytes one step must move.
-    pub fn bytes_per_step(&self) -> u64 {
-        self.bytes_per_element() * self.elements()
+    pub fn bytes_per_step(&self) -> f64 {
+        self.bytes_per_element() * self.elements() as f64
     }
 
     /// Times `steps` steps, rotating over the instances; seconds per step, and how.

@@ -13,6 +13,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::StateSlot;
+
+pub mod q8;
+mod qmaps;
+
+pub use q8::QMap;
+
 /// How the values of one role are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,6 +31,9 @@ pub enum Format {
     Bf16,
     /// IEEE binary16.
     F16,
+    /// 8-bit blockwise (bitsandbytes): a byte per value into a 256-value map, and a float32
+    /// absmax per block of 256 values of a tensor ([`q8`]). For optimizer states only.
+    Q8,
 }
 
 impl Format {
@@ -32,6 +42,24 @@ impl Format {
         match self {
             Format::F32 => 4,
             Format::Bf16 | Format::F16 => 2,
+            Format::Q8 => 1,
+        }
+    }
+
+    /// Bytes a buffer of `values` values takes (q8: the codes, in whole words, then one
+    /// absmax per block).
+    pub fn buffer_bytes(self, values: u64) -> u64 {
+        match self {
+            Format::Q8 => q8::buffer_bytes(values),
+            other => values * other.bytes(),
+        }
+    }
+
+    /// Bytes per value, with a q8 block's absmax shared among its 256 values.
+    pub fn bytes_per_value(self) -> f64 {
+        match self {
+            Format::Q8 => 1.0 + 4.0 / q8::BLOCK as f64,
+            other => other.bytes() as f64,
         }
     }
 
@@ -41,14 +69,16 @@ impl Format {
             Format::F32 => "f32",
             Format::Bf16 => "bf16",
             Format::F16 => "f16",
+            Format::Q8 => "q8",
         }
     }
 
     /// The value a float32 becomes once stored and loaded again: rounded to nearest, ties to
-    /// even (what the kernels' stores do).
+    /// even (what the kernels' stores do). q8 values depend on their block: see
+    /// [`q8::round_trip`]; here they pass unchanged.
     pub fn round(self, value: f32) -> f32 {
         match self {
-            Format::F32 => value,
+            Format::F32 | Format::Q8 => value,
             Format::Bf16 => half::bf16::from_f32(value).to_f32(),
             Format::F16 => half::f16::from_f32(value).to_f32(),
         }
@@ -60,7 +90,7 @@ impl Format {
     /// below 2^-25 become zero.
     pub fn round_stochastic(self, value: f32, random: u32) -> f32 {
         match self {
-            Format::F32 => value,
+            Format::F32 | Format::Q8 => value,
             Format::Bf16 => {
                 let u = value.to_bits();
                 if value.is_nan() {
@@ -73,9 +103,11 @@ impl Format {
         }
     }
 
-    /// The values as this format's little-endian bytes, each rounded to nearest even.
+    /// The values as this format's little-endian bytes, each rounded to nearest even. (q8
+    /// values are encoded a block at a time, by [`q8::quantize`].)
     pub(crate) fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {
+            Format::Q8 => unreachable!("q8 values are quantized by block"),
             Format::F32 => bytemuck::cast_slice(values).to_vec(),
             Format::Bf16 => values
                 .iter()
@@ -91,6 +123,7 @@ impl Format {
     /// Little-endian bytes of this format as float32 values (exact).
     pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
+            Format::Q8 => unreachable!("q8 codes are dequantized with their block's absmax"),
             Format::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -112,6 +145,7 @@ impl Format {
         match self {
             Format::F32 => "V",
             Format::Bf16 | Format::F16 => "vec2<u32>",
+            Format::Q8 => "u32",
         }
     }
 
@@ -121,6 +155,7 @@ impl Format {
             Format::F32 => raw.to_string(),
             Format::Bf16 => format!("bf16x4_to_f32({raw})"),
             Format::F16 => format!("f16x4_to_f32({raw})"),
+            Format::Q8 => unreachable!("q8 states have their own accessors"),
         }
     }
 
@@ -130,6 +165,7 @@ impl Format {
             Format::F32 => value.to_string(),
             Format::Bf16 => format!("f32_to_bf16x4({value})"),
             Format::F16 => format!("f32_to_f16x4({value})"),
+            Format::Q8 => unreachable!("q8 states have their own accessors"),
         }
     }
 }
@@ -272,6 +308,14 @@ impl Storage {
     /// Master weights keep a float32 copy of 16-bit parameters: float32 parameters with them
     /// are an error (there is nothing to keep a master of).
     pub fn validate(&self) -> crate::Result<()> {
+        if self.param == Format::Q8 || self.grad == Format::Q8 {
+            return Err(crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason: "q8 (8-bit blockwise) is a format for optimizer states only; parameters \
+                         and gradients are f32, bf16 or f16"
+                    .into(),
+            });
+        }
         if self.rounding != Rounding::NearestEven
             && (self.param == Format::F32 || self.master_weights)
         {
@@ -295,13 +339,13 @@ impl Storage {
 
     /// Every storage a group may have: each role in each format, with master weights where
     /// the parameters are 16-bit, stochastic rounding where they are 16-bit without master
-    /// weights, Kahan summation there too (81 in all).
+    /// weights, Kahan summation there too; states also in q8 (108 in all).
     pub fn all() -> Vec<Storage> {
         let formats = [Format::F32, Format::Bf16, Format::F16];
         let mut all = Vec::new();
         for param in formats {
             for grad in formats {
-                for states in formats {
+                for states in [Format::F32, Format::Bf16, Format::F16, Format::Q8] {
                     for master_weights in [false, true] {
                         let storage = Storage {
                             param,
@@ -363,11 +407,22 @@ impl Storage {
         matches!(self.rounding, Rounding::Stochastic { .. })
     }
 
-    /// Whether any role is packed 16-bit (the kernel then needs the vec4 element type).
-    pub fn has_16_bit(&self) -> bool {
+    /// Whether any role is packed (16-bit or q8): the kernel then needs the vec4 element type.
+    pub fn packed(&self) -> bool {
         [self.param, self.grad, self.states]
             .iter()
             .any(|f| *f != Format::F32)
+    }
+
+    /// Whether the states are 8-bit blockwise.
+    pub fn q8(&self) -> bool {
+        self.states == Format::Q8
+    }
+
+    /// Tensors start, and segments are cut, at multiples of this many elements: a vec4, or a
+    /// whole q8 block, so that no block straddles two tensors or two segments.
+    pub(crate) fn align_elems(&self) -> u64 {
+        if self.q8() { q8::BLOCK } else { 4 }
     }
 
     /// A short label, which [`parse`](Self::parse) reads back: the parameters' format, `/`
@@ -410,10 +465,10 @@ impl Storage {
             "f32" => Ok(Format::F32),
             "bf16" => Ok(Format::Bf16),
             "f16" => Ok(Format::F16),
-            "q8" => Err(bad("8-bit blockwise (q8) states are not built yet".into())),
+            "q8" => Ok(Format::Q8),
             other => Err(bad(format!(
-                "unknown format `{other}` (f32, bf16, f16; e.g. bf16, bf16-master, bf16+bf16, \
-                 f32/bf16)"
+                "unknown format `{other}` (f32, bf16, f16, and q8 for states; e.g. bf16, \
+                 bf16-master, bf16+bf16, bf16+q8, f32/bf16)"
             ))),
         };
         let (rest, states) = match label.split_once('+') {
@@ -459,20 +514,17 @@ impl Storage {
     /// Bytes each element keeps resident: the parameter (and its master or its Kahan
     /// compensation), the gradient and
     /// `states` states.
-    pub fn resident_bytes(&self, states: u64) -> u64 {
+    pub fn resident_bytes(&self, states: u64) -> f64 {
         let master = if self.master_weights { 4 } else { 0 };
         let compensation = if self.kahan() { self.param.bytes() } else { 0 };
-        self.param.bytes()
-            + master
-            + compensation
-            + self.grad.bytes()
-            + states * self.states.bytes()
+        (self.param.bytes() + master + compensation + self.grad.bytes()) as f64
+            + states as f64 * self.states.bytes_per_value()
     }
 
     /// The bytes one step must move per element: read and write the parameter (and the
     /// master, and write the model's copy; or its Kahan compensation), read the gradient, read
     /// and write every state.
-    pub fn bytes_per_element(&self, states: u64) -> u64 {
+    pub fn bytes_per_element(&self, states: u64) -> f64 {
         let param = if self.master_weights {
             2 * 4 + self.param.bytes()
         } else if self.kahan() {
@@ -481,13 +533,13 @@ impl Storage {
         } else {
             2 * self.param.bytes()
         };
-        param + self.grad.bytes() + 2 * states * self.states.bytes()
+        (param + self.grad.bytes()) as f64 + 2.0 * states as f64 * self.states.bytes_per_value()
     }
 
     /// The WGSL conversions between float32 vec4s and packed 16-bit words, for the formats
     /// this storage uses (empty for float32 only).
     pub(crate) fn wgsl_conversions(&self) -> &'static str {
-        if self.has_16_bit() || self.master_weights {
+        if self.packed() || self.master_weights {
             CONVERSIONS_WGSL
         } else {
             ""
@@ -500,12 +552,16 @@ impl Storage {
     /// 16-bit copy with master weights.
     pub(crate) fn wgsl_accessors(
         &self,
-        states: &[&str],
-        first_state_binding: u32,
-        model_copy_binding: u32,
-        segment_info_binding: u32,
-        compensation_binding: u32,
+        states: &[StateSlot],
+        bindings: &AccessorBindings,
     ) -> String {
+        let AccessorBindings {
+            first_state: first_state_binding,
+            model_copy: model_copy_binding,
+            segment_info: segment_info_binding,
+            compensation: compensation_binding,
+            qmaps: qmaps_binding,
+        } = *bindings;
         let param = self.updated_param();
         let mut wgsl = format!(
             "@group(0) @binding(1) var<storage, read_write> param: array<{}>;\n\
@@ -572,7 +628,19 @@ impl Storage {
                 param.wgsl_store("value")
             ));
         }
-        for (slot, name) in states.iter().enumerate() {
+        if self.q8() {
+            wgsl.push_str(&format!(
+                "@group(0) @binding({qmaps_binding}) var<uniform> qmaps: QMaps;\n{}",
+                q8::WGSL
+            ));
+            wgsl.push_str(&q8_state_accessors(states, first_state_binding));
+            return wgsl;
+        }
+        wgsl.push_str(
+            "fn prepare_workgroup(lid: u32) {}\n\
+             fn finish_workgroup(i: u32, lid: u32, in_range: bool) {}\n",
+        );
+        for (slot, name) in states.iter().map(|s| s.name).enumerate() {
             let binding = first_state_binding + slot as u32;
             wgsl.push_str(&format!(
                 "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{}>;\n\
@@ -611,6 +679,79 @@ impl Storage {
         }
         wgsl
     }
+}
+
+/// The bindings of the optional roles of an optimizer kernel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AccessorBindings {
+    /// The first state slot; the others follow.
+    pub first_state: u32,
+    /// The model's 16-bit copy, with master weights.
+    pub model_copy: u32,
+    /// The segment's first index, with stochastic rounding.
+    pub segment_info: u32,
+    /// The Kahan compensation.
+    pub compensation: u32,
+    /// The q8 maps, with q8 states.
+    pub qmaps: u32,
+}
+
+/// The accessors of q8 states: `load_<name>` dequantizes with the block's absmax (the word
+/// after the segment's codes); `store_<name>` keeps the new value in a register, and
+/// `finish_workgroup`, which every invocation calls after the update, takes each block's new
+/// absmax and stores the codes and the absmax. A state the rule did not store this step is
+/// stored again as loaded (an unchanged block keeps its codes).
+fn q8_state_accessors(states: &[StateSlot], first_state_binding: u32) -> String {
+    let mut wgsl = String::from(
+        "fn prepare_workgroup(lid: u32) {\n    q8_load_maps(lid);\n    workgroupBarrier();\n}\n",
+    );
+    let mut gather = String::new();
+    let mut store = String::new();
+    for (slot, state) in states.iter().enumerate() {
+        let name = state.name;
+        let binding = first_state_binding + slot as u32;
+        let map = match state.q8_map {
+            QMap::Signed => "Q8_SIGNED",
+            QMap::Unsigned => "Q8_UNSIGNED",
+        };
+        let component = ["x", "y", "z", "w"][slot];
+        wgsl.push_str(&format!(
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;\n\
+             var<private> {name}_new: V;\n\
+             var<private> {name}_stored: bool;\n\
+             fn {name}_absmax_index(i: u32) -> u32 {{ return element_count() + i / 64u; }}\n\
+             fn load_{name}(i: u32) -> V {{\n\
+             return q8_decode({name}[i], bitcast<f32>({name}[{name}_absmax_index(i)]), {map});\n\
+             }}\n\
+             fn store_{name}(i: u32, value: V) {{ {name}_new = value; {name}_stored = true; }}\n"
+        ));
+        // A state kept only with a flag is quantized only with it (else its binding is a
+        // placeholder).
+        let kept = state.kept_with.unwrap_or("true");
+        gather.push_str(&format!(
+            "        if ({kept}) {{\n\
+             \x20           if (!{name}_stored) {{ {name}_new = load_{name}(i); }}\n\
+             \x20           magnitudes.{component} = hmax(abs({name}_new));\n\
+             \x20       }}\n"
+        ));
+        store.push_str(&format!(
+            "        if ({kept}) {{\n\
+             \x20           {name}[i] = q8_encode({name}_new, absmax.{component}, {map});\n\
+             \x20           if ((lid & 63u) == 0u) {{\n\
+             \x20               {name}[{name}_absmax_index(i)] = bitcast<u32>(absmax.{component});\n\
+             \x20           }}\n\
+             \x20       }}\n"
+        ));
+    }
+    wgsl.push_str(&format!(
+        "fn finish_workgroup(i: u32, lid: u32, in_range: bool) {{\n\
+         \x20   var magnitudes = vec4<f32>(0.0);\n\
+         \x20   if (in_range) {{\n{gather}    }}\n\
+         \x20   let absmax = q8_block_absmax(magnitudes, lid);\n\
+         \x20   if (in_range) {{\n{store}    }}\n\
+         }}\n"
+    ));
+    wgsl
 }
 
 /// Conversions between a `vec4<f32>` and four 16-bit values packed in a `vec2<u32>` (the
@@ -745,14 +886,17 @@ mod tests {
     #[test]
     fn labels_read_back() {
         let all = Storage::all();
-        // 27 without master weights, 18 with, 18 with stochastic rounding, 18 with Kahan.
-        assert_eq!(all.len(), 27 + 18 + 18 + 18);
+        // Per states format (f32, bf16, f16, q8): 9 without master weights, 6 with, 6 with
+        // stochastic rounding, 6 with Kahan.
+        assert_eq!(all.len(), 4 * (9 + 6 + 6 + 6));
         for storage in all {
             assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
         }
         assert_eq!(Storage::parse("bf16").unwrap().grad, Format::Bf16);
+        assert_eq!(Storage::parse("bf16+q8").unwrap().states, Format::Q8);
         for bad in [
-            "bf16+q8",
+            "q8",
+            "f32/q8+q8",
             "f32-sr",
             "bf16-master-sr",
             "bf16-srx",

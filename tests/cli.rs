@@ -512,7 +512,7 @@ fn conformance_runs_every_shipped_fixture_by_default() {
         );
     }
     assert!(
-        stdout.contains("cases: 7 pass, 0 fail, 7 unsupported"),
+        stdout.contains("cases: 14 pass, 0 fail, 0 unsupported"),
         "{stdout}"
     );
 }

@@ -541,7 +541,7 @@ fn stored_bits(opt: &Optimizer, storage: &Storage) -> Vec<Vec<u32>> {
 
 #[test]
 fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
-    use Format::{Bf16, F16};
+    use Format::{Bf16, F16, F32, Q8};
     let ctx = context();
     let sizes = [5usize, 257, 4_099];
     let config: OptimizerConfig = Adam {
@@ -557,6 +557,8 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
             rounding: wgpu_optim::Rounding::Kahan,
             ..storage(Bf16, Bf16, Bf16, false)
         },
+        storage(Bf16, Bf16, Q8, false),
+        storage(F32, F32, Q8, false),
     ] {
         let label = storage.label();
         let mut rng = rng(11);
@@ -596,18 +598,30 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
         // Each buffer in its own format: 16-bit tensors as BF16/F16, a master as F32.
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let param_dtype = file.tensor("tensor0.param").unwrap().dtype();
-        let expected_param = if storage.master_weights {
+        let expected_param = if storage.master_weights || storage.param == F32 {
             safetensors::Dtype::F32
         } else {
             safetensors::Dtype::BF16
         };
         assert_eq!(param_dtype, expected_param, "{label}");
-        assert_eq!(
-            file.tensor("tensor0.exp_avg").unwrap().dtype(),
-            safetensors::Dtype::BF16,
-            "{label}"
-        );
+        let exp_avg = file.tensor("tensor1.exp_avg").unwrap();
+        if storage.states == Q8 {
+            // Codes as U8, one per element, and a float32 absmax per block of 256.
+            assert_eq!(exp_avg.dtype(), safetensors::Dtype::U8, "{label}");
+            assert_eq!(exp_avg.data().len(), 257, "{label}");
+            let absmax = file.tensor("tensor1.exp_avg.absmax").unwrap();
+            assert_eq!(absmax.dtype(), safetensors::Dtype::F32, "{label}");
+            assert_eq!(absmax.data().len(), 2 * 4, "{label}");
+        } else {
+            assert_eq!(exp_avg.dtype(), safetensors::Dtype::BF16, "{label}");
+        }
         let mut resumed = Optimizer::from_checkpoint(&ctx, &bytes).unwrap();
+        // Saved again, the same file byte for byte: every code and absmax came back.
+        assert_eq!(
+            resumed.save_checkpoint_bytes().unwrap(),
+            bytes,
+            "{label}: saved again"
+        );
         assert_eq!(
             stored_bits(&resumed, &storage),
             stored_bits(&original, &storage),
@@ -623,7 +637,7 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
             "{label}: two steps after resuming"
         );
 
-        // Into a float32 group: the same values, widened exactly.
+        // Into a float32 group: the same values, widened exactly (q8: dequantized).
         let mut wide = Optimizer::builder(&ctx)
             .group(config.clone(), &params)
             .build()
@@ -637,6 +651,35 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
                 exp_avg_sq,
                 "{label} tensor {t}"
             );
+        }
+        if storage.states == Q8 {
+            // And back: a float32 checkpoint loaded into a q8 group is quantized, as writing
+            // the same states would quantize them.
+            let wide_bytes = wide.save_checkpoint_bytes().unwrap();
+            let build = || {
+                Optimizer::builder(&ctx)
+                    .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
+                    .build()
+                    .unwrap()
+            };
+            let mut loaded = build();
+            loaded.load_checkpoint_bytes(&wide_bytes).unwrap();
+            let mut written = build();
+            for t in 0..sizes.len() {
+                let id = TensorId(t);
+                for name in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] {
+                    written
+                        .write_state(id, name, &wide.read_state(id, name).unwrap())
+                        .unwrap();
+                }
+                for name in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] {
+                    assert_eq!(
+                        loaded.read_state(id, name).unwrap(),
+                        written.read_state(id, name).unwrap(),
+                        "{label} tensor {t} {name}"
+                    );
+                }
+            }
         }
     }
 }
@@ -843,8 +886,12 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
             .unwrap();
         staging.get_mapped_range(..).unwrap().to_vec()
     };
-    for master_weights in [false, true] {
-        let storage = storage(Format::Bf16, Format::Bf16, Format::F32, master_weights);
+    for storage in [
+        storage(Format::Bf16, Format::Bf16, Format::F32, false),
+        storage(Format::Bf16, Format::Bf16, Format::F32, true),
+        // q8 states of a tensor whose last block is short (1,028 = 4 * 256 + 4).
+        storage(Format::Bf16, Format::Bf16, Format::Q8, false),
+    ] {
         let param = callers_buffer(&values);
         let grad = callers_buffer(&grads);
         let external = ExternalTensor {
@@ -882,6 +929,13 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
             twin.read_param(TensorId(0)).unwrap(),
             "{label}"
         );
+        for name in ["exp_avg", "exp_avg_sq"] {
+            assert_eq!(
+                opt.read_state(TensorId(0), name).unwrap(),
+                twin.read_state(TensorId(0), name).unwrap(),
+                "{label} {name}"
+            );
+        }
         let bytes = read_bytes(&param);
         let tensor = offset as usize..offset as usize + 2 * n;
         for (k, b) in bytes.iter().enumerate() {
@@ -921,6 +975,103 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
         panic!("an odd-length bf16 tensor bound in place is refused");
     };
     assert!(err.to_string().contains("multiple of 4"), "{err}");
+}
+
+/// q8 states on the host: written whole and quantized as the reference quantizes, read in any
+/// range, filled at random; a partial write (which would requantize blocks it does not cover)
+/// is refused and changes nothing.
+#[test]
+fn q8_states_move_through_the_host_block_by_block() {
+    use wgpu_optim::storage::q8::{self, QMap};
+    let ctx = context();
+    let sizes = [1usize, 255, 257, 1_000];
+    let storage = storage(Format::F32, Format::F32, Format::Q8, false);
+    let mut rng = rng(5);
+    let params: Vec<Vec<f32>> = sizes.iter().map(|&n| params(&mut rng, n)).collect();
+    let mut opt = Optimizer::builder(&ctx)
+        .group_stored(
+            Adam::default(),
+            storage,
+            TrainingOptions::default(),
+            &params,
+        )
+        .max_segment_bytes(512 * 4)
+        .build()
+        .unwrap();
+    let quantized = |values: &[f32], map: QMap| -> Vec<f32> {
+        let (codes, absmax) = q8::quantize(values, map);
+        q8::dequantize_all(&codes, &absmax, map)
+    };
+    for (t, &n) in sizes.iter().enumerate() {
+        let id = TensorId(t);
+        let exp_avg: Vec<f32> = grad_scales(&mut rng, n)
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i % 3 == 0 { -s } else { *s })
+            .collect();
+        let exp_avg_sq: Vec<f32> = grad_scales(&mut rng, n).iter().map(|s| s * s).collect();
+        opt.write_state(id, "exp_avg", &exp_avg).unwrap();
+        opt.write_state(id, "exp_avg_sq", &exp_avg_sq).unwrap();
+        let stored = opt.read_state(id, "exp_avg").unwrap();
+        assert_eq!(stored, quantized(&exp_avg, QMap::Signed), "tensor {t}");
+        assert_eq!(
+            opt.read_state(id, "exp_avg_sq").unwrap(),
+            quantized(&exp_avg_sq, QMap::Unsigned),
+            "tensor {t}"
+        );
+        assert_ne!(stored, exp_avg, "tensor {t}: quantized");
+        // Any range reads what the whole read holds there.
+        for range in [0..1, n as u64 / 2..n as u64, n as u64 - 1..n as u64] {
+            assert_eq!(
+                opt.read(id, Role::State("exp_avg"), range.clone()).unwrap(),
+                stored[range.start as usize..range.end as usize],
+                "tensor {t} {range:?}"
+            );
+        }
+        let Err(err) = opt.write(id, Role::State("exp_avg"), 0, &exp_avg[..n / 2]) else {
+            panic!("tensor {t}: a partial q8 write is refused");
+        };
+        assert!(err.to_string().contains("written whole"), "{err}");
+        assert_eq!(opt.read_state(id, "exp_avg").unwrap(), stored, "tensor {t}");
+        // Filled at random: the fill's values, quantized.
+        let fill = wgpu_optim::RandomFill::symmetric(9, 2.0);
+        opt.fill_random(id, Role::State("exp_avg"), 0..n as u64, &fill)
+            .unwrap();
+        let expected: Vec<f32> = (0..n as u64).map(|j| fill.value(j)).collect();
+        assert_eq!(
+            opt.read_state(id, "exp_avg").unwrap(),
+            quantized(&expected, QMap::Signed),
+            "tensor {t}: random fill"
+        );
+    }
+    // A step from these states follows the reference, which starts from the same values.
+    let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+    let mut reference = ReferenceGroup::with_storage(
+        Adam::default().into(),
+        TrainingOptions::default(),
+        storage,
+        params.iter().map(|p| to_f64(p)).collect(),
+    )
+    .unwrap();
+    for t in 0..sizes.len() {
+        for (slot, name) in ["exp_avg", "exp_avg_sq"].iter().enumerate() {
+            reference.states[t][slot] = to_f64(&opt.read_state(TensorId(t), name).unwrap());
+        }
+    }
+    opt.step_with_grads(&grads.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .unwrap();
+    reference
+        .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+        .unwrap();
+    for (t, p) in reference.params.iter().enumerate() {
+        let gpu = opt.read_param(TensorId(t)).unwrap();
+        for (i, (g, c)) in gpu.iter().zip(p).enumerate() {
+            assert!(
+                (*g as f64 - c).abs() <= 1e-6 * c.abs().max(1.0),
+                "tensor {t}[{i}]: gpu {g}, reference {c}"
+            );
+        }
+    }
 }
 
 /// Micro-batching: zero the gradients on the device, add three micro-batches, step. The sums

@@ -227,7 +227,7 @@ pub(crate) fn run_bench(
 }
 
 /// The compact storages the default run measures AdamW in (labels of `Storage::parse`).
-const COMPACT_STORAGES: [&str; 2] = ["bf16-master", "bf16+bf16"];
+const COMPACT_STORAGES: [&str; 3] = ["bf16-master", "bf16+bf16", "bf16+q8"];
 
 /// What each parameter keeps resident in AdamW, per storage.
 fn print_memory_per_parameter(compact: &[Storage]) -> Result<()> {

@@ -1278,3 +1278,60 @@ fn nearest_even_stalls_where_stochastic_rounding_and_kahan_track_float32() {
         "stochastic {stochastic} vs float32 {float32}"
     );
 }
+
+/// The kernel's quantizer against the host's binary search, value by value: SGD's first step
+/// with momentum stores the momentum buffer as the gradient itself (torch clones it), so the
+/// kernel quantizes the gradients. Each block of 256 starts with a 1 (absmax 1, so each value
+/// is its own `x`); the others probe every code of the signed map, every midpoint between two
+/// codes (ties go to the lower code) and the float32s either side of both, then random values.
+#[test]
+fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
+    use wgpu_optim::storage::q8::QMap;
+    let ctx = context();
+    let map = QMap::Signed;
+    let values = map.values();
+    let mut probes = Vec::new();
+    for k in 0..256 {
+        let mut around = vec![values[k]];
+        if k < 255 {
+            around.push(((values[k] as f64 + values[k + 1] as f64) / 2.0) as f32);
+        }
+        for v in around {
+            for d in -2i32..=2 {
+                probes.push(f32::from_bits((v.to_bits() as i32 + d) as u32).clamp(-1.0, 1.0));
+            }
+        }
+    }
+    let mut rng = rng(77);
+    let scales = grad_scales(&mut rng, 40_000);
+    probes.extend(grads(&mut rng, &scales).iter().map(|g| g.clamp(-1.0, 1.0)));
+    let mut grad = Vec::new();
+    for chunk in probes.chunks(255) {
+        grad.push(1.0);
+        grad.extend_from_slice(chunk);
+    }
+    let n = grad.len();
+    let mut opt = Optimizer::builder(&ctx)
+        .group_stored(
+            Sgd {
+                lr: 0.0,
+                momentum: 0.9,
+                ..Default::default()
+            },
+            storage(Format::F32, Format::F32, Format::Q8, false),
+            TrainingOptions::default(),
+            [&vec![0.5f32; n][..]],
+        )
+        .build()
+        .unwrap();
+    opt.step_with_grads(&[&grad]).unwrap();
+    let stored = opt.read_state(TensorId(0), "momentum_buffer").unwrap();
+    for (i, (&x, &s)) in grad.iter().zip(&stored).enumerate() {
+        let expected = values[map.nearest(x) as usize];
+        assert_eq!(
+            s.to_bits(),
+            expected.to_bits(),
+            "element {i}: {x:e} stored as {s:e}, its nearest code is {expected:e}"
+        );
+    }
+}

@@ -65,7 +65,7 @@ pub(crate) struct Group {
     pub scalars_via: ScalarsVia,
     /// The per-step values' buffer, on devices without immediates.
     pub uniform: Option<wgpu::Buffer>,
-    /// With q8 states, both quantization maps (signed, then unsigned), as a uniform.
+    /// With q8 states, both quantization maps and their thresholds, as a uniform.
     qmaps: Option<wgpu::Buffer>,
     pub segments: Vec<Segment>,
     pub tensors: Vec<TensorPlace>,
@@ -410,10 +410,7 @@ impl Group {
             })
         });
         let qmaps = spec.storage.q8().then(|| {
-            let maps: Vec<f32> = [q8::QMap::Signed, q8::QMap::Unsigned]
-                .iter()
-                .flat_map(|m| m.values().iter().copied())
-                .collect();
+            let maps = q8::uniform_values();
             let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("q8 maps"),
                 size: (maps.len() * 4) as u64,

@@ -45,6 +45,28 @@ impl QMap {
         }
     }
 
+    /// For each code `k` below 255, the least float32 whose nearest code is above `k`: the
+    /// rounding of the exact midpoint of codes `k` and `k + 1` if that lies above the midpoint,
+    /// else the next float32 up (a value exactly at the midpoint is a tie, which goes to the
+    /// lower code). So `x >= thresholds[k]`
+    /// says "nearer to `k + 1`" exactly, in one float32 comparison, with no distance to round.
+    /// Entry 255 is unused (2).
+    pub fn thresholds(self) -> [f32; 256] {
+        let values = self.values();
+        let mut thresholds = [2.0f32; 256];
+        for k in 0..255 {
+            // Exact in float64: two float32 of nearby magnitudes.
+            let mid = (values[k] as f64 + values[k + 1] as f64) / 2.0;
+            let rounded = mid as f32;
+            thresholds[k] = if (rounded as f64) > mid {
+                rounded
+            } else {
+                rounded.next_up()
+            };
+        }
+        thresholds
+    }
+
     /// The code whose map value is nearest to `x` (exact distances), ties to the lower code.
     pub fn nearest(self, x: f32) -> u8 {
         let map = self.values();
@@ -62,6 +84,46 @@ impl QMap {
         }
         k as u8
     }
+}
+
+/// The kernel's first guess at the code of `x` (in [-1, 1]), from the map's structure
+/// (bitsandbytes' `create_dynamic_map`: decade `d` = 0..6 holds |x| in [10^(d-7), 10^(d-6)) with
+/// 2^d codes (signed) or 2^(d+1) (unsigned) at the midpoints of equal steps; 0 below 10^-7;
+/// negative values mirror positive ones in the signed map). It is within one code of the
+/// nearest, and the kernel decides between it and its two neighbours by two exact thresholds
+/// ([`nearest_around`]): two lookups instead of a binary search's ten. The host does not need
+/// it (it searches); the tests check its bound.
+pub fn guess(x: f32, map: QMap) -> u8 {
+    let unsigned = map == QMap::Unsigned;
+    let a = x.abs();
+    let (mut decade, mut scale, mut threshold) = (0u32, 1e-6f32, 1e-6f32);
+    for _ in 0..6 {
+        if a >= threshold {
+            decade += 1;
+            scale *= 10.0;
+        }
+        threshold *= 10.0;
+    }
+    let count = 1u32 << (decade + unsigned as u32);
+    let lo = 0.1 * scale;
+    let step = 0.9 * scale / count as f32;
+    let j = (((a - lo) / step).max(0.0) as u32).min(count - 1);
+    let mut code = if unsigned { count - 1 } else { 127 + count } + j;
+    if a < 1e-7 {
+        code = map.zero_code() as u32;
+    }
+    if x < 0.0 {
+        code = if unsigned { 0 } else { 254 - code };
+    }
+    code as u8
+}
+
+/// The kernel's nearest code: of the three codes around [`guess`], by the
+/// [`thresholds`](QMap::thresholds) between them. Equal to [`QMap::nearest`] on every float32
+/// in [-1, 1] the tests try.
+pub fn nearest_around(x: f32, map: QMap, thresholds: &[f32; 256]) -> u8 {
+    let first = (guess(x, map) as usize).clamp(1, 254) - 1;
+    (first + (x >= thresholds[first]) as usize + (x >= thresholds[first + 1]) as usize) as u8
 }
 
 /// One block's values quantized: a code per value (into `codes`) and the block's absmax.
@@ -114,28 +176,45 @@ pub fn round_trip(values: &mut [f64], map: QMap) {
     }
 }
 
+/// What the kernels' `QMaps` uniform holds: the signed and unsigned maps, then the signed and
+/// unsigned thresholds (1,024 float32).
+pub fn uniform_values() -> Vec<f32> {
+    let mut values = Vec::with_capacity(1024);
+    for map in [QMap::Signed, QMap::Unsigned] {
+        values.extend_from_slice(map.values());
+    }
+    for map in [QMap::Signed, QMap::Unsigned] {
+        values.extend_from_slice(&map.thresholds());
+    }
+    values
+}
+
 /// Bytes a q8 state of `elems` elements takes in one buffer: the codes (whole words) and one
 /// float32 absmax per block.
 pub fn buffer_bytes(elems: u64) -> u64 {
     elems.next_multiple_of(4) + 4 * elems.div_ceil(BLOCK)
 }
 
-/// The WGSL of q8 states, for the kernels that have them: both maps in workgroup memory (from a
-/// small uniform, `QMAP_BINDING`), decoding, the block absmax by a workgroup reduction over the
-/// 64 invocations (of four elements) that hold a block, and encoding by a binary search.
+/// The WGSL of q8 states, for the kernels that have them: both maps and their thresholds in
+/// workgroup memory (from a small uniform, `QMAP_BINDING`: [`uniform_values`]), decoding, the
+/// block absmax by a workgroup reduction over the 64 invocations (of four elements) that hold
+/// a block, and encoding by a guess and two thresholds.
 pub(crate) const WGSL: &str = "
-struct QMaps { values: array<vec4<f32>, 128> }
-var<workgroup> q8_maps: array<f32, 512>;
+struct QMaps { values: array<vec4<f32>, 256> }
+// Both maps (signed from 0, unsigned from 256), then their thresholds (from 512).
+var<workgroup> q8_maps: array<f32, 1024>;
 var<workgroup> q8_scratch: array<vec4<f32>, 256>;
 const Q8_SIGNED: u32 = 0u;
 const Q8_UNSIGNED: u32 = 256u;
+const Q8_THRESHOLDS: u32 = 512u;
 
-// Every invocation copies two map values; the caller then waits at a barrier.
+// Every invocation copies four values; the caller then waits at a barrier.
 fn q8_load_maps(lid: u32) {
-    let word = qmaps.values[lid / 2u];
-    let first = 2u * lid;
-    q8_maps[first] = word[first % 4u];
-    q8_maps[first + 1u] = word[(first + 1u) % 4u];
+    let word = qmaps.values[lid];
+    q8_maps[4u * lid] = word.x;
+    q8_maps[4u * lid + 1u] = word.y;
+    q8_maps[4u * lid + 2u] = word.z;
+    q8_maps[4u * lid + 3u] = word.w;
 }
 
 fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
@@ -143,18 +222,36 @@ fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
                      q8_maps[map + ((codes >> 16u) & 0xffu)], q8_maps[map + (codes >> 24u)]) * absmax;
 }
 
-// The code nearest to x, ties to the lower code.
-fn q8_nearest(x: f32, map: u32) -> u32 {
-    var k = 0u;
-    for (var step = 128u; step > 0u; step >>= 1u) {
-        if (q8_maps[map + k + step] <= x) {
-            k += step;
-        }
+// A guess at each value's code from the structure of the map (see `guess` in q8.rs, which
+// mirrors it), within one code of the nearest.
+fn q8_guess(x: vec4<f32>, map: u32) -> vec4<u32> {
+    let a = abs(x);
+    var decade = vec4<u32>(0u);
+    var scale = vec4<f32>(1e-6);
+    var threshold = 1e-6;
+    for (var t = 0u; t < 6u; t++) {
+        let up = a >= vec4<f32>(threshold);
+        decade += select(vec4<u32>(0u), vec4<u32>(1u), up);
+        scale = select(scale, scale * 10.0, up);
+        threshold *= 10.0;
     }
-    if (k < 255u && q8_maps[map + k + 1u] - x < x - q8_maps[map + k]) {
-        k += 1u;
-    }
-    return k;
+    let unsigned = map == Q8_UNSIGNED;
+    let count = vec4<u32>(1u) << (decade + select(0u, 1u, unsigned));
+    let lo = 0.1 * scale;
+    let step = 0.9 * scale / vec4<f32>(count);
+    let j = min(vec4<u32>(max((a - lo) / step, vec4<f32>(0.0))), count - 1u);
+    var code = select(vec4<u32>(127u) + count, count - 1u, vec4<bool>(unsigned)) + j;
+    code = select(code, vec4<u32>(select(127u, 0u, unsigned)), a < vec4<f32>(1e-7));
+    let negative = x < vec4<f32>(0.0);
+    return select(code, select(254u - code, vec4<u32>(0u), vec4<bool>(unsigned)), negative);
+}
+
+// The code nearest to x, ties to the lower code: of the guess and its two neighbours, by the
+// thresholds between them (`nearest_around` in q8.rs mirrors it).
+fn q8_nearest(x: f32, guess: u32, map: u32) -> u32 {
+    let first = min(max(guess, 1u), 254u) - 1u;
+    let above = Q8_THRESHOLDS + map + first;
+    return first + select(0u, 1u, x >= q8_maps[above]) + select(0u, 1u, x >= q8_maps[above + 1u]);
 }
 
 fn q8_encode(value: vec4<f32>, absmax: f32, map: u32) -> u32 {
@@ -162,12 +259,14 @@ fn q8_encode(value: vec4<f32>, absmax: f32, map: u32) -> u32 {
         return 0u;
     }
     let x = clamp(value * (1.0 / absmax), vec4<f32>(-1.0), vec4<f32>(1.0));
-    return q8_nearest(x.x, map) | (q8_nearest(x.y, map) << 8u) | (q8_nearest(x.z, map) << 16u)
-        | (q8_nearest(x.w, map) << 24u);
+    let g = q8_guess(x, map);
+    return q8_nearest(x.x, g.x, map) | (q8_nearest(x.y, g.y, map) << 8u)
+        | (q8_nearest(x.z, g.z, map) << 16u) | (q8_nearest(x.w, g.w, map) << 24u);
 }
 
 // Each block's largest magnitude of up to four states at once (one per component), taken over
-// the 64 invocations that hold the block. Every invocation of the workgroup must call it.
+// the 64 invocations that hold the block. Every invocation of the workgroup must call it, and
+// once: nothing waits for the scratch to be read before it is written again.
 fn q8_block_absmax(magnitudes: vec4<f32>, lid: u32) -> vec4<f32> {
     q8_scratch[lid] = magnitudes;
     for (var stride = 32u; stride > 0u; stride >>= 1u) {
@@ -177,9 +276,7 @@ fn q8_block_absmax(magnitudes: vec4<f32>, lid: u32) -> vec4<f32> {
         }
     }
     workgroupBarrier();
-    let absmax = q8_scratch[lid & ~63u];
-    workgroupBarrier();
-    return absmax;
+    return q8_scratch[lid & ~63u];
 }
 ";
 
@@ -241,6 +338,46 @@ mod tests {
             }
             assert_eq!(map.nearest(-1.0), 0);
             assert_eq!(map.nearest(1.0), 255);
+        }
+    }
+
+    #[test]
+    fn the_kernels_guess_is_within_one_code_and_finds_the_nearest() {
+        for map in [QMap::Signed, QMap::Unsigned] {
+            let values = map.values();
+            let thresholds = map.thresholds();
+            let mut points: Vec<f32> = vec![-1.0, 1.0, 0.0, 1e-7, -1e-7, 9.9e-8, 1e-38];
+            // Every code's value, every midpoint, and a few units in the last place around each.
+            for k in 0..256 {
+                let mut around = vec![values[k]];
+                if k < 255 {
+                    around.push(((values[k] as f64 + values[k + 1] as f64) / 2.0) as f32);
+                }
+                for v in around {
+                    for d in -3i32..=3 {
+                        points.push(f32::from_bits((v.to_bits() as i32 + d) as u32));
+                    }
+                }
+            }
+            // And a dense sweep of every decade.
+            for e in -80..=0 {
+                for m in 0..2000 {
+                    let v = 10f32.powf(e as f32 / 10.0) * (1.0 + m as f32 / 2000.0);
+                    points.extend([v.min(1.0), -v.min(1.0)]);
+                }
+            }
+            for x in points {
+                if !(-1.0..=1.0).contains(&x) || x.is_nan() {
+                    continue;
+                }
+                let (g, n) = (guess(x, map) as i32, map.nearest(x) as i32);
+                assert!((g - n).abs() <= 1, "{map:?} {x:e}: guess {g}, nearest {n}");
+                assert_eq!(
+                    nearest_around(x, map, &thresholds) as i32,
+                    n,
+                    "{map:?} {x:e}"
+                );
+            }
         }
     }
 

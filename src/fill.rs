@@ -107,14 +107,8 @@ pub(crate) fn fill(
     fill.validate()?;
     if spans.iter().any(|s| s.format != Format::F32) {
         // 16-bit storage: the same values from the CPU mirror, rounded as stored (the kernel
-        // writes float32 words).
-        let mut index = first_index;
-        for span in spans {
-            let values: Vec<f32> = (index..index + span.len).map(|j| fill.value(j)).collect();
-            crate::transfer::write(ctx, std::slice::from_ref(span), &values)?;
-            index += span.len;
-        }
-        return Ok(());
+        // writes float32 words), a chunk at a time.
+        return crate::transfer::write_generated(ctx, spans, |k| fill.value(first_index + k));
     }
     let (layout, pipeline) =
         ctx.kernels

@@ -4,6 +4,8 @@
 //! each view's [`Format`] says how its values are stored (16-bit values are rounded to nearest
 //! even on the way in and widened exactly on the way out).
 
+use std::borrow::Cow;
+
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::storage::Format;
@@ -119,15 +121,16 @@ fn write_view(ctx: &GpuContext, view: &View, values: &[f32]) -> Result<()> {
 }
 
 /// Writes every chunk of the views with the values `values` gives for it, in order, flushing
-/// once [`FLUSH_BYTES`] are pending.
+/// once [`FLUSH_BYTES`] are pending (the staging copies of `Queue::write_buffer` live until a
+/// submit completes: one call must bound them, whatever the views add up to).
 fn write_chunks<'a>(
     ctx: &GpuContext,
     spans: &[View],
-    mut values: impl FnMut(&View) -> &'a [f32],
+    mut values: impl FnMut(&View) -> Cow<'a, [f32]>,
 ) -> Result<()> {
     let mut pending = 0u64;
     for span in chunks(spans, CHUNK_BYTES / 4) {
-        write_view(ctx, &span, values(&span))?;
+        write_view(ctx, &span, &values(&span))?;
         pending += span.bytes();
         if pending >= FLUSH_BYTES {
             ctx.queue.submit([]);
@@ -145,7 +148,22 @@ pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()
     write_chunks(ctx, spans, |span| {
         let values = &data[at..at + span.len as usize];
         at += span.len as usize;
-        values
+        Cow::Borrowed(values)
+    })
+}
+
+/// Writes `value(k)` into the views' `k`-th element (counting across the views, in order),
+/// generated a chunk at a time.
+pub(crate) fn write_generated(
+    ctx: &GpuContext,
+    spans: &[View],
+    mut value: impl FnMut(u64) -> f32,
+) -> Result<()> {
+    let mut at = 0u64;
+    write_chunks(ctx, spans, |span| {
+        let values: Vec<f32> = (at..at + span.len).map(&mut value).collect();
+        at += span.len;
+        Cow::Owned(values)
     })
 }
 
@@ -153,7 +171,9 @@ pub(crate) fn write(ctx: &GpuContext, spans: &[View], data: &[f32]) -> Result<()
 pub(crate) fn fill(ctx: &GpuContext, spans: &[View], value: f32) -> Result<()> {
     let longest = spans.iter().map(|s| s.len).max().unwrap_or(0);
     let block = vec![value; longest.min(CHUNK_BYTES / 4) as usize];
-    write_chunks(ctx, spans, |span| &block[..span.len as usize])
+    write_chunks(ctx, spans, |span| {
+        Cow::Borrowed(&block[..span.len as usize])
+    })
 }
 
 /// Bytes `start..end` of `buffer` (multiples of 4), waiting for the GPU.

@@ -20,6 +20,13 @@ fn lerp_to(start: V, end: V, weight: f32, one_minus_weight: f32) -> V {
 // torch's `maximize`: every optimizer ascends instead when it is set.
 override MAXIMIZE: bool = false;
 
+// What the group's training options need, fixed when its pipelines are compiled (as PyTorch's
+// fused kernels take them as template arguments), so that a group without them pays nothing:
+// GRAD_MULTIPLIER, clipping or loss scaling (the gradient is multiplied by the control's
+// `grad_multiplier`); SKIPPABLE, a loss scaler or `skip_nonfinite` (a step may be skipped).
+override GRAD_MULTIPLIER: bool = true;
+override SKIPPABLE: bool = true;
+
 // The gradient the rule descends along: this step's gradient, negated to maximize.
 fn load_descent_grad(i: u32) -> V {
     let g = load_grad(i);

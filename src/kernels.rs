@@ -281,6 +281,11 @@ impl Kernel {
     }
 }
 
+/// The `override` flags every optimizer kernel declares besides its own ([`Kernel::flags`]):
+/// what the group's training options need (`step.wgsl`), set by
+/// [`TrainingOptions::kernel_flags`](crate::TrainingOptions::kernel_flags).
+pub const TRAINING_FLAGS: [&str; 2] = ["GRAD_MULTIPLIER", "SKIPPABLE"];
+
 /// The binding of the first state slot; the others follow.
 pub const FIRST_STATE_BINDING: u32 = 3;
 
@@ -312,7 +317,7 @@ const ENTRY_POINT_WGSL: &str = "
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    if (control.skip != 0u) {
+    if (SKIPPABLE && control.skip != 0u) {
         return;
     }
     prepare_workgroup(lid);

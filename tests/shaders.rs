@@ -251,7 +251,13 @@ fn flags_are_the_overrides_the_kernel_declares() {
             })
             .collect();
         declared.sort();
-        let mut flags: Vec<String> = kernel.flags.iter().map(|f| f.to_string()).collect();
+        // Its own flags and the training options' (`step.wgsl`).
+        let mut flags: Vec<String> = kernel
+            .flags
+            .iter()
+            .chain(&wgpu_optim::kernels::TRAINING_FLAGS)
+            .map(|f| f.to_string())
+            .collect();
         flags.sort();
         assert_eq!(declared, flags, "{}", kernel.name);
     }

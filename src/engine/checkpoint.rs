@@ -388,6 +388,7 @@ impl Optimizer {
             group.control.apply(&self.ctx, &record.options);
             group.control.write_state(&self.ctx, control);
             group.options = record.options.clone();
+            group.refresh_pipelines(&self.ctx);
             group.iterations = record.iterations;
         }
         let mut t = 0;

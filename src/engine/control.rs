@@ -230,6 +230,15 @@ impl TrainingOptions {
     pub fn can_skip(&self) -> bool {
         self.grad_scaler.is_some() || self.skip_nonfinite
     }
+
+    /// The values of the kernels' [`TRAINING_FLAGS`](crate::kernels::TRAINING_FLAGS): whether
+    /// the gradient is multiplied (clipping, loss scaling) and whether a step may be skipped.
+    pub fn kernel_flags(&self) -> [(&'static str, bool); 2] {
+        [
+            ("GRAD_MULTIPLIER", self.needs_norm()),
+            ("SKIPPABLE", self.can_skip()),
+        ]
+    }
 }
 
 /// A group's step control as read back after a step.

@@ -316,7 +316,8 @@ fn compile_pipelines(
             elements.push(segment.element);
         }
     }
-    let flags = config.flags();
+    let mut flags = config.flags();
+    flags.extend(spec.options.kernel_flags());
     elements
         .into_iter()
         .map(|e| {
@@ -789,10 +790,12 @@ impl Group {
         self.config.state_names()
     }
 
-    /// Recompiles (or fetches from the cache) the pipelines after a configuration change.
+    /// Recompiles (or fetches from the cache) the pipelines after a change of configuration or
+    /// of training options (which set [`TRAINING_FLAGS`](crate::kernels::TRAINING_FLAGS)).
     pub fn refresh_pipelines(&mut self, ctx: &GpuContext) {
         let kernel = self.config.kernel();
-        let flags = self.config.flags();
+        let mut flags = self.config.flags();
+        flags.extend(self.options.kernel_flags());
         for (element, pipeline) in &mut self.pipelines {
             *pipeline = ctx.kernels.pipeline(
                 &ctx.device,

@@ -170,6 +170,7 @@ impl Optimizer {
         let g = &mut self.groups[group.0];
         g.control.apply(&self.ctx, &options);
         g.options = options;
+        g.refresh_pipelines(&self.ctx);
         Ok(())
     }
 

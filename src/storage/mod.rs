@@ -569,7 +569,11 @@ impl Storage {
              fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
              fn load_param(i: u32) -> V {{ return {}; }}\n\
              // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
-             fn load_grad(i: u32) -> V {{ return {} * control.grad_multiplier; }}\n",
+             fn load_grad(i: u32) -> V {{\n\
+             let g = {};\n\
+             if (GRAD_MULTIPLIER) {{ return g * control.grad_multiplier; }}\n\
+             return g;\n\
+             }}\n",
             param.wgsl_array_element(),
             self.grad.wgsl_array_element(),
             param.wgsl_load("param[i]"),

@@ -141,10 +141,15 @@ struct Roles {
     compared: Vec<(String, Vec<f32>, Vec<f64>, Format)>,
 }
 
-fn read_roles(opt: &Optimizer, reference: &ReferenceGroup, storage: &Storage) -> Roles {
+fn read_roles(
+    opt: &Optimizer,
+    reference: &ReferenceGroup,
+    storage: &Storage,
+    sizes: &[usize],
+) -> Roles {
     let mut compared = Vec::new();
     let states = opt.state_names(GroupId(0)).unwrap();
-    for (t, _) in SIZES.iter().enumerate() {
+    for (t, _) in sizes.iter().enumerate() {
         let id = TensorId(t);
         let updated = if storage.master_weights {
             Role::Master
@@ -174,11 +179,11 @@ fn read_roles(opt: &Optimizer, reference: &ReferenceGroup, storage: &Storage) ->
     Roles { compared }
 }
 
-fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
+fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], steps: usize) {
     let ctx = context();
     let label = format!("{} {}", config.rule().name(), storage.label());
     let mut rng = rng(seed);
-    let params: Vec<Vec<f32>> = SIZES
+    let params: Vec<Vec<f32>> = sizes
         .iter()
         .map(|&n| {
             params(&mut rng, n)
@@ -187,7 +192,7 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
                 .collect()
         })
         .collect();
-    let scales: Vec<Vec<f32>> = SIZES.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+    let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
     let mut opt = Optimizer::builder(&ctx)
         .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
         // Small segments, not a power of two: tensors straddle segment buffers.
@@ -201,6 +206,8 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
         params.iter().map(|p| to_f64(p)).collect(),
     )
     .unwrap();
+    // Stochastic rounding hashes each element's place in the group.
+    reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
     // Per compared role, per element: the largest |reference| so far. Rounding errors made
     // at that magnitude decay no faster than the values themselves.
     let mut history: Vec<Vec<f64>> = Vec::new();
@@ -213,14 +220,14 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
     } else {
         ulp(coarsest, 1.0)
     };
-    for step in 1..=STEPS {
+    for step in 1..=steps {
         let grads: Vec<Vec<f32>> = scales.iter().map(|s| grads(&mut rng, s)).collect();
         let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
         opt.step_with_grads(&refs).unwrap();
         reference
             .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
             .unwrap();
-        let roles = read_roles(&opt, &reference, &storage);
+        let roles = read_roles(&opt, &reference, &storage, sizes);
         let (mut equal, mut total) = (0usize, 0usize);
         if history.is_empty() {
             history = roles
@@ -271,7 +278,7 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
         }
     }
     if storage.master_weights {
-        for (t, &n) in SIZES.iter().enumerate() {
+        for (t, &n) in sizes.iter().enumerate() {
             let master = opt.read(TensorId(t), Role::Master, 0..n as u64).unwrap();
             let model = opt.read_param(TensorId(t)).unwrap();
             for i in 0..n {
@@ -289,7 +296,7 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64) {
 fn every_optimizer_in_every_storage_format_follows_the_reference() {
     for (k, config) in configs().into_iter().enumerate() {
         for (s, storage) in storages().into_iter().enumerate() {
-            check(config.clone(), storage, (k * 31 + s) as u64);
+            check(config.clone(), storage, (k * 31 + s) as u64, &SIZES, STEPS);
         }
     }
 }
@@ -322,11 +329,11 @@ const Q8_LARGEST_GAP: f64 = 0.015;
 /// states must be the reference's quantization of its own results (the same codes, but for a
 /// few near-ties where float32 and float64 differ) and never more than one code apart, and
 /// the parameters must agree to the rounding of their format.
-fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
+fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], steps: usize) {
     let ctx = context();
     let label = format!("{} {}", config.rule().name(), storage.label());
     let mut rng = rng(seed);
-    let params: Vec<Vec<f32>> = SIZES
+    let params: Vec<Vec<f32>> = sizes
         .iter()
         .map(|&n| {
             params(&mut rng, n)
@@ -335,7 +342,7 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
                 .collect()
         })
         .collect();
-    let scales: Vec<Vec<f32>> = SIZES.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+    let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
     let mut opt = Optimizer::builder(&ctx)
         .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
         // Small segments: tensors straddle segment buffers (cut at whole blocks).
@@ -367,9 +374,9 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
         Role::Param
     };
     let (mut equal, mut total) = (0usize, 0usize);
-    for step in 1..=STEPS {
+    for step in 1..=steps {
         // The reference starts where the GPU is.
-        for (t, &n) in SIZES.iter().enumerate() {
+        for (t, &n) in sizes.iter().enumerate() {
             let id = TensorId(t);
             reference.params[t] = to_f64(&opt.read(id, updated, 0..n as u64).unwrap());
             if storage.kahan() {
@@ -386,7 +393,7 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
         reference
             .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
             .unwrap();
-        for (t, &n) in SIZES.iter().enumerate() {
+        for (t, &n) in sizes.iter().enumerate() {
             let id = TensorId(t);
             for (name, &slot) in states.iter().zip(&slots) {
                 let gpu = opt.read_state(id, name).unwrap();
@@ -440,7 +447,26 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64) {
 fn every_optimizer_with_q8_states_follows_the_reference_step_by_step() {
     for (k, config) in configs().into_iter().enumerate() {
         for (s, storage) in q8_storages().into_iter().enumerate() {
-            check_q8(config.clone(), storage, (k * 17 + s) as u64);
+            check_q8(config.clone(), storage, (k * 17 + s) as u64, &SIZES, STEPS);
+        }
+    }
+}
+
+/// Every optimizer in every storage (`Storage::all`: 108, every role in every format, master
+/// weights, stochastic rounding, Kahan summation, q8 states), each against the reference. The
+/// tests above go deeper on a selection; this one leaves no combination out.
+#[test]
+fn every_optimizer_in_every_storage_combination() {
+    for (k, config) in configs().into_iter().enumerate() {
+        for (s, storage) in Storage::all().into_iter().enumerate() {
+            let seed = (1000 + k * 131 + s) as u64;
+            // Lengths that cross the small segments, and short and partial q8 blocks.
+            let sizes = [1, 3, 257, 1_028];
+            if storage.q8() {
+                check_q8(config.clone(), storage, seed, &sizes, 3);
+            } else {
+                check(config.clone(), storage, seed, &sizes, 3);
+            }
         }
     }
 }

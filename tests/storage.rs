@@ -179,7 +179,22 @@ fn read_roles(
     Roles { compared }
 }
 
-fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], steps: usize) {
+/// A group of `sizes` random tensors in `storage` (parameters rounded to their format) on the
+/// GPU, cut into small segments (1,028 float32 words, not a power of two: tensors straddle
+/// segment buffers; with q8, cut at whole blocks), and its float64 reference, which mirrors
+/// stochastic rounding's positions. Also the gradients' scales and the random stream.
+fn setup(
+    config: &OptimizerConfig,
+    storage: Storage,
+    seed: u64,
+    sizes: &[usize],
+) -> (
+    String,
+    Optimizer,
+    ReferenceGroup,
+    Vec<Vec<f32>>,
+    rand::rngs::SmallRng,
+) {
     let ctx = context();
     let label = format!("{} {}", config.rule().name(), storage.label());
     let mut rng = rng(seed);
@@ -193,9 +208,8 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], 
         })
         .collect();
     let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
-    let mut opt = Optimizer::builder(&ctx)
+    let opt = Optimizer::builder(&ctx)
         .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
-        // Small segments, not a power of two: tensors straddle segment buffers.
         .max_segment_bytes(1028 * 4)
         .build()
         .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -206,8 +220,12 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], 
         params.iter().map(|p| to_f64(p)).collect(),
     )
     .unwrap();
-    // Stochastic rounding hashes each element's place in the group.
     reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
+    (label, opt, reference, scales, rng)
+}
+
+fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], steps: usize) {
+    let (label, mut opt, mut reference, scales, mut rng) = setup(&config, storage, seed, sizes);
     // Per compared role, per element: the largest |reference| so far. Rounding errors made
     // at that magnitude decay no faster than the values themselves.
     let mut history: Vec<Vec<f64>> = Vec::new();
@@ -330,33 +348,7 @@ const Q8_LARGEST_GAP: f64 = 0.015;
 /// few near-ties where float32 and float64 differ) and never more than one code apart, and
 /// the parameters must agree to the rounding of their format.
 fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], steps: usize) {
-    let ctx = context();
-    let label = format!("{} {}", config.rule().name(), storage.label());
-    let mut rng = rng(seed);
-    let params: Vec<Vec<f32>> = sizes
-        .iter()
-        .map(|&n| {
-            params(&mut rng, n)
-                .iter()
-                .map(|v| storage.param.round(*v))
-                .collect()
-        })
-        .collect();
-    let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
-    let mut opt = Optimizer::builder(&ctx)
-        .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
-        // Small segments: tensors straddle segment buffers (cut at whole blocks).
-        .max_segment_bytes(1028 * 4)
-        .build()
-        .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let mut reference = ReferenceGroup::with_storage(
-        config.clone(),
-        TrainingOptions::default(),
-        storage,
-        params.iter().map(|p| to_f64(p)).collect(),
-    )
-    .unwrap();
-    reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
+    let (label, mut opt, mut reference, scales, mut rng) = setup(&config, storage, seed, sizes);
     let states = opt.state_names(GroupId(0)).unwrap();
     let slots: Vec<usize> = states
         .iter()

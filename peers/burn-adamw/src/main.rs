@@ -140,7 +140,11 @@ impl BurnRun {
         let ad = device.clone().autodiff();
         let tensor = |v: &Vec<f32>, device: &Device| {
             let t = Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
-            if dtype == DType::F32 { t } else { t.cast(dtype) }
+            if dtype == DType::F32 {
+                t
+            } else {
+                t.cast(dtype)
+            }
         };
         let tensors: Vec<Param<Tensor<1>>> = params
             .iter()
@@ -185,7 +189,12 @@ impl BurnRun {
             // The innermost cause is the useful line ("can't allocate buffer of size: ...").
             let text = e.to_string();
             let cause = text.rsplit("Caused by:").next().unwrap_or(&text);
-            cause.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_owned()
+            cause
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or_default()
+                .to_owned()
         })?;
         data.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))
     }
@@ -409,7 +418,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         for (_, ms) in ours {
             let ratio = burn.map(|b| ms / b);
-            line.push_str(&format!(" {} |", ratio.map_or("-".into(), |r| format!("{r:.2}"))));
+            line.push_str(&format!(
+                " {} |",
+                ratio.map_or("-".into(), |r| format!("{r:.2}"))
+            ));
         }
         println!("{line}");
     }

@@ -17,10 +17,11 @@ fn stored(format: Format, value: f64) -> f64 {
     }
 }
 
-/// A tensor's states as stored in `format` and loaded again: each value rounded, or (q8) each
-/// block of 256 quantized with its slot's map from the values' float32 roundings.
-fn store_states(config: &OptimizerConfig, format: Format, states: &mut [Vec<f64>]) {
+/// A tensor's states as stored and loaded again, each in its format: each value rounded, or
+/// (q8) each block of 256 quantized with its slot's map from the values' float32 roundings.
+fn store_states(config: &OptimizerConfig, storage: &Storage, states: &mut [Vec<f64>]) {
     for (state, slot) in states.iter_mut().zip(config.kernel().states) {
+        let format = storage.state_format(slot.name);
         if format == Format::Q8 {
             q8::round_trip(state, slot.q8_map);
         } else {
@@ -90,7 +91,7 @@ impl ReferenceGroup {
     ) -> Result<Self> {
         config.validate()?;
         options.validate()?;
-        storage.validate()?;
+        storage.validate_for(&config)?;
         for v in params.iter_mut().flatten() {
             *v = stored(storage.param, *v);
         }
@@ -102,7 +103,7 @@ impl ReferenceGroup {
                     .iter()
                     .map(|slot| slot.map_or_else(Vec::new, |v| vec![v; p.len()]))
                     .collect();
-                store_states(&config, storage.states, &mut states);
+                store_states(&config, &storage, &mut states);
                 states
             })
             .collect();
@@ -225,7 +226,7 @@ impl ReferenceGroup {
                 states,
             };
             self.config.reference_step(&counter, lr, tensor);
-            store_states(&self.config, self.storage.states, states);
+            store_states(&self.config, &self.storage, states);
             if self.storage.kahan() {
                 // In float32, as the kernel's store: the update plus what was lost before,
                 // stored rounded, and what this rounding lost kept for the next step.

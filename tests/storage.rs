@@ -172,7 +172,7 @@ fn read_roles(
                 format!("tensor {t} {name}"),
                 opt.read_state(id, name).unwrap(),
                 reference.state(t, name).unwrap().to_vec(),
-                storage.states,
+                storage.state_format(name),
             ));
         }
     }
@@ -229,8 +229,10 @@ fn check(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize], 
     // Per compared role, per element: the largest |reference| so far. Rounding errors made
     // at that magnitude decay no faster than the values themselves.
     let mut history: Vec<Vec<f64>> = Vec::new();
-    let coarsest = [storage.param, storage.grad, storage.states]
+    let states = config.state_names();
+    let coarsest = [storage.param, storage.grad]
         .into_iter()
+        .chain(states.iter().map(|name| storage.state_format(name)))
         .min_by_key(|f| significand_bits(*f))
         .unwrap();
     let relative = if coarsest == Format::F32 {
@@ -390,6 +392,20 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize
             for (name, &slot) in states.iter().zip(&slots) {
                 let gpu = opt.read_state(id, name).unwrap();
                 let cpu = &reference.states[t][slot];
+                let format = storage.state_format(name);
+                if format != Format::Q8 {
+                    // A state in a format of its own beside q8 ones: float32 against float64
+                    // arithmetic, then its format's rounding.
+                    let largest = cpu.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+                        let bound = 2.0 * ulp(format, c) + 1e-6 * largest + 1e-30;
+                        assert!(
+                            (g as f64 - c).abs() <= bound,
+                            "{label} step {step} tensor {t} {name}[{i}]: gpu {g:e}, reference {c:e}"
+                        );
+                    }
+                    continue;
+                }
                 for (block, (g, c)) in gpu.chunks(256).zip(cpu.chunks(256)).enumerate() {
                     let absmax = c.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                     for (k, (&g, &c)) in g.iter().zip(c).enumerate() {
@@ -442,6 +458,114 @@ fn every_optimizer_with_q8_states_follows_the_reference_step_by_step() {
             check_q8(config.clone(), storage, (k * 17 + s) as u64, &SIZES, STEPS);
         }
     }
+}
+
+/// States in formats of their own: for every optimizer and each state it keeps, that state in
+/// float32 beside q8 others (AMSGrad's maximum exact while the moments are 8-bit), in q8 beside
+/// bf16 others, and in bf16 beside float32 others; each against the reference.
+#[test]
+fn each_state_in_a_format_of_its_own_follows_the_reference() {
+    use Format::{Bf16, F32, Q8};
+    let mut checked = 0;
+    for (k, config) in configs().into_iter().enumerate() {
+        for (n, name) in config.state_names().into_iter().enumerate() {
+            for (s, (params, states, own)) in [
+                ("bf16", Q8, F32),
+                ("f32", Bf16, Q8),
+                ("bf16-master", F32, Bf16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let storage = Storage {
+                    states,
+                    ..Storage::parse(params).unwrap()
+                }
+                .with_state(name, own)
+                .unwrap();
+                assert_eq!(storage.state_format(name), own);
+                assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
+                let seed = (2000 + k * 37 + n * 5 + s) as u64;
+                let sizes = [1, 3, 257, 4_099, 65_537];
+                if storage.q8() {
+                    check_q8(config.clone(), storage, seed, &sizes, 4);
+                } else {
+                    check(config.clone(), storage, seed, &sizes, 4);
+                }
+                checked += 1;
+            }
+        }
+    }
+    // Every kept state of the ten configurations, three ways.
+    assert_eq!(
+        checked,
+        3 * configs()
+            .iter()
+            .map(|c| c.state_names().len())
+            .sum::<usize>()
+    );
+}
+
+/// A state format names a state of the group's optimizer, once, in a format other than the
+/// others'; anything else is one clear error, at parse time or when the group is built.
+#[test]
+fn state_formats_are_checked() {
+    let ctx = context();
+    let storage = Storage::parse("bf16+q8,max_exp_avg_sq=f32").unwrap();
+    assert_eq!(storage.states, Format::Q8);
+    assert_eq!(storage.state_format("max_exp_avg_sq"), Format::F32);
+    assert_eq!(storage.state_format("exp_avg"), Format::Q8);
+    assert_eq!(storage.label(), "bf16+q8,max_exp_avg_sq=f32");
+    // AdamW with AMSGrad: 2 + 2 bytes parameter and gradient, 1 + 4/256 per q8 moment, 4 for
+    // the float32 maximum.
+    let adamw_states = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+    assert_eq!(
+        storage.resident_bytes(&adamw_states),
+        4.0 + 2.0 * (1.0 + 4.0 / 256.0) + 4.0
+    );
+    assert_eq!(
+        storage.bytes_per_element(&adamw_states),
+        2.0 * 2.0 + 2.0 + 2.0 * (2.0 * (1.0 + 4.0 / 256.0) + 4.0)
+    );
+    for (bad, says) in [
+        (
+            "bf16+q8,max_exp_avg=f32",
+            "no optimizer keeps a state `max_exp_avg`",
+        ),
+        ("bf16+q8,exp_avg=q8", "repeats the format of every state"),
+        ("bf16+q8,exp_avg=f32,exp_avg=bf16", "named twice"),
+        ("bf16+q8,exp_avg", "name=format"),
+        ("bf16+q8,exp_avg=f64", "unknown format `f64`"),
+    ] {
+        let e = Storage::parse(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    // A state the group's optimizer does not keep: the builder says which it has.
+    let params = vec![vec![0.5f32; 8]];
+    let e = Optimizer::builder(&ctx)
+        .group_stored(
+            AdamW::default(),
+            Storage::parse("f32+q8,momentum_buffer=f32").unwrap(),
+            TrainingOptions::default(),
+            &params,
+        )
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("adamw keeps no state `momentum_buffer`") && e.contains("exp_avg_sq"),
+        "{e}"
+    );
+    // Serialized as a map from state name to format, and read back (checkpoints, reports).
+    let json = serde_json::to_value(storage).unwrap();
+    assert_eq!(json["state_formats"]["max_exp_avg_sq"], "f32");
+    assert_eq!(serde_json::from_value::<Storage>(json).unwrap(), storage);
+    assert!(
+        serde_json::to_value(Storage::F32)
+            .unwrap()
+            .get("state_formats")
+            .is_none()
+    );
 }
 
 /// Every optimizer in every storage (`Storage::all`: 108, every role in every format, master
@@ -577,6 +701,8 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
         },
         storage(Bf16, Bf16, Q8, false),
         storage(F32, F32, Q8, false),
+        Storage::parse("bf16+q8,max_exp_avg_sq=f32").unwrap(),
+        Storage::parse("bf16-master+bf16,exp_avg=q8").unwrap(),
     ] {
         let label = storage.label();
         let mut rng = rng(11);
@@ -622,16 +748,21 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
             safetensors::Dtype::BF16
         };
         assert_eq!(param_dtype, expected_param, "{label}");
-        let exp_avg = file.tensor("tensor1.exp_avg").unwrap();
-        if storage.states == Q8 {
-            // Codes as U8, one per element, and a float32 absmax per block of 256.
-            assert_eq!(exp_avg.dtype(), safetensors::Dtype::U8, "{label}");
-            assert_eq!(exp_avg.data().len(), 257, "{label}");
-            let absmax = file.tensor("tensor1.exp_avg.absmax").unwrap();
-            assert_eq!(absmax.dtype(), safetensors::Dtype::F32, "{label}");
-            assert_eq!(absmax.data().len(), 2 * 4, "{label}");
-        } else {
-            assert_eq!(exp_avg.dtype(), safetensors::Dtype::BF16, "{label}");
+        for name in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] {
+            let state = file.tensor(&format!("tensor1.{name}")).unwrap();
+            match storage.state_format(name) {
+                Q8 => {
+                    // Codes as U8, one per element, and a float32 absmax per block of 256.
+                    assert_eq!(state.dtype(), safetensors::Dtype::U8, "{label} {name}");
+                    assert_eq!(state.data().len(), 257, "{label} {name}");
+                    let absmax = file.tensor(&format!("tensor1.{name}.absmax")).unwrap();
+                    assert_eq!(absmax.dtype(), safetensors::Dtype::F32, "{label} {name}");
+                    assert_eq!(absmax.data().len(), 2 * 4, "{label} {name}");
+                }
+                Bf16 => assert_eq!(state.dtype(), safetensors::Dtype::BF16, "{label} {name}"),
+                F32 => assert_eq!(state.dtype(), safetensors::Dtype::F32, "{label} {name}"),
+                F16 => assert_eq!(state.dtype(), safetensors::Dtype::F16, "{label} {name}"),
+            }
         }
         let mut resumed = Optimizer::from_checkpoint(&ctx, &bytes).unwrap();
         // Saved again, the same file byte for byte: every code and absmax came back.
@@ -670,7 +801,7 @@ fn checkpoints_keep_each_format_and_resume_bit_for_bit() {
                 "{label} tensor {t}"
             );
         }
-        if storage.states == Q8 {
+        if storage.q8() {
             // And back: a float32 checkpoint loaded into a q8 group is quantized, as writing
             // the same states would quantize them.
             let wide_bytes = wide.save_checkpoint_bytes().unwrap();

@@ -100,7 +100,7 @@ impl<'a> OptimizerBuilder<'a> {
         for (g, (spec, tensors)) in self.groups.iter().enumerate() {
             spec.config.validate()?;
             spec.options.validate()?;
-            spec.storage.validate()?;
+            spec.storage.validate_for(&spec.config)?;
             if tensors.iter().map(TensorInit::len).sum::<u64>() == 0 {
                 return Err(Error::Empty(format!("parameter group {g} has no elements")));
             }

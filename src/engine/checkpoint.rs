@@ -274,7 +274,10 @@ impl Optimizer {
                 }
                 blobs.push((
                     tensor_name(t, state),
-                    Blob::values(storage.states, &self.read_state(tensor, state)?),
+                    Blob::values(
+                        storage.state_format(state),
+                        &self.read_state(tensor, state)?,
+                    ),
                 ));
             }
         }
@@ -407,7 +410,7 @@ impl Optimizer {
                         record
                             .states
                             .iter()
-                            .map(|s| (Role::State(s.as_str()), record.storage.states)),
+                            .map(|s| (Role::State(s.as_str()), record.storage.state_format(s))),
                     );
                 // Written in this optimizer's storage: a file of another format converts
                 // (rounded to nearest even where this one is narrower, quantized where it is
@@ -512,6 +515,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
         let context = |e: Error| format!("group {g}: {e}");
         record.config.validate().map_err(context)?;
         record.options.validate().map_err(context)?;
+        record
+            .storage
+            .validate_for(&record.config)
+            .map_err(context)?;
         let kept = record.config.state_names();
         if record.states != kept {
             return Err(format!(
@@ -563,7 +570,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
                     record
                         .states
                         .iter()
-                        .map(|s| (s.as_str(), record.storage.states)),
+                        .map(|s| (s.as_str(), record.storage.state_format(s))),
                 );
             for (role, format) in roles {
                 blobs.push(tensor_data(

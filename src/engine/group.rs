@@ -188,7 +188,7 @@ fn state_views(
         .state_names()
         .zip(spec.config.initial_states())
         .map(|(name, keep)| {
-            keep.map(|_| create_view(ctx, &label(name), elems, spec.storage.states))
+            keep.map(|_| create_view(ctx, &label(name), elems, spec.storage.state_format(name)))
         })
         .collect()
 }
@@ -587,7 +587,8 @@ impl Group {
         // starting states need writing.
         for (slot, init) in self.config.initial_states().into_iter().enumerate() {
             if let Some(value) = init.filter(|v| *v != 0.0) {
-                if self.storage.q8() {
+                let name = self.config.kernel().states[slot].name;
+                if self.storage.state_format(name) == Format::Q8 {
                     for (t, place) in self.tensors.iter().enumerate() {
                         let values = vec![value as f32; place.len as usize];
                         self.q8_write(ctx, slot, t, &values)?;
@@ -655,11 +656,13 @@ impl Group {
             .collect())
     }
 
-    /// The q8 state slot a role names: `Some` for a kept state of a q8 group, `None` for every
+    /// The q8 state slot a role names: `Some` for a kept state stored as q8, `None` for every
     /// other role (whose values move through [`spans`](Self::spans)).
     pub fn q8_slot(&self, role: Role) -> Result<Option<usize>> {
         match role {
-            Role::State(name) if self.storage.q8() => Ok(Some(self.slot(name)?)),
+            Role::State(name) if self.storage.state_format(name) == Format::Q8 => {
+                Ok(Some(self.slot(name)?))
+            }
             _ => Ok(None),
         }
     }

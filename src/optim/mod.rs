@@ -319,6 +319,26 @@ optimizers! {
     adamax::Adamax => "adamax",
 }
 
+/// Every state name some optimizer's kernel declares, each once, in the optimizers' order.
+pub fn all_state_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for optimizer in OPTIMIZER_NAMES {
+        let config = OptimizerConfig::default_for(optimizer).expect("every optimizer has defaults");
+        for name in config.kernel().state_names() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// `name` as the kernels spell it (a `'static` string), if some optimizer keeps a state so
+/// named.
+pub(crate) fn known_state_name(name: &str) -> Option<&'static str> {
+    all_state_names().into_iter().find(|n| *n == name)
+}
+
 impl OptimizerConfig {
     /// The names of the states this configuration keeps, in binding order (AMSGrad's maximum
     /// only with `amsgrad`, and so on).

@@ -278,6 +278,93 @@ fn f16_bits_stochastic(x: f32, random: u32) -> u16 {
     (sign | q) as u16
 }
 
+/// The most states one storage keeps in formats of their own (no optimizer keeps more states).
+pub const MAX_STATE_FORMATS: usize = 4;
+
+/// The states of a [`Storage`] kept in a format of their own, by name (`max_exp_avg_sq`): a
+/// short list, in name order, of names some optimizer's kernel declares (serialized as a map
+/// from name to format).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StateFormats {
+    entries: [Option<(&'static str, Format)>; MAX_STATE_FORMATS],
+}
+
+impl StateFormats {
+    /// No exceptions: every state in [`Storage::states`].
+    pub const NONE: StateFormats = StateFormats {
+        entries: [None; MAX_STATE_FORMATS],
+    };
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries[0].is_none()
+    }
+
+    /// The format of state `name`, if it has its own.
+    pub fn get(&self, name: &str) -> Option<Format> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, f)| f)
+    }
+
+    /// The exceptions, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, Format)> + '_ {
+        self.entries.iter().map_while(|e| *e)
+    }
+
+    /// Keeps state `name` in `format`; `default` (the other states' format) removes its
+    /// exception.
+    fn set(&mut self, name: &str, format: Format, default: Format) -> crate::Result<()> {
+        self.replace(name, (format != default).then_some(format))
+    }
+
+    /// Gives state `name` the format `format`, or (`None`) none of its own.
+    fn replace(&mut self, name: &str, format: Option<Format>) -> crate::Result<()> {
+        let bad = |reason: String| crate::Error::InvalidConfig {
+            optimizer: "storage",
+            reason,
+        };
+        let Some(name) = crate::optim::known_state_name(name) else {
+            return Err(bad(format!(
+                "no optimizer keeps a state `{name}` (the states: {})",
+                crate::optim::all_state_names().join(", ")
+            )));
+        };
+        let mut list: Vec<(&'static str, Format)> =
+            self.iter().filter(|(n, _)| *n != name).collect();
+        list.extend(format.map(|f| (name, f)));
+        if list.len() > MAX_STATE_FORMATS {
+            return Err(bad(format!(
+                "at most {MAX_STATE_FORMATS} states in formats of their own"
+            )));
+        }
+        list.sort_by_key(|(n, _)| *n);
+        *self = StateFormats::NONE;
+        for (entry, value) in self.entries.iter_mut().zip(list) {
+            *entry = Some(value);
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for StateFormats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for StateFormats {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, Format>::deserialize(deserializer)?;
+        let mut formats = StateFormats::NONE;
+        for (name, format) in map {
+            // A repeat of `states` is caught by `Storage::validate`.
+            formats
+                .replace(&name, Some(format))
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(formats)
+    }
+}
+
 /// How one parameter group keeps its values. Math is float32 in every case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -286,8 +373,12 @@ pub struct Storage {
     pub param: Format,
     /// The gradients the step reads.
     pub grad: Format,
-    /// Every optimizer state.
+    /// Every optimizer state, except those named in `state_formats`.
     pub states: Format,
+    /// States kept in a format of their own (AMSGrad's maximum in float32 while the moments
+    /// are q8): see [`with_state`](Self::with_state).
+    #[serde(skip_serializing_if = "StateFormats::is_empty")]
+    pub state_formats: StateFormats,
     /// Keep a float32 master copy of 16-bit parameters: the step updates the master and
     /// writes the 16-bit copy, rounded, in the same pass.
     pub master_weights: bool,
@@ -301,13 +392,62 @@ impl Storage {
         param: Format::F32,
         grad: Format::F32,
         states: Format::F32,
+        state_formats: StateFormats::NONE,
         master_weights: false,
         rounding: Rounding::NearestEven,
     };
 
+    /// The same storage with state `name` kept in `format` (overriding
+    /// [`states`](Self::states) for it; the format of the other states again removes the
+    /// exception). `name` must be a state some optimizer keeps; the group checks it is one of
+    /// its optimizer's.
+    pub fn with_state(mut self, name: &str, format: Format) -> crate::Result<Self> {
+        self.state_formats.set(name, format, self.states)?;
+        Ok(self)
+    }
+
+    /// The format state `name` is kept in.
+    pub fn state_format(&self, name: &str) -> Format {
+        self.state_formats.get(name).unwrap_or(self.states)
+    }
+
+    /// The formats of the states, each once: `states`' and the exceptions'.
+    fn all_state_formats(&self) -> impl Iterator<Item = Format> + '_ {
+        std::iter::once(self.states).chain(self.state_formats.iter().map(|(_, f)| f))
+    }
+
+    /// [`validate`](Self::validate), and that every state named in
+    /// [`state_formats`](Self::state_formats) is one of `optimizer`'s.
+    pub fn validate_for(&self, optimizer: &crate::OptimizerConfig) -> crate::Result<()> {
+        self.validate()?;
+        let kernel = crate::UpdateRule::kernel(optimizer);
+        for (name, _) in self.state_formats.iter() {
+            if !kernel.state_names().any(|s| s == name) {
+                return Err(crate::Error::InvalidConfig {
+                    optimizer: "storage",
+                    reason: format!(
+                        "{} keeps no state `{name}` (its states: {})",
+                        crate::Hyperparameters::name(optimizer),
+                        kernel.state_names().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Master weights keep a float32 copy of 16-bit parameters: float32 parameters with them
     /// are an error (there is nothing to keep a master of).
     pub fn validate(&self) -> crate::Result<()> {
+        if let Some((name, format)) = self.state_formats.iter().find(|(_, f)| *f == self.states) {
+            return Err(crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason: format!(
+                    "`{name}={}` repeats the format of every state; name a state only to keep it                      in another format",
+                    format.name()
+                ),
+            });
+        }
         if self.param == Format::Q8 || self.grad == Format::Q8 {
             return Err(crate::Error::InvalidConfig {
                 optimizer: "storage",
@@ -351,6 +491,7 @@ impl Storage {
                             param,
                             grad,
                             states,
+                            state_formats: StateFormats::NONE,
                             master_weights,
                             rounding: Rounding::NearestEven,
                         };
@@ -390,8 +531,9 @@ impl Storage {
 
     /// Bytes per value of the widest role: segments hold as many elements as its buffers may.
     pub(crate) fn widest_bytes(&self) -> u64 {
-        [self.updated_param(), self.param, self.grad, self.states]
-            .iter()
+        [self.updated_param(), self.param, self.grad]
+            .into_iter()
+            .chain(self.all_state_formats())
             .map(|f| f.bytes())
             .max()
             .unwrap_or(4)
@@ -409,14 +551,15 @@ impl Storage {
 
     /// Whether any role is packed (16-bit or q8): the kernel then needs the vec4 element type.
     pub fn packed(&self) -> bool {
-        [self.param, self.grad, self.states]
-            .iter()
-            .any(|f| *f != Format::F32)
+        [self.param, self.grad]
+            .into_iter()
+            .chain(self.all_state_formats())
+            .any(|f| f != Format::F32)
     }
 
-    /// Whether the states are 8-bit blockwise.
+    /// Whether any state is 8-bit blockwise.
     pub fn q8(&self) -> bool {
-        self.states == Format::Q8
+        self.all_state_formats().any(|f| f == Format::Q8)
     }
 
     /// Tensors start, and segments are cut, at multiples of this many elements: a vec4, or a
@@ -428,7 +571,8 @@ impl Storage {
     /// A short label, which [`parse`](Self::parse) reads back: the parameters' format, `/`
     /// and the gradients' if they differ, `-master` with master weights, `+` and the states'
     /// format if not float32. `f32`, `bf16` (bf16 parameters and gradients), `bf16-master`,
-    /// `bf16+bf16`, `f32/bf16` (bf16 gradients only), `f16-master+bf16`.
+    /// `bf16+bf16`, `f32/bf16` (bf16 gradients only), `f16-master+bf16`; states in a format
+    /// of their own follow, `,name=format` each: `bf16+q8,max_exp_avg_sq=f32`.
     pub fn label(&self) -> String {
         let mut label = self.param.name().to_string();
         if self.grad != self.param {
@@ -448,9 +592,12 @@ impl Storage {
             }
             Rounding::Kahan => label.push_str("-kahan"),
         }
-        if self.states != Format::F32 {
+        if self.states != Format::F32 || !self.state_formats.is_empty() {
             label.push('+');
             label.push_str(self.states.name());
+        }
+        for (name, format) in self.state_formats.iter() {
+            label.push_str(&format!(",{name}={}", format.name()));
         }
         label
     }
@@ -471,10 +618,35 @@ impl Storage {
                  bf16-master, bf16+bf16, bf16+q8, f32/bf16)"
             ))),
         };
-        let (rest, states) = match label.split_once('+') {
-            Some((rest, states)) => (rest, format(states)?),
-            None => (label, Format::F32),
+        let (rest, states, exceptions) = match label.split_once('+') {
+            Some((rest, states)) => {
+                let mut parts = states.split(',');
+                let states = format(parts.next().unwrap_or_default())?;
+                (rest, states, parts.collect())
+            }
+            None => (label, Format::F32, Vec::new()),
         };
+        let mut state_formats = StateFormats::NONE;
+        for exception in exceptions {
+            let Some((name, state_format)) = exception.split_once('=') else {
+                return Err(bad(format!(
+                    "`{exception}`: a state in a format of its own is `name=format` \
+                     (e.g. bf16+q8,max_exp_avg_sq=f32)"
+                )));
+            };
+            let state_format = format(state_format)?;
+            if state_format == states {
+                return Err(bad(format!(
+                    "`{exception}` repeats the format of every state"
+                )));
+            }
+            if state_formats.get(name).is_some() {
+                return Err(bad(format!("state `{name}` is named twice")));
+            }
+            state_formats
+                .set(name, state_format, states)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         // `-sr` or `-sr<seed>`: stochastic rounding.
         let (rest, rounding) = match rest.rsplit_once("-sr") {
             Some((rest, seed)) if seed.is_empty() || seed.bytes().all(|b| b.is_ascii_digit()) => {
@@ -504,6 +676,7 @@ impl Storage {
             param,
             grad,
             states,
+            state_formats,
             master_weights,
             rounding,
         };
@@ -512,19 +685,26 @@ impl Storage {
     }
 
     /// Bytes each element keeps resident: the parameter (and its master or its Kahan
-    /// compensation), the gradient and
-    /// `states` states.
-    pub fn resident_bytes(&self, states: u64) -> f64 {
+    /// compensation), the gradient and the states named `states`.
+    pub fn resident_bytes(&self, states: &[&str]) -> f64 {
         let master = if self.master_weights { 4 } else { 0 };
         let compensation = if self.kahan() { self.param.bytes() } else { 0 };
         (self.param.bytes() + master + compensation + self.grad.bytes()) as f64
-            + states as f64 * self.states.bytes_per_value()
+            + self.state_bytes(states)
+    }
+
+    /// Bytes per element of the states named `states`, each in its format.
+    pub fn state_bytes(&self, states: &[&str]) -> f64 {
+        states
+            .iter()
+            .map(|name| self.state_format(name).bytes_per_value())
+            .sum()
     }
 
     /// The bytes one step must move per element: read and write the parameter (and the
     /// master, and write the model's copy; or its Kahan compensation), read the gradient, read
-    /// and write every state.
-    pub fn bytes_per_element(&self, states: u64) -> f64 {
+    /// and write every state (those named `states`).
+    pub fn bytes_per_element(&self, states: &[&str]) -> f64 {
         let param = if self.master_weights {
             2 * 4 + self.param.bytes()
         } else if self.kahan() {
@@ -533,7 +713,7 @@ impl Storage {
         } else {
             2 * self.param.bytes()
         };
-        (param + self.grad.bytes()) as f64 + 2.0 * states as f64 * self.states.bytes_per_value()
+        (param + self.grad.bytes()) as f64 + 2.0 * self.state_bytes(states)
     }
 
     /// The WGSL conversions between float32 vec4s and packed 16-bit words, for the formats
@@ -632,27 +812,39 @@ impl Storage {
                 param.wgsl_store("value")
             ));
         }
-        if self.q8() {
+        // q8 states share the workgroup's maps and block reduction; the others are plain.
+        let bound = |slot: usize| first_state_binding + slot as u32;
+        let q8_states: Vec<(u32, &StateSlot)> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, state)| self.state_format(state.name) == Format::Q8)
+            .map(|(slot, state)| (bound(slot), state))
+            .collect();
+        if q8_states.is_empty() {
+            wgsl.push_str(
+                "fn prepare_workgroup(lid: u32) {}\n\
+                 fn finish_workgroup(i: u32, lid: u32, in_range: bool) {}\n",
+            );
+        } else {
             wgsl.push_str(&format!(
                 "@group(0) @binding({qmaps_binding}) var<uniform> qmaps: QMaps;\n{}",
                 q8::WGSL
             ));
-            wgsl.push_str(&q8_state_accessors(states, first_state_binding));
-            return wgsl;
+            wgsl.push_str(&q8_state_accessors(&q8_states));
         }
-        wgsl.push_str(
-            "fn prepare_workgroup(lid: u32) {}\n\
-             fn finish_workgroup(i: u32, lid: u32, in_range: bool) {}\n",
-        );
         for (slot, name) in states.iter().map(|s| s.name).enumerate() {
-            let binding = first_state_binding + slot as u32;
+            let format = self.state_format(name);
+            if format == Format::Q8 {
+                continue;
+            }
+            let binding = bound(slot);
             wgsl.push_str(&format!(
                 "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{}>;\n\
                  fn load_{name}(i: u32) -> V {{ return {}; }}\n\
                  fn store_{name}(i: u32, value: V) {{ {name}[i] = {}; }}\n",
-                self.states.wgsl_array_element(),
-                self.states.wgsl_load(&format!("{name}[i]")),
-                self.states.wgsl_store("value"),
+                format.wgsl_array_element(),
+                format.wgsl_load(&format!("{name}[i]")),
+                format.wgsl_store("value"),
             ));
         }
         wgsl
@@ -705,20 +897,19 @@ pub(crate) struct AccessorBindings {
 /// `finish_workgroup`, which every invocation calls after the update, takes each block's new
 /// absmax and stores the codes and the absmax. A state the rule did not store this step is
 /// stored again as loaded (an unchanged block keeps its codes).
-fn q8_state_accessors(states: &[StateSlot], first_state_binding: u32) -> String {
+fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
     let mut wgsl = String::from(
         "fn prepare_workgroup(lid: u32) {\n    q8_load_maps(lid);\n    workgroupBarrier();\n}\n",
     );
     let mut gather = String::new();
     let mut store = String::new();
-    for (slot, state) in states.iter().enumerate() {
+    // Each q8 state's block magnitude is one component of a vec4 (at most four q8 states).
+    for (component, &(binding, state)) in ["x", "y", "z", "w"].iter().zip(states) {
         let name = state.name;
-        let binding = first_state_binding + slot as u32;
         let map = match state.q8_map {
             QMap::Signed => "Q8_SIGNED",
             QMap::Unsigned => "Q8_UNSIGNED",
         };
-        let component = ["x", "y", "z", "w"][slot];
         wgsl.push_str(&format!(
             "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;\n\
              var<private> {name}_new: V;\n\

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use wgpu_optim::AdapterSummary;
+use wgpu_optim::Storage;
 use wgpu_optim::context::list_adapters;
 use wgpu_optim::optim::OPTIMIZER_NAMES;
 use wgpu_optim::tools::bench::{self, BenchOptions, Workload, byte_count};
 use wgpu_optim::tools::conformance::{self, Fixture, Status};
 use wgpu_optim::tools::report;
-use wgpu_optim::{Storage, UpdateRule};
 
 use crate::args::{AdapterArgs, Backend};
 use crate::output::{Output, describe_adapter, mib, progress_bar, status_word};
@@ -232,15 +232,15 @@ const COMPACT_STORAGES: [&str; 3] = ["bf16-master", "bf16+bf16", "bf16+q8"];
 /// What each parameter keeps resident in AdamW, per storage.
 fn print_memory_per_parameter(compact: &[Storage]) -> Result<()> {
     let adamw = bench::bench_config("adamw")?;
-    let states = adamw.initial_states().iter().flatten().count() as u64;
+    let states = adamw.state_names();
     println!("\nmemory per parameter, AdamW:");
     for storage in std::iter::once(&Storage::F32).chain(compact) {
-        let state = states as f64 * storage.states.bytes_per_value();
+        let state = storage.state_bytes(&states);
         let master = if storage.master_weights { 4 } else { 0 };
         println!(
             "  {:<12} {:>5} B: {} B of state, {} B parameter{}, {} B gradient",
             storage.label(),
-            byte_count(storage.resident_bytes(states)),
+            byte_count(storage.resident_bytes(&states)),
             byte_count(state),
             storage.param.bytes(),
             if master > 0 { " + 4 B master" } else { "" },

@@ -7,7 +7,7 @@ use crate::engine::control::TrainingOptions;
 use crate::engine::{Optimizer, Role, TensorId, TensorInit};
 use crate::error::Result;
 use crate::fill::RandomFill;
-use crate::optim::{OptimizerConfig, UpdateRule};
+use crate::optim::OptimizerConfig;
 use crate::storage::Storage;
 
 /// Optimizer instances of one configuration and workload, filled with random data and warmed
@@ -35,13 +35,8 @@ impl PreparedSteps {
     ) -> Result<Self> {
         let lens = workload.lens();
         let elements: u64 = lens.iter().sum();
-        let kept_states = config.initial_states().iter().flatten().count() as u64;
-        let master = if storage.master_weights { 4 } else { 0 };
-        let resident = (storage.param.bytes()
-            + master
-            + storage.grad.bytes()
-            + kept_states * storage.states.bytes())
-            * elements;
+        let resident =
+            (storage.resident_bytes(&config.state_names()) * elements as f64).ceil() as u64;
         let count = options
             .min_working_set_bytes
             .div_ceil(resident)
@@ -91,13 +86,13 @@ impl PreparedSteps {
     /// The fewest bytes one step must move per element in its storage: the update's, plus one
     /// more read of the gradients for the norm when clipping or loss scaling.
     pub fn bytes_per_element(&self) -> f64 {
-        let states = self.config.initial_states().iter().flatten().count() as u64;
+        let states = self.config.state_names();
         let norm = if self.training.needs_norm() {
             self.storage.grad.bytes() as f64
         } else {
             0.0
         };
-        self.storage.bytes_per_element(states) + norm
+        self.storage.bytes_per_element(&states) + norm
     }
 
     /// The fewest bytes one step must move.

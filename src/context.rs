@@ -29,6 +29,10 @@ pub struct ContextOptions {
     /// Pass the per-step values through a uniform buffer even where the device has immediates
     /// (the fallback path, which tests exercise this way).
     pub uniform_scalars: bool,
+    /// Do without subgroup operations even where the device has them (q8 states' block
+    /// maxima then take one atomic per invocation: the fallback path, which tests exercise
+    /// this way).
+    pub no_subgroups: bool,
 }
 
 /// One adapter as `adapters` and the reports show it.
@@ -256,13 +260,16 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 }
 
 /// The features this crate uses when the adapter has them: immediates for the per-step values,
-/// GPU timestamps for the benchmarks.
-fn wanted_features(available: wgpu::Features, immediates: bool) -> wgpu::Features {
+/// GPU timestamps for the benchmarks, subgroup operations for q8 states' block maxima.
+fn wanted_features(available: wgpu::Features, options: &ContextOptions) -> wgpu::Features {
     let mut wanted = wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-    if immediates {
+    if !options.uniform_scalars {
         wanted |= wgpu::Features::IMMEDIATES;
+    }
+    if !options.no_subgroups {
+        wanted |= wgpu::Features::SUBGROUP;
     }
     available & wanted
 }
@@ -286,7 +293,7 @@ impl GpuContext {
             })
             .ok_or_else(|| no_adapter_error(&all, options))?;
         let info = adapter.get_info();
-        let features = wanted_features(adapter.features(), !options.uniform_scalars);
+        let features = wanted_features(adapter.features(), options);
         let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),
@@ -365,6 +372,11 @@ impl GpuContext {
             bytes: host_memory_available()?,
             what: what.into(),
         })
+    }
+
+    /// Whether kernels may use subgroup operations (q8 states' block maxima do).
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether GPU timestamps can be written between passes.

@@ -239,8 +239,15 @@ impl Kernel {
         self.states.iter().map(|slot| slot.name)
     }
 
-    /// The complete WGSL for one element type and way of receiving the per-step values.
-    pub fn assemble(&self, element: Element, scalars: ScalarsVia, storage: &Storage) -> String {
+    /// The complete WGSL for one element type and way of receiving the per-step values;
+    /// `subgroups` where the device has subgroup operations (q8 states use them).
+    pub fn assemble(
+        &self,
+        element: Element,
+        scalars: ScalarsVia,
+        storage: &Storage,
+        subgroups: bool,
+    ) -> String {
         let declaration = match scalars {
             ScalarsVia::Immediates => "var<immediate> s",
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
@@ -248,7 +255,7 @@ impl Kernel {
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
-            self.storage(storage),
+            self.storage(storage, subgroups),
             self.scalars.wgsl(),
             self.pieces.join("\n"),
             self.source,
@@ -263,7 +270,7 @@ impl Kernel {
     /// how its values are stored. Every role is float32 (`V`) today; a storage format (16-bit
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
-    pub fn storage(&self, storage: &Storage) -> String {
+    pub fn storage(&self, storage: &Storage, subgroups: bool) -> String {
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}",
             storage.wgsl_conversions(),
@@ -276,6 +283,7 @@ impl Kernel {
                     compensation: COMPENSATION_BINDING,
                     qmaps: QMAP_BINDING,
                 },
+                subgroups,
             ),
         )
     }
@@ -517,7 +525,16 @@ impl KernelCache {
         );
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(kernel.assemble(element, scalars, &storage).into()),
+            source: wgpu::ShaderSource::Wgsl(
+                kernel
+                    .assemble(
+                        element,
+                        scalars,
+                        &storage,
+                        device.features().contains(wgpu::Features::SUBGROUP),
+                    )
+                    .into(),
+            ),
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),

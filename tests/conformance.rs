@@ -183,6 +183,33 @@ fn the_uniform_buffer_fallback_passes_too() {
 }
 
 #[test]
+fn q8_block_maxima_without_subgroups_pass_too() {
+    // Where the device has no subgroup operations, each invocation takes its own atomic max:
+    // every formats case (seven with q8 states) passes that way too.
+    let ctx = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
+        no_subgroups: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!ctx.has_subgroups());
+    assert!(
+        context().has_subgroups(),
+        "lavapipe has subgroups: both paths are tested"
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
+    let report = conformance::run(&ctx, &Fixture::load(&path).unwrap());
+    assert!(report.passed(), "{:?}", report.cases);
+    assert_eq!(
+        report
+            .cases
+            .iter()
+            .filter(|c| c.status == Status::Pass)
+            .count(),
+        14
+    );
+}
+
+#[test]
 fn a_wrong_expectation_fails() {
     let ctx = context();
     let mut fixture = Fixture::builtin();

@@ -13,7 +13,7 @@ use wgpu_optim::{Format, Storage};
 const BINDINGS: [ScalarsVia; 2] = [ScalarsVia::Immediates, ScalarsVia::UniformBuffer];
 
 fn module(kernel: &Kernel, element: Element, scalars: ScalarsVia) -> naga::Module {
-    stored_module(kernel, element, scalars, &Storage::F32)
+    stored_module(kernel, element, scalars, &Storage::F32, false)
 }
 
 fn stored_module(
@@ -21,8 +21,9 @@ fn stored_module(
     element: Element,
     scalars: ScalarsVia,
     storage: &Storage,
+    subgroups: bool,
 ) -> naga::Module {
-    let source = kernel.assemble(element, scalars, storage);
+    let source = kernel.assemble(element, scalars, storage, subgroups);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
             "{} ({element:?}, {scalars:?}): {}",
@@ -60,10 +61,38 @@ fn every_kernel_validates_in_every_storage_format() {
     let storages = Storage::all();
     for kernel in all_kernels() {
         for storage in &storages {
-            let module = stored_module(kernel, Element::Vec4, ScalarsVia::Immediates, storage);
-            Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{} {storage:?}: {e:?}", kernel.name));
+            // With subgroup operations too where q8 states use them.
+            let variants: &[bool] = if storage.q8() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &subgroups in variants {
+                let module = stored_module(
+                    kernel,
+                    Element::Vec4,
+                    ScalarsVia::Immediates,
+                    storage,
+                    subgroups,
+                );
+                let capabilities = if subgroups {
+                    Capabilities::IMMEDIATES | Capabilities::SUBGROUP
+                } else {
+                    Capabilities::IMMEDIATES
+                };
+                Validator::new(ValidationFlags::all(), capabilities)
+                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{} {storage:?} {subgroups}: {e:?}", kernel.name));
+            }
+            let module = stored_module(
+                kernel,
+                Element::Vec4,
+                ScalarsVia::Immediates,
+                storage,
+                false,
+            );
             let model_copy = module
                 .global_variables
                 .iter()

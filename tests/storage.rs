@@ -1447,7 +1447,11 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
         }
         for v in around {
             for d in -2i32..=2 {
-                probes.push(f32::from_bits((v.to_bits() as i32 + d) as u32).clamp(-1.0, 1.0));
+                // (Below 0's bits lie NaNs: not probes of a code.)
+                let probe = f32::from_bits((v.to_bits() as i32 + d) as u32);
+                if probe.is_finite() {
+                    probes.push(probe.clamp(-1.0, 1.0));
+                }
             }
         }
     }
@@ -1459,6 +1463,11 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
         grad.push(1.0);
         grad.extend_from_slice(chunk);
     }
+    // Then a block with a NaN in it: its absmax is NaN, and so is every value it stands for
+    // (a NaN never becomes a number), on the host as on the GPU.
+    let nan_block = grad.len().next_multiple_of(256);
+    grad.resize(nan_block, 0.25);
+    grad.extend((0..256).map(|k| if k == 100 { f32::NAN } else { 0.5 }));
     let n = grad.len();
     let mut opt = Optimizer::builder(&ctx)
         .group_stored(
@@ -1475,7 +1484,10 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
         .unwrap();
     opt.step_with_grads(&[&grad]).unwrap();
     let stored = opt.read_state(TensorId(0), "momentum_buffer").unwrap();
-    for (i, (&x, &s)) in grad.iter().zip(&stored).enumerate() {
+    assert!(stored[nan_block..].iter().all(|s| s.is_nan()));
+    let (_, absmax) = wgpu_optim::storage::q8::quantize(&grad, map);
+    assert!(absmax[nan_block / 256].is_nan());
+    for (i, (&x, &s)) in grad[..nan_block].iter().zip(&stored).enumerate() {
         let expected = values[map.nearest(x) as usize];
         assert_eq!(
             s.to_bits(),

@@ -734,6 +734,7 @@ impl Storage {
         &self,
         states: &[StateSlot],
         bindings: &AccessorBindings,
+        subgroups: bool,
     ) -> String {
         let AccessorBindings {
             first_state: first_state_binding,
@@ -830,6 +831,7 @@ impl Storage {
                 "@group(0) @binding({qmaps_binding}) var<uniform> qmaps: QMaps;\n{}",
                 q8::WGSL
             ));
+            wgsl.push_str(&q8::block_absmax_wgsl(q8_states.len(), subgroups));
             wgsl.push_str(&q8_state_accessors(&q8_states));
         }
         for (slot, name) in states.iter().map(|s| s.name).enumerate() {
@@ -926,7 +928,7 @@ fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
         gather.push_str(&format!(
             "        if ({kept}) {{\n\
              \x20           if (!{name}_stored) {{ {name}_new = load_{name}(i); }}\n\
-             \x20           magnitudes.{component} = hmax(abs({name}_new));\n\
+             \x20           magnitudes.{component} = bitcast<f32>(hmax_u(bitcast<VU>(abs({name}_new))));\n\
              \x20       }}\n"
         ));
         store.push_str(&format!(

@@ -60,7 +60,7 @@ fn the_default_run_prints_the_adapter_and_one_table_of_every_optimizer() {
 
 #[test]
 fn an_unknown_optimizer_is_one_line_naming_the_valid_ones() {
-    let out = wgpu_optim(&["bench", "--optimizer", "lion", "--sizes", "1024"]);
+    let out = wgpu_optim(&["bench", "--optimizer", "lino", "--sizes", "1024"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     let line = stderr
@@ -68,7 +68,10 @@ fn an_unknown_optimizer_is_one_line_naming_the_valid_ones() {
         .find(|l| l.starts_with("error:"))
         .expect("an error line");
     assert!(
-        line.contains("lion") && line.contains("adamw") && line.contains("sgd"),
+        line.contains("lino")
+            && line.contains("adamw")
+            && line.contains("lion")
+            && line.contains("sgd"),
         "{line}"
     );
 }

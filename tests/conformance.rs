@@ -68,12 +68,16 @@ fn every_case_and_schedule_passes_on_the_gpu_and_on_the_cpu_reference() {
                 .any(|c| c.name == feature && c.status == Status::Pass)
         );
     }
-    // Every optimizer of the project is exercised by the fixture.
+    // Every optimizer of the project is exercised by a fixture: torch.optim's classic ten by
+    // this one, the others by more-optimizers.json.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers.json");
+    let more = conformance::run(&ctx, &Fixture::load(&path).unwrap());
     for name in wgpu_optim::optim::OPTIMIZER_NAMES {
         assert!(
             report
                 .cases
                 .iter()
+                .chain(&more.cases)
                 .any(|c| c.optimizer == name && c.status == Status::Pass),
             "no passing case for {name}"
         );
@@ -210,6 +214,30 @@ fn q8_block_maxima_without_subgroups_pass_too() {
 }
 
 #[test]
+fn asgd_cases_check_the_averaged_parameters_too() {
+    let ctx = context();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers.json");
+    let fixture = Fixture::load(&path).unwrap();
+    let case = fixture
+        .cases
+        .iter()
+        .find(|c| c.optimizer == "asgd" && c.expected_ax.is_some())
+        .unwrap()
+        .clone();
+    assert_eq!(case.run(&ctx, &fixture.tolerance).status, Status::Pass);
+    // The parameters as given, the average 1e-4 off at the last step: a failure.
+    let mut wrong = case.clone();
+    let ax = wrong.expected_ax.as_mut().unwrap();
+    let last = ax.len() - 1;
+    for v in ax[last].iter_mut().flatten() {
+        *v *= 1.0 + 1e-4;
+    }
+    let result = wrong.run(&ctx, &fixture.tolerance);
+    assert_eq!(result.status, Status::Fail, "{result:?}");
+    assert!(result.gpu_rel_l2.unwrap() > 5e-5 && result.cpu_rel_l2.unwrap() > 5e-5);
+}
+
+#[test]
 fn a_wrong_expectation_fails() {
     let ctx = context();
     let mut fixture = Fixture::builtin();
@@ -254,10 +282,13 @@ fn fixture_files_load_and_bad_ones_are_clear_errors() {
 
 #[test]
 fn unknown_optimizers_and_hyperparameters_are_rejected() {
-    let err = wgpu_optim::OptimizerConfig::default_for("lion")
+    let err = wgpu_optim::OptimizerConfig::default_for("lino")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("lion") && err.contains("adamw"), "{err}");
+    assert!(
+        err.contains("lino") && err.contains("adamw") && err.contains("lion"),
+        "{err}"
+    );
     let err =
         wgpu_optim::OptimizerConfig::from_hyper("adam", &serde_json::json!({"betas": [0.9, 0.99]}))
             .unwrap_err()

@@ -193,6 +193,9 @@ fn maximizes(config: &OptimizerConfig) -> bool {
         OptimizerConfig::NAdam(c) => c.maximize,
         OptimizerConfig::RAdam(c) => c.maximize,
         OptimizerConfig::Adamax(c) => c.maximize,
+        OptimizerConfig::Lion(_) => false,
+        OptimizerConfig::Rprop(c) => c.maximize,
+        OptimizerConfig::Asgd(c) => c.maximize,
     }
 }
 
@@ -437,6 +440,68 @@ fn adamax_every_flag_combination() {
         }
     }
     check_all(configs, 10);
+}
+
+#[test]
+fn lion_every_flag_combination() {
+    let mut configs = Vec::new();
+    for decoupled_weight_decay in bools() {
+        for weight_decay in [0.0, 0.1] {
+            configs.push(
+                Lion {
+                    lr: 0.01,
+                    decoupled_weight_decay,
+                    weight_decay,
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
+    }
+    check_all(configs, 11);
+}
+
+#[test]
+fn rprop_every_flag_combination() {
+    let mut configs = Vec::new();
+    // torch's step sizes, and narrow ones that both bounds clamp.
+    for (step_size_min, step_size_max) in [(1e-6, 50.0), (5e-3, 2e-2)] {
+        for maximize in bools() {
+            configs.push(
+                Rprop {
+                    lr: 0.01,
+                    step_size_min,
+                    step_size_max,
+                    maximize,
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
+    }
+    check_all(configs, 12);
+}
+
+#[test]
+fn asgd_every_flag_combination() {
+    let mut configs = Vec::new();
+    // Averaging from the start, from step 5 on, and (torch's default t0) never.
+    for t0 in [0.0, 3.0, 1e6] {
+        for (weight_decay, maximize) in [(0.0, false), (0.01, true)] {
+            configs.push(
+                Asgd {
+                    lr: 0.05,
+                    lambd: 0.5,
+                    t0,
+                    weight_decay,
+                    maximize,
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
+    }
+    check_all(configs, 13);
 }
 
 /// Several groups with their own optimizer, learning rate and weight decay, stepped together.

@@ -78,6 +78,31 @@ fn configs() -> Vec<OptimizerConfig> {
             ..Default::default()
         }
         .into(),
+        // Lion moves by the sign of beta1 * m + (1 - beta1) * g, which an exact tie of
+        // 16-bit values (g = -9m at beta1 = 0.9) leaves to rounding noise: float32 and float64
+        // may then disagree on the sign. At beta1 = 1/2 the products are exact, and a rounded
+        // sum keeps the sign of the exact one, so both agree wherever the rule is decided.
+        Lion {
+            lr: 0.01,
+            beta1: 0.5,
+            weight_decay: 0.1,
+            ..Default::default()
+        }
+        .into(),
+        Rprop {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        // Averaging from the third step on.
+        Asgd {
+            lr: 0.05,
+            lambd: 0.5,
+            t0: 0.0,
+            weight_decay: 0.01,
+            ..Default::default()
+        }
+        .into(),
     ]
 }
 

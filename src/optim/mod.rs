@@ -14,6 +14,9 @@
 //! | `nadam` | [`nadam`] | `shaders/nadam.wgsl` |
 //! | `radam` | [`radam`] | `shaders/radam.wgsl` |
 //! | `adamax` | [`adamax`] | `shaders/adamax.wgsl` |
+//! | `lion` | [`lion`] | `shaders/lion.wgsl` |
+//! | `rprop` | [`rprop`] | `shaders/rprop.wgsl` |
+//! | `asgd` | [`asgd`] | `shaders/asgd.wgsl` |
 //!
 //! Adding an optimizer: a module here declaring its hyperparameters (`hyperparameters!`:
 //! PyTorch's names, defaults and checks) and implementing [`UpdateRule`], its kernel in
@@ -317,6 +320,9 @@ optimizers! {
     nadam::NAdam => "nadam",
     radam::RAdam => "radam",
     adamax::Adamax => "adamax",
+    lion::Lion => "lion",
+    rprop::Rprop => "rprop",
+    asgd::Asgd => "asgd",
 }
 
 /// Every state name some optimizer's kernel declares, each once, in the optimizers' order.
@@ -607,7 +613,7 @@ mod tests {
                 config
             );
         }
-        assert_eq!(all_kernels().len(), 8);
+        assert_eq!(all_kernels().len(), 11);
     }
 
     #[test]

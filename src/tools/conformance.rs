@@ -95,6 +95,14 @@ pub struct Case {
     /// A loss to minimize through closures (`more-optimizers.json`): not supported yet.
     #[serde(default)]
     pub objective: Option<serde_json::Value>,
+    /// `expected_ax[step][tensor]` (ASGD): the averaged parameters, state `ax`, after each
+    /// step; compared as `expected` is.
+    #[serde(default)]
+    pub expected_ax: Option<Vec<Vec<Vec<f64>>>>,
+    /// `expected_eval[tensor]` (Schedule-Free): the parameters in evaluation mode after the
+    /// last step: not supported yet.
+    #[serde(default)]
+    pub expected_eval: Option<Vec<Vec<f64>>>,
 }
 
 /// A case's own pass threshold.
@@ -347,6 +355,19 @@ impl Case {
                 "cases driven by an objective (closures, losses) are not supported".into(),
             );
         }
+        if self.expected_eval.is_some() {
+            return Some("evaluation-mode parameters (expected_eval) are not supported".into());
+        }
+        if self.expected_ax.is_some()
+            && self
+                .config()
+                .is_ok_and(|c| !c.state_names().contains(&"ax"))
+        {
+            return Some(format!(
+                "{} keeps no averaged parameters (expected_ax)",
+                self.optimizer
+            ));
+        }
         self.storage().err()
     }
 
@@ -398,6 +419,11 @@ impl Case {
         }
         if !self.grads.iter().all(|g| matches(g)) || !self.expected.iter().all(|e| matches(e)) {
             return Err("a step's grads or expected values do not match shapes".into());
+        }
+        if let Some(ax) = &self.expected_ax
+            && (ax.len() != self.grads.len() || !ax.iter().all(|e| matches(e)))
+        {
+            return Err("expected_ax does not have one row per step, shaped as the tensors".into());
         }
         if self
             .lrs
@@ -471,6 +497,10 @@ impl Case {
                 expected.iter().map(Vec::as_slice),
             );
             worst = worse(worst, err);
+            if let Some(expected_ax) = &self.expected_ax {
+                let ax = (0..group.params.len()).map(|t| group.state(t, "ax").unwrap_or(&[]));
+                worst = worse(worst, rel_l2(ax, expected_ax[k].iter().map(Vec::as_slice)));
+            }
         }
         Ok(worst)
     }
@@ -507,6 +537,16 @@ impl Case {
                 expected.iter().map(Vec::as_slice),
             );
             worst = worse(worst, err);
+            if let Some(expected_ax) = &self.expected_ax {
+                let ax: Vec<Vec<f64>> = (0..params.len())
+                    .map(|t| opt.read_state(TensorId(t), "ax").map(|a| to_f64(&a)))
+                    .collect::<Result<_>>()?;
+                let err = rel_l2(
+                    ax.iter().map(Vec::as_slice),
+                    expected_ax[k].iter().map(Vec::as_slice),
+                );
+                worst = worse(worst, err);
+            }
         }
         Ok(worst)
     }

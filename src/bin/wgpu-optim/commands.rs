@@ -255,6 +255,11 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
     let ctx = adapter.context()?;
     print!("{}", describe_adapter(&ctx.summary()));
     let fixture = Fixture::builtin();
+    // The optimizers beyond torch.optim's classic ten have their cases in this one.
+    let (_, more) = Fixture::shipped()
+        .into_iter()
+        .find(|(name, _)| *name == "more-optimizers.json")
+        .expect("more-optimizers.json is shipped");
     let configs = OPTIMIZER_NAMES
         .iter()
         .map(|n| bench::bench_config(n))
@@ -265,13 +270,15 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         .map(|s| Storage::parse(s))
         .collect::<Result<_, _>>()?;
     let bar = progress_bar(
-        (fixture.cases.len() + configs.len() + compact.len()) as u64,
+        (fixture.cases.len() + more.cases.len() + configs.len() + compact.len()) as u64,
         "checking",
     );
-    let conformance = conformance::run_with_progress(&ctx, &fixture, |c| {
+    let mut progress = |c: &conformance::CaseResult| {
         bar.set_message(format!("conformance {}", c.name));
         bar.inc(1);
-    });
+    };
+    let conformance = conformance::run_with_progress(&ctx, &fixture, &mut progress);
+    let more_conformance = conformance::run_with_progress(&ctx, &more, &mut progress);
     let size = Workload::Elements(1 << 20);
     let mut report = bench::run(
         &ctx,
@@ -309,6 +316,19 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         schedules,
         conformance.schedules.len(),
     );
+    let more_count = |st| {
+        more_conformance
+            .cases
+            .iter()
+            .filter(|c| c.status == st)
+            .count()
+    };
+    println!(
+        "             more-optimizers.json: {} pass, {} fail, {} not supported yet",
+        more_count(Status::Pass),
+        more_count(Status::Fail),
+        more_count(Status::Unsupported),
+    );
     println!(
         "copy kernel: {:.1} GB/s ({} buffers); steps on 2^20 elements, median of {} ({:?})\n",
         report.copy.gbps,
@@ -338,7 +358,8 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         let cases: Vec<_> = conformance
             .cases
             .iter()
-            .filter(|c| c.optimizer == r.optimizer)
+            .chain(&more_conformance.cases)
+            .filter(|c| c.optimizer == r.optimizer && c.status != Status::Unsupported)
             .collect();
         let failed = cases.iter().any(|c| c.status == Status::Fail);
         // NaN is the worst error: it must show, not vanish in a max.
@@ -356,7 +377,11 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
             "{:<17} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
             r.optimizer,
             cases.len(),
-            format!("{worst:.2e}{}", if failed { " FAIL" } else { "" }),
+            if cases.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{worst:.2e}{}", if failed { " FAIL" } else { "" })
+            },
             r.gbps,
             r.fraction_of_copy,
             r.ns_per_element,
@@ -365,12 +390,13 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
     }
     print_memory_per_parameter(&compact)?;
     println!(
-        "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against torch.optim \
-         (float64) over each optimizer's fixture cases (tolerance {:e}). GB/s: the fewest bytes a \
+        "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against the reference \
+         implementations (torch.optim, lion-pytorch; float64) over each optimizer's fixture cases \
+         (tolerance {:e}). GB/s: the fewest bytes a \
          step must move over its time; x copy: as a fraction of the copy kernel's.",
         fixture.tolerance.rel_l2
     );
-    Ok(if conformance.passed() {
+    Ok(if conformance.passed() && more_conformance.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bytemuck::cast_slice(&vec![0.1f32 * (step + 1) as f32; 256 * 256]),
         );
         // The optimizer step joins the same command buffer: one submit, no host round trip.
-        opt.encode_step(&mut encoder, None);
+        opt.encode_step(&mut encoder, None)?;
         queue.submit([encoder.finish()]);
     }
 

@@ -32,6 +32,41 @@ fn store_states(config: &OptimizerConfig, storage: &Storage, states: &mut [Vec<f
     }
 }
 
+/// The parameters a store leaves, in the storage's way: rounded to nearest even, stochastically
+/// (the random bits of step `step` at the tensor's first index `position`), with Kahan
+/// summation (from the parameters `before` the store and the compensation), or (float32 and
+/// master weights) as computed.
+fn store_params(
+    storage: &Storage,
+    param: &mut [f64],
+    before: &[f64],
+    compensation: &mut [f64],
+    (step, position): (u64, u64),
+) {
+    if storage.kahan() {
+        // In float32, as the kernel's store: the update plus what was lost before, stored
+        // rounded, and what this rounding lost kept for the next step.
+        let format = storage.param;
+        for ((v, old), c) in param.iter_mut().zip(before).zip(compensation.iter_mut()) {
+            let p = *old as f32;
+            let y = (*v as f32 - p) + *c as f32;
+            let stored = format.round(p + y);
+            *c = format.round(y - (stored - p)) as f64;
+            *v = stored as f64;
+        }
+    } else if let Rounding::Stochastic { seed } = storage.rounding {
+        // The step computes in float32; the random bits decide from its bits.
+        for (k, v) in param.iter_mut().enumerate() {
+            let random = stochastic_bits(seed, step as u32, position + k as u64);
+            *v = storage.param.round_stochastic(*v as f32, random) as f64;
+        }
+    } else if !storage.master_weights {
+        for v in param.iter_mut() {
+            *v = stored(storage.param, *v);
+        }
+    }
+}
+
 /// One parameter group on the CPU, in float64.
 #[derive(Clone, Debug)]
 pub struct ReferenceGroup {
@@ -227,28 +262,13 @@ impl ReferenceGroup {
             };
             self.config.reference_step(&counter, lr, tensor);
             store_states(&self.config, &self.storage, states);
-            if self.storage.kahan() {
-                // In float32, as the kernel's store: the update plus what was lost before,
-                // stored rounded, and what this rounding lost kept for the next step.
-                let format = self.storage.param;
-                for ((v, old), c) in param.iter_mut().zip(&before).zip(compensation.iter_mut()) {
-                    let p = *old as f32;
-                    let y = (*v as f32 - p) + *c as f32;
-                    let stored = format.round(p + y);
-                    *c = format.round(y - (stored - p)) as f64;
-                    *v = stored as f64;
-                }
-            } else if let Rounding::Stochastic { seed } = self.storage.rounding {
-                // The step computes in float32; the random bits decide from its bits.
-                for (k, v) in param.iter_mut().enumerate() {
-                    let random = stochastic_bits(seed, counter.step as u32, position + k as u64);
-                    *v = self.storage.param.round_stochastic(*v as f32, random) as f64;
-                }
-            } else if !self.storage.master_weights {
-                for v in param.iter_mut() {
-                    *v = stored(self.storage.param, *v);
-                }
-            }
+            store_params(
+                &self.storage,
+                param,
+                &before,
+                compensation,
+                (counter.step, position),
+            );
         }
         self.counter = counter;
         self.last.step = counter.step;
@@ -280,6 +300,46 @@ impl ReferenceGroup {
             .iter()
             .map(|p| p.iter().map(|v| stored(format, *v)).collect())
             .collect()
+    }
+
+    /// Swaps the parameters to evaluation mode (`to_eval`) or back, as
+    /// [`Optimizer::eval_mode`](crate::Optimizer::eval_mode) does: `p = lerp(p, state, w)`,
+    /// stored as a step stores them; nothing before the first step. An optimizer without an
+    /// evaluation mode is an error.
+    pub fn swap_mode(&mut self, to_eval: bool) -> Result<()> {
+        let name = self.config.name();
+        let swap = self
+            .config
+            .mode_swap(to_eval)
+            .ok_or_else(|| Error::InvalidConfig {
+                optimizer: name,
+                reason: format!("{name} has no evaluation mode"),
+            })?;
+        if self.counter.step == 0 {
+            return Ok(());
+        }
+        let slot = self
+            .config
+            .kernel()
+            .state_names()
+            .position(|s| s == swap.state)
+            .expect("the swap's state is one of the kernel's");
+        let tensors = self.params.iter_mut().zip(&self.states);
+        let extra = self.positions.iter().zip(&mut self.compensation);
+        for ((param, states), (&position, compensation)) in tensors.zip(extra) {
+            let before = param.clone();
+            for (p, z) in param.iter_mut().zip(&states[slot]) {
+                *p = crate::optim::lerp(*p, *z, swap.weight);
+            }
+            store_params(
+                &self.storage,
+                param,
+                &before,
+                compensation,
+                (self.counter.step, position),
+            );
+        }
+        Ok(())
     }
 
     /// A state of a tensor by PyTorch's name, if the configuration keeps it.

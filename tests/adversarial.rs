@@ -85,7 +85,7 @@ fn the_fixture_and_its_side_file_describe_the_same_cases() {
     assert_eq!(fixture.tolerance.rel_l2, REL_L2);
     assert!(fixture.schedules.is_empty());
     assert!(
-        (40..=60).contains(&fixture.cases.len()),
+        (70..=90).contains(&fixture.cases.len()),
         "{}",
         fixture.cases.len()
     );

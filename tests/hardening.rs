@@ -186,7 +186,7 @@ fn follow_reference(
         }
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         for _ in 0..batch {
-            opt.encode_step(&mut encoder, None);
+            opt.encode_step(&mut encoder, None).unwrap();
             reference
                 .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
                 .unwrap();

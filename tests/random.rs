@@ -61,8 +61,16 @@ fn check(config: OptimizerConfig, seed: u64) {
     let mut scale: Vec<Vec<Vec<f64>>> = params
         .iter()
         .map(|p| {
-            let mut roles = vec![p.iter().map(|v| v.abs() as f64).collect::<Vec<_>>()];
-            roles.extend(states.iter().map(|_| vec![0.0; p.len()]));
+            let magnitude: Vec<f64> = p.iter().map(|v| v.abs() as f64).collect();
+            let mut roles = vec![magnitude.clone()];
+            // Schedule-Free's z starts as the parameters: their size is in its first value.
+            roles.extend(states.iter().map(|s| {
+                if *s == "z" {
+                    magnitude.clone()
+                } else {
+                    vec![0.0; p.len()]
+                }
+            }));
             roles
         })
         .collect();
@@ -196,6 +204,7 @@ fn maximizes(config: &OptimizerConfig) -> bool {
         OptimizerConfig::Lion(_) => false,
         OptimizerConfig::Rprop(c) => c.maximize,
         OptimizerConfig::Asgd(c) => c.maximize,
+        OptimizerConfig::ScheduleFreeAdamW(_) => false,
     }
 }
 
@@ -502,6 +511,29 @@ fn asgd_every_flag_combination() {
         }
     }
     check_all(configs, 13);
+}
+
+#[test]
+fn schedulefree_adamw_every_flag_combination() {
+    let mut configs = Vec::new();
+    // No warm-up and a warm-up past the last step; constant weights and weights growing with
+    // the step and the rate.
+    for (warmup_steps, r, weight_lr_power) in [(0, 0.0, 2.0), (20, 1.0, 1.0)] {
+        for weight_decay in [0.0, 0.05] {
+            configs.push(
+                ScheduleFreeAdamW {
+                    lr: 0.01,
+                    warmup_steps,
+                    r,
+                    weight_lr_power,
+                    weight_decay,
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
+    }
+    check_all(configs, 14);
 }
 
 /// Several groups with their own optimizer, learning rate and weight decay, stepped together.

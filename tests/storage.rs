@@ -94,6 +94,13 @@ fn configs() -> Vec<OptimizerConfig> {
             ..Default::default()
         }
         .into(),
+        ScheduleFreeAdamW {
+            lr: 0.01,
+            warmup_steps: 2,
+            weight_decay: 0.01,
+            ..Default::default()
+        }
+        .into(),
         // Averaging from the third step on.
         Asgd {
             lr: 0.05,

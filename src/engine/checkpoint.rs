@@ -211,6 +211,8 @@ impl Optimizer {
     /// Reads everything back from the device: one blob per safetensors tensor, and the
     /// metadata.
     fn checkpoint_contents(&self) -> Result<Contents> {
+        // A checkpoint holds the training point: a resume steps from it.
+        self.check_train_mode("saving a checkpoint")?;
         let mut blobs = Vec::new();
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut segment_bytes = None;
@@ -393,6 +395,8 @@ impl Optimizer {
             group.options = record.options.clone();
             group.refresh_pipelines(&self.ctx);
             group.iterations = record.iterations;
+            // The file holds the training point.
+            group.eval_mode = false;
         }
         let mut t = 0;
         for record in &parsed.manifest.groups {

@@ -58,6 +58,9 @@ pub(crate) struct Group {
     /// `step` calls so far, skipped steps included: the schedule's clock. (The optimizer's
     /// own step count lives on the device, in the control.)
     pub iterations: u64,
+    /// Whether the parameters hold the evaluation point (Schedule-Free's x) rather than the
+    /// training point: [`encode_swap`](Self::encode_swap) switches; steps need training mode.
+    pub eval_mode: bool,
     pub control: Control,
     /// Bound to the state slots the configuration does not use.
     placeholders: Vec<wgpu::Buffer>,
@@ -441,6 +444,7 @@ impl Group {
             storage,
             options,
             iterations: 0,
+            eval_mode: false,
             control,
             placeholders: placeholders.to_vec(),
             scalars_via,
@@ -818,6 +822,61 @@ impl Group {
             .schedule
             .as_ref()
             .map_or(base, |s| s.lr(base, self.iterations))
+    }
+
+    /// Records the swap of the parameters to evaluation mode (`to_eval`) or back: the
+    /// optimizer's kernel with its `SWAP` flag on, once over every segment, the step control
+    /// only read (no step is taken, the step count does not move).
+    pub fn encode_swap(
+        &mut self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        to_eval: bool,
+    ) -> Result<()> {
+        let name = self.config.name();
+        let swap = self
+            .config
+            .mode_swap(to_eval)
+            .ok_or_else(|| Error::InvalidConfig {
+                optimizer: name,
+                reason: format!(
+                    "{name} has no evaluation mode: its parameters are the same for training \
+                     and evaluation"
+                ),
+            })?;
+        let kernel = self.config.kernel();
+        // The swap reads no gradient and is never skipped.
+        let flags: Vec<(&'static str, bool)> = self
+            .config
+            .flags()
+            .into_iter()
+            .map(|(flag, on)| (flag, on || flag == "SWAP"))
+            .chain(crate::kernels::TRAINING_FLAGS.iter().map(|f| (*f, false)))
+            .collect();
+        if let Some(uniform) = &self.uniform {
+            ctx.queue.write_buffer(uniform, 0, &swap.scalars);
+        }
+        for (element, _) in &self.pipelines {
+            let pipeline = ctx.kernels.pipeline(
+                &ctx.device,
+                kernel,
+                *element,
+                self.scalars_via,
+                self.storage,
+                &flags,
+            );
+            pass.set_pipeline(&pipeline);
+            if self.uniform.is_none() {
+                pass.set_immediates(0, &swap.scalars);
+            }
+            for segment in self.segments.iter().filter(|s| s.element == *element) {
+                let (x, y) = segment.workgroups;
+                pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        self.eval_mode = to_eval;
+        Ok(())
     }
 
     /// Records one step of this group: the control's dispatches, then one update dispatch per

@@ -236,9 +236,74 @@ impl Optimizer {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("optimizer step"),
             });
-        self.encode_step(&mut encoder, None);
+        self.encode_step(&mut encoder, None)?;
         self.ctx.queue.submit([encoder.finish()]);
         Ok(())
+    }
+
+    /// Swaps a group's parameters to the point its optimizer evaluates at (Schedule-Free's
+    /// average x, as `optimizer.eval()` in schedulefree), on the device. Steps are refused until
+    /// [`train_mode`](Self::train_mode); already in evaluation mode, nothing happens. Before the
+    /// first step the parameters stay as they are. An optimizer without an evaluation mode is an
+    /// error.
+    pub fn eval_mode(&mut self, group: GroupId) -> Result<()> {
+        self.swap_mode(group, true)
+    }
+
+    /// Swaps a group's parameters back to the training point (schedulefree's `train()`).
+    pub fn train_mode(&mut self, group: GroupId) -> Result<()> {
+        self.swap_mode(group, false)
+    }
+
+    /// Whether a group is in evaluation mode.
+    pub fn is_eval_mode(&self, group: GroupId) -> Result<bool> {
+        Ok(self.group(group)?.eval_mode)
+    }
+
+    fn swap_mode(&mut self, group: GroupId, to_eval: bool) -> Result<()> {
+        let current = self.group(group)?;
+        let name = current.config.name();
+        if current.config.mode_swap(to_eval).is_none() {
+            return Err(Error::InvalidConfig {
+                optimizer: name,
+                reason: format!(
+                    "{name} has no evaluation mode: its parameters are the same for training \
+                     and evaluation"
+                ),
+            });
+        }
+        if current.eval_mode == to_eval {
+            return Ok(());
+        }
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("mode swap"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("mode swap"),
+                timestamp_writes: None,
+            });
+            self.groups[group.0].encode_swap(&self.ctx, &mut pass, to_eval)?;
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// An error if a group is in evaluation mode (its parameters are not the training point).
+    pub(crate) fn check_train_mode(&self, what: &str) -> Result<()> {
+        match self.groups.iter().position(|g| g.eval_mode) {
+            Some(g) => Err(Error::InvalidConfig {
+                optimizer: self.groups[g].config.name(),
+                reason: format!(
+                    "group {g} is in evaluation mode: call train_mode before {what} (its \
+                     parameters hold the evaluation point, not the training point)"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Records one optimizer step into the caller's encoder (after their backward pass, say),
@@ -249,11 +314,15 @@ impl Optimizer {
     /// buffer, so any number of steps may be recorded before a submit. On a device without
     /// them ([`ScalarsVia::UniformBuffer`](crate::kernels::ScalarsVia)) they are written with
     /// `Queue::write_buffer`, which lands at the next submit: submit after each step there.
+    ///
+    /// A group in evaluation mode ([`eval_mode`](Self::eval_mode)) is an error, and nothing is
+    /// recorded.
     pub fn encode_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
-    ) {
+    ) -> Result<()> {
+        self.check_train_mode("a step")?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("optimizer step"),
             timestamp_writes,
@@ -261,6 +330,7 @@ impl Optimizer {
         for group in &mut self.groups {
             group.encode(&self.ctx, &mut pass);
         }
+        Ok(())
     }
 
     /// Dispatches one step records, however many tensors: per group, one per segment, one to
@@ -275,6 +345,7 @@ impl Optimizer {
     /// Uploads one gradient per tensor (in [`TensorId`] order), then steps. Every length is
     /// checked before anything is written.
     pub fn step_with_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
+        self.check_train_mode("a step")?;
         self.check_grads("step_with_grads", grads)?;
         for (t, grad) in grads.iter().enumerate() {
             self.write(TensorId(t), Role::Grad, 0, grad)?;

@@ -45,7 +45,8 @@ pub static KERNEL: Kernel = Kernel {
     source: include_str!("../../shaders/lion.wgsl"),
     pieces: &[],
     states: &[StateSlot::always("exp_avg")],
-    flags: &[],
+    // step.wgsl declares MAXIMIZE for every kernel; the reference has no `maximize`: it stays off.
+    flags: &["MAXIMIZE"],
     scalars: &LionScalars::LAYOUT,
 };
 
@@ -71,7 +72,7 @@ impl UpdateRule for Lion {
         &KERNEL
     }
     fn flags(&self) -> Vec<(&'static str, bool)> {
-        Vec::new()
+        vec![("MAXIMIZE", false)]
     }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&LionScalars {

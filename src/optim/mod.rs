@@ -17,6 +17,7 @@
 //! | `lion` | [`lion`] | `shaders/lion.wgsl` |
 //! | `rprop` | [`rprop`] | `shaders/rprop.wgsl` |
 //! | `asgd` | [`asgd`] | `shaders/asgd.wgsl` |
+//! | `schedulefree_adamw` | [`schedulefree_adamw`] | `shaders/schedulefree_adamw.wgsl` |
 //!
 //! Adding an optimizer: a module here declaring its hyperparameters (`hyperparameters!`:
 //! PyTorch's names, defaults and checks) and implementing [`UpdateRule`], its kernel in
@@ -27,6 +28,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 
+/// A swap of the parameters between training and evaluation mode: `p = lerp(p, state,
+/// weight)` for every element, by the optimizer's own kernel with its `SWAP` flag on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModeSwap {
+    /// The state the parameters move towards.
+    pub state: &'static str,
+    /// The interpolation weight.
+    pub weight: f64,
+    /// The kernel's uniform for the swap (its `…Scalars`, carrying the weight).
+    pub scalars: Vec<u8>,
+}
+
 /// The per-group scalar state that advances with every applied step.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepCounter {
@@ -34,6 +47,9 @@ pub struct StepCounter {
     pub step: u64,
     /// NAdam's running product of its momentum coefficients mu_1 ... mu_step (1 elsewhere).
     pub mu_product: f64,
+    /// Schedule-Free's running sum of its averaging weights (0 elsewhere).
+    #[serde(default)]
+    pub weight_sum: f64,
 }
 
 impl Default for StepCounter {
@@ -41,6 +57,7 @@ impl Default for StepCounter {
         Self {
             step: 0,
             mu_product: 1.0,
+            weight_sum: 0.0,
         }
     }
 }
@@ -94,6 +111,12 @@ pub trait UpdateRule: Hyperparameters {
     /// `initial_accumulator_value`).
     fn initial_value(&self, _state: &str) -> f64 {
         0.0
+    }
+    /// For an optimizer whose parameters differ between training and evaluation
+    /// (Schedule-Free): the swap to evaluation mode (`to_eval`) or back to training mode,
+    /// `p = lerp(p, state, weight)`. `None` for the others.
+    fn mode_swap(&self, _to_eval: bool) -> Option<ModeSwap> {
+        None
     }
     /// One entry per state slot of the kernel: the initial value of each state this
     /// configuration keeps, `None` for slots whose flag is off.
@@ -323,6 +346,7 @@ optimizers! {
     lion::Lion => "lion",
     rprop::Rprop => "rprop",
     asgd::Asgd => "asgd",
+    schedulefree_adamw::ScheduleFreeAdamW => "schedulefree_adamw",
 }
 
 /// Every state name some optimizer's kernel declares, each once, in the optimizers' order.
@@ -409,6 +433,9 @@ impl UpdateRule for OptimizerConfig {
     }
     fn initial_value(&self, state: &str) -> f64 {
         self.rule().initial_value(state)
+    }
+    fn mode_swap(&self, to_eval: bool) -> Option<ModeSwap> {
+        self.rule().mode_swap(to_eval)
     }
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         self.rule().advance(counter)
@@ -613,7 +640,7 @@ mod tests {
                 config
             );
         }
-        assert_eq!(all_kernels().len(), 11);
+        assert_eq!(all_kernels().len(), 12);
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl UpdateRule for NAdam {
         StepCounter {
             step,
             mu_product: counter.mu_product * self.mu(step),
+            ..*counter
         }
     }
     fn counter_at(&self, step: u64) -> StepCounter {

@@ -897,8 +897,11 @@ pub(crate) struct AccessorBindings {
 /// The accessors of q8 states: `load_<name>` dequantizes with the block's absmax (the word
 /// after the segment's codes); `store_<name>` keeps the new value in a register, and
 /// `finish_workgroup`, which every invocation calls after the update, takes each block's new
-/// absmax and stores the codes and the absmax. A state the rule did not store this step is
-/// stored again as loaded (an unchanged block keeps its codes).
+/// absmax and stores the codes and the absmax. A state the rule did not store (a pass that
+/// only reads it: Schedule-Free's swap to evaluation mode) keeps its codes and absmax as they
+/// are: quantizing a block again is not the identity (the signed map's most negative value is
+/// -0.99297, so a block whose largest magnitude is negative would shrink by that factor each
+/// time). A rule stores each of its states in every invocation or in none.
 fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
     let mut wgsl = String::from(
         "fn prepare_workgroup(lid: u32) {\n    q8_load_maps(lid);\n    workgroupBarrier();\n}\n",
@@ -926,13 +929,12 @@ fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
         // placeholder).
         let kept = state.kept_with.unwrap_or("true");
         gather.push_str(&format!(
-            "        if ({kept}) {{\n\
-             \x20           if (!{name}_stored) {{ {name}_new = load_{name}(i); }}\n\
+            "        if ({kept} && {name}_stored) {{\n\
              \x20           magnitudes.{component} = bitcast<f32>(hmax_u(bitcast<VU>(abs({name}_new))));\n\
              \x20       }}\n"
         ));
         store.push_str(&format!(
-            "        if ({kept}) {{\n\
+            "        if ({kept} && {name}_stored) {{\n\
              \x20           {name}[i] = q8_encode({name}_new, absmax.{component}, {map});\n\
              \x20           if ((lid & 63u) == 0u) {{\n\
              \x20               {name}[{name}_absmax_index(i)] = bitcast<u32>(absmax.{component});\n\

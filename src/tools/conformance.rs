@@ -8,7 +8,7 @@ use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::{GradScaler, TrainingOptions};
 use crate::engine::{Optimizer, Role, TensorId};
 use crate::error::{Error, Result};
-use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig};
+use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig, UpdateRule};
 use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
 use crate::storage::{Format, Storage};
@@ -100,7 +100,7 @@ pub struct Case {
     #[serde(default)]
     pub expected_ax: Option<Vec<Vec<Vec<f64>>>>,
     /// `expected_eval[tensor]` (Schedule-Free): the parameters in evaluation mode after the
-    /// last step: not supported yet.
+    /// last step; compared once, after the steps.
     #[serde(default)]
     pub expected_eval: Option<Vec<Vec<f64>>>,
 }
@@ -355,8 +355,12 @@ impl Case {
                 "cases driven by an objective (closures, losses) are not supported".into(),
             );
         }
-        if self.expected_eval.is_some() {
-            return Some("evaluation-mode parameters (expected_eval) are not supported".into());
+        if self.expected_eval.is_some() && self.config().is_ok_and(|c| c.mode_swap(true).is_none())
+        {
+            return Some(format!(
+                "{} has no evaluation mode (expected_eval)",
+                self.optimizer
+            ));
         }
         if self.expected_ax.is_some()
             && self
@@ -424,6 +428,9 @@ impl Case {
             && (ax.len() != self.grads.len() || !ax.iter().all(|e| matches(e)))
         {
             return Err("expected_ax does not have one row per step, shaped as the tensors".into());
+        }
+        if self.expected_eval.as_ref().is_some_and(|e| !matches(e)) {
+            return Err("expected_eval is not shaped as the tensors".into());
         }
         if self
             .lrs
@@ -502,6 +509,14 @@ impl Case {
                 worst = worse(worst, rel_l2(ax, expected_ax[k].iter().map(Vec::as_slice)));
             }
         }
+        if let Some(expected_eval) = &self.expected_eval {
+            group.swap_mode(true)?;
+            let err = rel_l2(
+                group.params.iter().map(Vec::as_slice),
+                expected_eval.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
+        }
         Ok(worst)
     }
 
@@ -547,6 +562,20 @@ impl Case {
                 );
                 worst = worse(worst, err);
             }
+        }
+        if let Some(expected_eval) = &self.expected_eval {
+            opt.eval_mode(group)?;
+            let out: Vec<Vec<f64>> = (0..params.len())
+                .map(|t| {
+                    let len = opt.tensor_len(TensorId(t))?;
+                    opt.read(TensorId(t), compared, 0..len).map(|p| to_f64(&p))
+                })
+                .collect::<Result<_>>()?;
+            let err = rel_l2(
+                out.iter().map(Vec::as_slice),
+                expected_eval.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
         }
         Ok(worst)
     }

@@ -105,7 +105,9 @@ impl PreparedSteps {
         let (instances, next) = (&mut self.instances, &mut self.next);
         let count = instances.len();
         time_passes(&self.ctx, steps, |encoder, timestamps| {
-            instances[*next % count].encode_step(encoder, timestamps);
+            instances[*next % count]
+                .encode_step(encoder, timestamps)
+                .expect("bench instances are never put in evaluation mode");
             *next += 1;
         })
     }

@@ -231,6 +231,17 @@ pub struct Kernel {
     pub flags: &'static [&'static str],
     /// The uniform struct at `@binding(0)`.
     pub scalars: &'static StructLayout,
+    /// Passes before the update, in order: each a boolean `override` of the source (listed in
+    /// [`flags`](Self::flags) too) that the pass's pipeline turns on, the others off (LAMB:
+    /// the moments, then the update's norms).
+    pub phases: &'static [&'static str],
+    /// Whether the rule reduces per tensor (LAMB's trust ratio): the kernel then gets each
+    /// workgroup's sums (`add_tensor_sum` during the pass its `takes_tensor_sums()` names, one
+    /// `vec2` per workgroup), a
+    /// `finalize_tensors` entry point that the engine runs once over the tensors after the
+    /// phases, and `tensor_ratio(i)`, what finalize left for the tensor of element `i`. Tensors
+    /// then start at whole workgroups (1,024 elements), so that no workgroup holds two.
+    pub tensor_sums: bool,
 }
 
 impl Kernel {
@@ -272,14 +283,23 @@ impl Kernel {
     /// different rule.
     pub fn storage(&self, storage: &Storage, subgroups: bool) -> String {
         format!(
-            "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}",
+            "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}{}{}",
+            if storage.stochastic() || self.tensor_sums {
+                segment_info_wgsl()
+            } else {
+                String::new()
+            },
+            if self.tensor_sums {
+                tensor_sums_wgsl()
+            } else {
+                NO_TENSOR_SUMS_WGSL.to_string()
+            },
             storage.wgsl_conversions(),
             storage.wgsl_accessors(
                 self.states,
                 &AccessorBindings {
                     first_state: FIRST_STATE_BINDING,
                     model_copy: MODEL_COPY_BINDING,
-                    segment_info: SEGMENT_INFO_BINDING,
                     compensation: COMPENSATION_BINDING,
                     qmaps: QMAP_BINDING,
                 },
@@ -315,6 +335,78 @@ pub const COMPENSATION_BINDING: u32 = SEGMENT_INFO_BINDING + 1;
 /// With q8 states, the binding of the two quantization maps (a uniform, `QMaps`).
 pub const QMAP_BINDING: u32 = COMPENSATION_BINDING + 1;
 
+/// With per-tensor sums ([`Kernel::tensor_sums`]), the binding of every workgroup's sums (one
+/// `vec2<f32>` per workgroup of the group, numbered across its segments).
+pub const TENSOR_PARTIALS_BINDING: u32 = QMAP_BINDING + 1;
+
+/// With per-tensor sums, the binding of each workgroup's tensor (its index in the group, or
+/// `u32::MAX` for a workgroup past the segment's elements).
+pub const WORKGROUP_TENSORS_BINDING: u32 = TENSOR_PARTIALS_BINDING + 1;
+
+/// With per-tensor sums, the binding of the table of tensors: for each, the range of its
+/// workgroups' sums and what `finalize_tensors` leaves for it.
+pub const TENSOR_TABLE_BINDING: u32 = WORKGROUP_TENSORS_BINDING + 1;
+
+/// A segment's place in its group, with stochastic rounding (the index of its first element)
+/// or per-tensor sums (the number of its first workgroup).
+fn segment_info_wgsl() -> String {
+    format!(
+        "struct SegmentInfo {{ base: u32, first_workgroup: u32, _pad0: u32, _pad1: u32 }}\n\
+         @group(0) @binding({SEGMENT_INFO_BINDING}) var<uniform> segment_info: SegmentInfo;\n"
+    )
+}
+
+/// The per-tensor sums of a kernel with [`Kernel::tensor_sums`].
+fn tensor_sums_wgsl() -> String {
+    format!(
+        "@group(0) @binding({TENSOR_PARTIALS_BINDING}) var<storage, read_write> tensor_partials: array<vec2<f32>>;\n\
+         @group(0) @binding({WORKGROUP_TENSORS_BINDING}) var<storage, read> workgroup_tensor: array<u32>;\n\
+         @group(0) @binding({TENSOR_TABLE_BINDING}) var<storage, read_write> tensor_table: array<TensorEntry>;\n{TENSOR_SUMS_WGSL}"
+    )
+}
+
+/// The functions of per-tensor sums (after their bindings).
+const TENSOR_SUMS_WGSL: &str = "
+// One tensor of the group: its workgroups' sums are tensor_partials[first .. end]; `value` is
+// what finalize_tensors computed from them (LAMB: the trust ratio).
+struct TensorEntry { first: u32, end: u32, value: f32, _pad: u32 }
+var<private> tensor_sum: vec2<f32>;
+var<workgroup> tensor_scratch: array<vec2<f32>, WORKGROUP_SIZE>;
+
+// Adds to this invocation's share of its tensor's two sums (in a pass that takes them).
+fn add_tensor_sum(v: vec2<f32>) {
+    tensor_sum += v;
+}
+
+// The workgroup's sums, into its slot: every invocation calls it once, at the end. Only in
+// the pass that takes them (`takes_tensor_sums`, from the kernel's own flags: uniform).
+fn reduce_workgroup(lid: u32, workgroup: u32) {
+    if (!takes_tensor_sums()) {
+        return;
+    }
+    tensor_scratch[lid] = tensor_sum;
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            tensor_scratch[lid] += tensor_scratch[lid + stride];
+        }
+    }
+    if (lid == 0u) {
+        tensor_partials[segment_info.first_workgroup + workgroup] = tensor_scratch[0];
+    }
+}
+
+// What finalize_tensors left for the tensor of element (lane) i of this segment.
+fn tensor_ratio(i: u32) -> f32 {
+    return tensor_table[workgroup_tensor[segment_info.first_workgroup + i / WORKGROUP_SIZE]].value;
+}
+";
+
+/// The hook of kernels without per-tensor sums.
+const NO_TENSOR_SUMS_WGSL: &str = "
+fn reduce_workgroup(lid: u32, workgroup: u32) {}
+";
+
 /// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
 /// on the elements of a step that is not skipped. A skipped step returns at once (the whole
 /// dispatch: `control` is uniform); otherwise every invocation reaches the end, so that the
@@ -335,6 +427,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         update(i);
     }
     finish_workgroup(i, lid, in_range);
+    reduce_workgroup(lid, wg.y * nwg.x + wg.x);
 }
 ";
 
@@ -407,6 +500,7 @@ impl UtilityKernel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {
     kernel: &'static str,
+    entry_point: &'static str,
     element: Element,
     scalars: ScalarsVia,
     storage: Storage,
@@ -421,22 +515,25 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    layouts: Mutex<HashMap<(usize, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
+    layouts: Mutex<HashMap<(usize, bool, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
 }
 
 impl KernelCache {
-    /// The bind-group layout shared by every kernel with `states` state slots.
+    /// The bind-group layout shared by every kernel with as many state slots as `kernel` (and
+    /// per-tensor sums if it has them).
     pub(crate) fn layout(
         &self,
         device: &wgpu::Device,
-        states: usize,
+        kernel: &Kernel,
         scalars: ScalarsVia,
         stored: &Storage,
     ) -> wgpu::BindGroupLayout {
+        let states = kernel.states.len();
+        let tensor_sums = kernel.tensor_sums;
         let model_copy = stored.master_weights;
-        let segment_info = stored.stochastic();
+        let segment_info = stored.stochastic() || tensor_sums;
         let kahan = stored.kahan();
         let q8 = stored.q8();
         // Keyed by what changes the bindings only: one layout serves every format.
@@ -451,7 +548,7 @@ impl KernelCache {
         };
         let mut layouts = self.layouts.lock().expect("kernel cache poisoned");
         layouts
-            .entry((states, scalars, key))
+            .entry((states, tensor_sums, scalars, key))
             .or_insert_with(|| {
                 let storage = |binding, read_only| {
                     buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
@@ -482,6 +579,13 @@ impl KernelCache {
                 if q8 {
                     entries.push(buffer_entry(QMAP_BINDING, wgpu::BufferBindingType::Uniform));
                 }
+                if tensor_sums {
+                    entries.extend([
+                        storage(TENSOR_PARTIALS_BINDING, false),
+                        storage(WORKGROUP_TENSORS_BINDING, true),
+                        storage(TENSOR_TABLE_BINDING, false),
+                    ]);
+                }
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(&format!(
                         "optimizer layout, {states} states, {scalars:?}, model copy {model_copy}"
@@ -492,11 +596,15 @@ impl KernelCache {
             .clone()
     }
 
-    /// The pipeline for `kernel` with the given element type and flags, compiled on first use.
+    /// The pipeline for `kernel` with the given element type and flags, compiled on first use:
+    /// its `main` (the update, or a phase), or another entry point of its source
+    /// (`finalize_tensors`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn pipeline(
         &self,
         device: &wgpu::Device,
         kernel: &'static Kernel,
+        entry_point: &'static str,
         element: Element,
         scalars: ScalarsVia,
         storage: Storage,
@@ -504,6 +612,7 @@ impl KernelCache {
     ) -> wgpu::ComputePipeline {
         let key = PipelineKey {
             kernel: kernel.name,
+            entry_point,
             element,
             scalars,
             storage,
@@ -517,7 +626,7 @@ impl KernelCache {
         {
             return p.clone();
         }
-        let layout = self.layout(device, kernel.states.len(), scalars, &storage);
+        let layout = self.layout(device, kernel, scalars, &storage);
         let label = format!(
             "{} {element:?} {scalars:?} {} {flags:?}",
             kernel.name,
@@ -552,7 +661,7 @@ impl KernelCache {
             label: Some(&label),
             layout: Some(&pipeline_layout),
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(entry_point),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,
                 zero_initialize_workgroup_memory: false,

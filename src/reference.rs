@@ -262,6 +262,12 @@ impl ReferenceGroup {
             };
             self.config.reference_step(&counter, lr, tensor);
             store_states(&self.config, &self.storage, states);
+            let tensor = ReferenceTensor {
+                param,
+                grad,
+                states,
+            };
+            self.config.reference_finish(&counter, lr, tensor);
             store_params(
                 &self.storage,
                 param,

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use wgpu_optim::engine::ExternalTensor;
-use wgpu_optim::optim::{AdamW, Sgd};
+use wgpu_optim::optim::{AdamW, Lamb, Sgd};
 use wgpu_optim::{GpuContext, Optimizer, OptimizerConfig, ReferenceGroup, TensorId, TensorInit};
 
 /// The caller's own device, opened with plain wgpu (not through this crate).
@@ -202,4 +202,107 @@ fn the_first_step_overwrites_a_poisoned_momentum_buffer() {
         opt.read_state(TensorId(0), "momentum_buffer").unwrap(),
         vec![0.5; 7]
     );
+}
+
+/// LAMB's trust ratio is a norm over each whole tensor: caller's tensors cut into several
+/// segments (one with the scalar kernel), and arena tensors sharing segments, each get their own
+/// norms (a workgroup's sums never mix two tensors), as the reference takes them.
+#[test]
+fn per_tensor_norms_follow_each_tensor_across_segments_and_callers_buffers() {
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
+    let mut rng = rng(12);
+    // 1000: vec4 kernel; 1001: scalar kernel; 5000: five pieces of 1,024 elements.
+    let lens = [1000usize, 1001, 5000];
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
+    let param_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(&device, &queue, align, p, 5))
+        .collect();
+    let grad_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(&device, &queue, 0, &vec![0.0; p.len()], 3))
+        .collect();
+    // Arena tensors of different sizes and scales: the trust ratio differs for each.
+    let own: Vec<Vec<f32>> = [(3usize, 1.0f32), (2049, 0.01), (700, 5.0)]
+        .iter()
+        .map(|&(n, scale)| {
+            common::params(&mut rng, n)
+                .iter()
+                .map(|v| v * scale)
+                .collect()
+        })
+        .collect();
+    let mut inits: Vec<TensorInit> = (0..lens.len())
+        .map(|t| {
+            ExternalTensor {
+                param: param_buffers[t].clone(),
+                param_offset: align,
+                grad: grad_buffers[t].clone(),
+                grad_offset: 0,
+                len: lens[t] as u64,
+            }
+            .into()
+        })
+        .collect();
+    inits.extend(own.iter().map(|p| TensorInit::Values(p)));
+    let config: OptimizerConfig = Lamb {
+        lr: 0.01,
+        weight_decay: 0.01,
+        clamp_value: 3.0,
+        debias: true,
+        ..Default::default()
+    }
+    .into();
+    let mut opt = Optimizer::builder(&ctx)
+        .group(config.clone(), inits)
+        .max_segment_bytes(4096)
+        .build()
+        .unwrap();
+    let mut all_params = params.clone();
+    all_params.extend(own.iter().cloned());
+    let mut reference =
+        ReferenceGroup::new(config, all_params.iter().map(|p| to_f64(p)).collect()).unwrap();
+    for _ in 0..5 {
+        let grads: Vec<Vec<f32>> = all_params
+            .iter()
+            .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
+            .collect();
+        for (buffer, g) in grad_buffers.iter().zip(&grads) {
+            queue.write_buffer(buffer, 0, bytemuck::cast_slice(g));
+        }
+        for t in lens.len()..all_params.len() {
+            opt.write_grad(TensorId(t), &grads[t]).unwrap();
+        }
+        opt.step().unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    for (t, expected) in reference.params.iter().enumerate() {
+        let gpu = opt.read_param(TensorId(t)).unwrap();
+        let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        compare(
+            &format!("tensor {t}"),
+            &gpu,
+            expected,
+            &vec![largest; gpu.len()],
+            &vec![0.0; gpu.len()],
+            1e-5,
+        )
+        .unwrap();
+    }
+    // The arena's tensors moved by their own ratios: lr times a different multiple of the
+    // direction's size each (a mixed-up norm would move them alike).
+    let moved = |t: usize| {
+        let after = opt.read_param(TensorId(t)).unwrap();
+        all_params[t]
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum::<f64>()
+            / after.len() as f64
+    };
+    assert!(moved(4) < 0.5 * moved(5), "{} {}", moved(4), moved(5));
 }

@@ -205,6 +205,7 @@ fn maximizes(config: &OptimizerConfig) -> bool {
         OptimizerConfig::Rprop(c) => c.maximize,
         OptimizerConfig::Asgd(c) => c.maximize,
         OptimizerConfig::ScheduleFreeAdamW(_) => false,
+        OptimizerConfig::Lamb(_) => false,
     }
 }
 
@@ -534,6 +535,28 @@ fn schedulefree_adamw_every_flag_combination() {
         }
     }
     check_all(configs, 14);
+}
+
+#[test]
+fn lamb_every_flag_combination() {
+    let mut configs = Vec::new();
+    for (adam, debias) in [(false, false), (false, true), (true, true)] {
+        // torch-optimizer's clamp, and one that binds for every tensor here.
+        for (weight_decay, clamp_value) in [(0.0, 10.0), (0.01, 0.5)] {
+            configs.push(
+                Lamb {
+                    lr: 0.01,
+                    adam,
+                    debias,
+                    weight_decay,
+                    clamp_value,
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
+    }
+    check_all(configs, 15);
 }
 
 /// Several groups with their own optimizer, learning rate and weight decay, stepped together.

@@ -48,9 +48,27 @@ fn every_kernel_parses_and_validates_for_both_element_types_and_bindings() {
                     .unwrap_or_else(|e| {
                         panic!("{} ({element:?}, {scalars:?}): {e:?}", kernel.name)
                     });
-                assert_eq!(module.entry_points.len(), 1);
-                assert_eq!(module.entry_points[0].name, "main");
-                assert_eq!(module.entry_points[0].workgroup_size, [256, 1, 1]);
+                // `main`, and `finalize_tensors` with per-tensor sums.
+                assert_eq!(
+                    module.entry_points.len(),
+                    1 + usize::from(kernel.tensor_sums),
+                    "{}",
+                    kernel.name
+                );
+                let main = module
+                    .entry_points
+                    .iter()
+                    .find(|e| e.name == "main")
+                    .unwrap();
+                assert_eq!(main.workgroup_size, [256, 1, 1]);
+                if kernel.tensor_sums {
+                    assert!(
+                        module
+                            .entry_points
+                            .iter()
+                            .any(|e| e.name == "finalize_tensors")
+                    );
+                }
             }
         }
     }
@@ -185,6 +203,28 @@ fn bindings_are_the_ones_the_engine_binds() {
             expected.push((3 + k as u32, name.to_string(), rw));
         }
         expected.push((6, "control".to_string(), AddressSpace::Uniform));
+        if kernel.tensor_sums {
+            use wgpu_optim::kernels::{
+                SEGMENT_INFO_BINDING, TENSOR_PARTIALS_BINDING, TENSOR_TABLE_BINDING,
+                WORKGROUP_TENSORS_BINDING,
+            };
+            expected.extend([
+                (
+                    SEGMENT_INFO_BINDING,
+                    "segment_info".to_string(),
+                    AddressSpace::Uniform,
+                ),
+                (TENSOR_PARTIALS_BINDING, "tensor_partials".to_string(), rw),
+                (
+                    WORKGROUP_TENSORS_BINDING,
+                    "workgroup_tensor".to_string(),
+                    AddressSpace::Storage {
+                        access: StorageAccess::LOAD,
+                    },
+                ),
+                (TENSOR_TABLE_BINDING, "tensor_table".to_string(), rw),
+            ]);
+        }
         assert_eq!(bound, expected, "{}", kernel.name);
     }
 }

@@ -94,6 +94,13 @@ fn configs() -> Vec<OptimizerConfig> {
             ..Default::default()
         }
         .into(),
+        Lamb {
+            lr: 0.01,
+            weight_decay: 0.01,
+            debias: true,
+            ..Default::default()
+        }
+        .into(),
         ScheduleFreeAdamW {
             lr: 0.01,
             warmup_steps: 2,
@@ -468,8 +475,16 @@ fn check_q8(config: OptimizerConfig, storage: Storage, seed: u64, sizes: &[usize
             let largest = reference.params[t]
                 .iter()
                 .fold(0.0f64, |m, v| m.max(v.abs()));
+            // A rule that updates from its states as stored (LAMB, in a pass of its own) sees
+            // the codes: where the GPU's and the reference's quantization differ by one (a
+            // near-tie, under 1% of them), its step differs by that code's share of the step.
+            let from_stored = if config.kernel().phases.is_empty() {
+                0.0
+            } else {
+                Q8_LARGEST_GAP * config.lr() * 4.0
+            };
             for (i, (&g, &c)) in gpu.iter().zip(&reference.params[t]).enumerate() {
-                let bound = 2.0 * ulp(format, c) + 1e-6 * largest;
+                let bound = 2.0 * ulp(format, c) + 1e-6 * largest + from_stored;
                 assert!(
                     (g as f64 - c).abs() <= bound,
                     "{label} step {step} tensor {t} param[{i}]: gpu {g:e}, reference {c:e}"

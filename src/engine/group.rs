@@ -12,6 +12,7 @@ use std::ops::Range;
 use super::arena::{ArenaLayout, Piece};
 use super::control::{Control, TrainingOptions, initial_state};
 use super::segment::{Segment, View};
+use super::tensor_sums::{TENSOR_ALIGN, TensorSums};
 use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -74,6 +75,8 @@ pub(crate) struct Group {
     pub tensors: Vec<TensorPlace>,
     /// Compiled pipelines for the element types the segments use.
     pub pipelines: Vec<(Element, wgpu::ComputePipeline)>,
+    /// With a rule that reduces per tensor (LAMB), its per-workgroup sums and tensor table.
+    tensor_sums: Option<TensorSums>,
 }
 
 /// Usage every arena buffer gets: bound as storage, copied to and from.
@@ -251,6 +254,10 @@ fn external_segments(
         // Whole q8 blocks per piece (256 elements: a multiple of every alignment above).
         piece_elems = (piece_elems / q8::BLOCK * q8::BLOCK).max(q8::BLOCK);
     }
+    if spec.config.kernel().tensor_sums {
+        // Whole workgroups per piece: no workgroup holds two tensors.
+        piece_elems = (piece_elems / TENSOR_ALIGN * TENSOR_ALIGN).max(TENSOR_ALIGN);
+    }
     let storage = &spec.storage;
     let label = |role: &str| format!("{} {role} of external tensor {number}", spec.config.name());
     let caller_view = |buffer: &wgpu::Buffer, offset: u64, len: u64, format: Format| View {
@@ -327,6 +334,7 @@ fn compile_pipelines(
             let pipeline = ctx.kernels.pipeline(
                 &ctx.device,
                 config.kernel(),
+                "main",
                 e,
                 scalars_via,
                 spec.storage,
@@ -368,16 +376,18 @@ impl Group {
                 other => other.len(),
             })
             .collect();
-        let layout = ArenaLayout::new(
-            &arena_lens,
-            segment_bytes / widest,
-            spec.storage.align_elems(),
-        );
+        // Tensors start at whole q8 blocks, or whole workgroups for per-tensor sums.
+        let align = if spec.config.kernel().tensor_sums {
+            spec.storage.align_elems().max(TENSOR_ALIGN)
+        } else {
+            spec.storage.align_elems()
+        };
+        let layout = ArenaLayout::new(&arena_lens, segment_bytes / widest, align);
         let mut segments = arena_segments(ctx, &spec, &layout);
         // Then each external tensor's own segments, in the order of the tensors; their
         // elements are numbered after the arena's.
         let mut next_external = layout.segments.last().map_or(0, |s| s.end);
-        let tensors = inits
+        let tensors: Vec<TensorPlace> = inits
             .iter()
             .enumerate()
             .map(|(t, init)| match init {
@@ -431,6 +441,11 @@ impl Group {
             segment.workgroups =
                 workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
         }
+        let tensor_sums = spec
+            .config
+            .kernel()
+            .tensor_sums
+            .then(|| TensorSums::new(ctx, &segments, &tensors));
         let GroupSpec {
             config,
             options,
@@ -453,6 +468,7 @@ impl Group {
             segments,
             tensors,
             pipelines,
+            tensor_sums,
         };
         group.bind_segments(ctx, first_tensor)?;
         Ok(group)
@@ -462,27 +478,30 @@ impl Group {
     /// here, as an error, not a panic.
     fn bind_segments(&mut self, ctx: &GpuContext, first_tensor: usize) -> Result<()> {
         let kernel = self.config.kernel();
-        let bind_layout = ctx.kernels.layout(
-            &ctx.device,
-            kernel.states.len(),
-            self.scalars_via,
-            &self.storage,
-        );
+        let bind_layout = ctx
+            .kernels
+            .layout(&ctx.device, kernel, self.scalars_via, &self.storage);
         for (s, segment) in self.segments.iter_mut().enumerate() {
             // With stochastic rounding, the index of the segment's first element (a u32: the
-            // hash takes indices modulo 2^32), in a small uniform the bind group keeps alive.
-            let segment_info = self.storage.stochastic().then(|| {
-                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("segment info"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+            // hash takes indices modulo 2^32), and with per-tensor sums the number of its first
+            // workgroup, in a small uniform the bind group keeps alive.
+            let first_workgroup = self
+                .tensor_sums
+                .as_ref()
+                .map_or(0, |sums| sums.first_workgroup[s]);
+            let segment_info =
+                (self.storage.stochastic() || self.tensor_sums.is_some()).then(|| {
+                    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("segment info"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    let words = [segment.first_index as u32, first_workgroup, 0, 0];
+                    ctx.queue
+                        .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+                    buffer
                 });
-                let words = [segment.first_index as u32, 0, 0, 0];
-                ctx.queue
-                    .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
-                buffer
-            });
             let mut entries = Vec::new();
             if let Some(info) = &segment_info {
                 entries.push(wgpu::BindGroupEntry {
@@ -527,6 +546,9 @@ impl Group {
                     binding: crate::kernels::MODEL_COPY_BINDING,
                     resource: model_param.binding(),
                 });
+            }
+            if let Some(sums) = &self.tensor_sums {
+                entries.extend(sums.entries());
             }
             for (slot, state) in segment.states.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
@@ -807,6 +829,7 @@ impl Group {
             *pipeline = ctx.kernels.pipeline(
                 &ctx.device,
                 kernel,
+                "main",
                 *element,
                 self.scalars_via,
                 self.storage,
@@ -860,6 +883,7 @@ impl Group {
             let pipeline = ctx.kernels.pipeline(
                 &ctx.device,
                 kernel,
+                "main",
                 *element,
                 self.scalars_via,
                 self.storage,
@@ -879,8 +903,34 @@ impl Group {
         Ok(())
     }
 
+    /// Records `pipeline` over every segment of element type `element`.
+    fn dispatch_segments(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        pipeline: &wgpu::ComputePipeline,
+        element: Element,
+        scalars: &[u8],
+    ) {
+        pass.set_pipeline(pipeline);
+        if self.uniform.is_none() {
+            pass.set_immediates(0, scalars);
+        }
+        for segment in self.segments.iter().filter(|s| s.element == element) {
+            let (x, y) = segment.workgroups;
+            pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+
+    /// Dispatches one step of this group records besides the control's: one per segment for
+    /// the update and for each phase, and one to finalize per-tensor sums.
+    pub fn update_dispatches(&self) -> usize {
+        let kernel = self.config.kernel();
+        self.segments.len() * (1 + kernel.phases.len()) + usize::from(kernel.tensor_sums)
+    }
+
     /// Records one step of this group: the control's dispatches, then one update dispatch per
-    /// segment at the next learning rate.
+    /// segment at the next learning rate (after the rule's phases, if it has any).
     pub fn encode(&mut self, ctx: &GpuContext, pass: &mut wgpu::ComputePass) {
         let scalars = self.config.scalars(self.next_lr());
         let can_skip = self.options.can_skip();
@@ -891,6 +941,58 @@ impl Group {
         if let Some(uniform) = &self.uniform {
             // Lands before the next submit's commands: one step per submit on this path.
             ctx.queue.write_buffer(uniform, 0, &scalars);
+        }
+        let kernel = self.config.kernel();
+        if !kernel.phases.is_empty() || kernel.tensor_sums {
+            let mut flags = self.config.flags();
+            flags.extend(self.options.kernel_flags());
+            // Each phase over every segment, its flag on (and the others off).
+            for phase in kernel.phases {
+                let phase_flags: Vec<(&'static str, bool)> = flags
+                    .iter()
+                    .map(|&(flag, on)| {
+                        (
+                            flag,
+                            if kernel.phases.contains(&flag) {
+                                flag == *phase
+                            } else {
+                                on
+                            },
+                        )
+                    })
+                    .collect();
+                for (element, _) in &self.pipelines {
+                    let pipeline = ctx.kernels.pipeline(
+                        &ctx.device,
+                        kernel,
+                        "main",
+                        *element,
+                        self.scalars_via,
+                        self.storage,
+                        &phase_flags,
+                    );
+                    self.dispatch_segments(pass, &pipeline, *element, &scalars);
+                }
+            }
+            if let Some(sums) = &self.tensor_sums {
+                // Each tensor's sums from its workgroups' (any segment's bind group binds them).
+                let element = self.pipelines[0].0;
+                let pipeline = ctx.kernels.pipeline(
+                    &ctx.device,
+                    kernel,
+                    "finalize_tensors",
+                    element,
+                    self.scalars_via,
+                    self.storage,
+                    &flags,
+                );
+                pass.set_pipeline(&pipeline);
+                if self.uniform.is_none() {
+                    pass.set_immediates(0, &scalars);
+                }
+                pass.set_bind_group(0, self.segments[0].bind_group.as_ref(), &[]);
+                pass.dispatch_workgroups(sums.finalize_workgroups(), 1, 1);
+            }
         }
         for (element, pipeline) in &self.pipelines {
             pass.set_pipeline(pipeline);

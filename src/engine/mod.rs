@@ -23,6 +23,7 @@ mod group;
 mod scope;
 mod segment;
 mod tensor;
+mod tensor_sums;
 
 use std::ops::Range;
 
@@ -338,7 +339,7 @@ impl Optimizer {
     pub fn dispatches_per_step(&self) -> usize {
         self.groups
             .iter()
-            .map(|g| g.segments.len() + g.control.dispatches())
+            .map(|g| g.update_dispatches() + g.control.dispatches())
             .sum()
     }
 

@@ -43,6 +43,8 @@ pub static KERNEL: Kernel = Kernel {
     ],
     flags: &["MAXIMIZE"],
     scalars: &AdadeltaScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl UpdateRule for Adadelta {

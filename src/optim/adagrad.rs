@@ -38,6 +38,8 @@ pub static KERNEL: Kernel = Kernel {
     states: &[StateSlot::always("sum")],
     flags: &["MAXIMIZE"],
     scalars: &AdagradScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl Adagrad {

@@ -129,6 +129,8 @@ pub static KERNEL: Kernel = Kernel {
     ],
     flags: &["AMSGRAD", "MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl<W: WeightDecay> AdamConfig<W> {

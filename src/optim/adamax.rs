@@ -40,6 +40,8 @@ pub static KERNEL: Kernel = Kernel {
     states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_inf").unsigned()],
     flags: &["MAXIMIZE"],
     scalars: &AdamaxScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl UpdateRule for Adamax {

@@ -45,6 +45,8 @@ pub static KERNEL: Kernel = Kernel {
     states: &[StateSlot::always("ax")],
     flags: &["MAXIMIZE"],
     scalars: &AsgdScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl Asgd {

@@ -48,6 +48,8 @@ pub static KERNEL: Kernel = Kernel {
     // step.wgsl declares MAXIMIZE for every kernel; the reference has no `maximize`: it stays off.
     flags: &["MAXIMIZE"],
     scalars: &LionScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl Lion {

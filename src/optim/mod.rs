@@ -18,6 +18,7 @@
 //! | `rprop` | [`rprop`] | `shaders/rprop.wgsl` |
 //! | `asgd` | [`asgd`] | `shaders/asgd.wgsl` |
 //! | `schedulefree_adamw` | [`schedulefree_adamw`] | `shaders/schedulefree_adamw.wgsl` |
+//! | `lamb` | [`lamb`] | `shaders/lamb.wgsl` (phases, per-tensor sums) |
 //!
 //! Adding an optimizer: a module here declaring its hyperparameters (`hyperparameters!`:
 //! PyTorch's names, defaults and checks) and implementing [`UpdateRule`], its kernel in
@@ -132,6 +133,12 @@ pub trait UpdateRule: Hyperparameters {
             })
             .collect()
     }
+    /// The rest of the step in float64, after the states were stored in their formats (and
+    /// loaded again), for a rule whose kernel updates the parameters in a pass of its own from
+    /// the states as stored (LAMB: the norms of the update made from the stored moments);
+    /// [`reference_step`](Self::reference_step) then updates the states only. Nothing for the
+    /// others.
+    fn reference_finish(&self, _counter: &StepCounter, _lr: f64, _tensor: ReferenceTensor<'_>) {}
     /// The counter after one more step.
     fn advance(&self, counter: &StepCounter) -> StepCounter {
         StepCounter {
@@ -165,11 +172,21 @@ pub trait UpdateRule: Hyperparameters {
     }
     /// The same step of one tensor in float64 on the CPU.
     fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>);
-    /// The fewest bytes one step must move per f32 element: read and write the parameter, read
-    /// the gradient, read and write every state.
-    fn bytes_per_element(&self) -> u64 {
-        let states = self.initial_states().iter().flatten().count() as u64;
-        4 * (2 + 1 + 2 * states)
+    /// The fewest bytes one step must move per element in `storage`: read and write the
+    /// parameter, read the gradient, read and write every state kept (a rule with passes of
+    /// its own adds theirs).
+    fn bytes_per_element(&self, storage: &crate::Storage) -> f64 {
+        storage.bytes_per_element(&self.kept_state_names())
+    }
+    /// The names of the states this configuration keeps.
+    fn kept_state_names(&self) -> Vec<&'static str> {
+        self.kernel()
+            .states
+            .iter()
+            .zip(self.initial_states())
+            .filter(|(_, init)| init.is_some())
+            .map(|(slot, _)| slot.name)
+            .collect()
     }
 }
 
@@ -347,6 +364,7 @@ optimizers! {
     rprop::Rprop => "rprop",
     asgd::Asgd => "asgd",
     schedulefree_adamw::ScheduleFreeAdamW => "schedulefree_adamw",
+    lamb::Lamb => "lamb",
 }
 
 /// Every state name some optimizer's kernel declares, each once, in the optimizers' order.
@@ -454,6 +472,12 @@ impl UpdateRule for OptimizerConfig {
     }
     fn reference_step(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
         self.rule().reference_step(counter, lr, tensor)
+    }
+    fn reference_finish(&self, counter: &StepCounter, lr: f64, tensor: ReferenceTensor<'_>) {
+        self.rule().reference_finish(counter, lr, tensor)
+    }
+    fn bytes_per_element(&self, storage: &crate::Storage) -> f64 {
+        self.rule().bytes_per_element(storage)
     }
 }
 
@@ -640,7 +664,7 @@ mod tests {
                 config
             );
         }
-        assert_eq!(all_kernels().len(), 12);
+        assert_eq!(all_kernels().len(), 13);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub static KERNEL: Kernel = Kernel {
     states: &[StateSlot::always("exp_avg"), StateSlot::always("exp_avg_sq").unsigned()],
     flags: &["MAXIMIZE", "DECOUPLED"],
     scalars: &AdamScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl RAdam {

@@ -50,6 +50,8 @@ pub static KERNEL: Kernel = Kernel {
     ],
     flags: &["CENTERED", "MOMENTUM", "MAXIMIZE"],
     scalars: &RmspropScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl UpdateRule for RmsProp {

@@ -47,6 +47,8 @@ pub static KERNEL: Kernel = Kernel {
     ],
     flags: &["MAXIMIZE"],
     scalars: &RpropScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl UpdateRule for Rprop {

@@ -68,6 +68,8 @@ pub static KERNEL: Kernel = Kernel {
     // step.wgsl declares MAXIMIZE for every kernel; the reference has no `maximize`: it stays off.
     flags: &["MAXIMIZE", "SWAP"],
     scalars: &ScheduleFreeAdamWScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl ScheduleFreeAdamW {

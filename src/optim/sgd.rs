@@ -51,6 +51,8 @@ pub static KERNEL: Kernel = Kernel {
     states: &[StateSlot::with_flag("momentum_buffer", "MOMENTUM")],
     flags: &["MOMENTUM", "NESTEROV", "MAXIMIZE", "DECOUPLED"],
     scalars: &SgdScalars::LAYOUT,
+    phases: &[],
+    tensor_sums: false,
 };
 
 impl<W: WeightDecay> UpdateRule for SgdConfig<W> {

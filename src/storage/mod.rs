@@ -739,7 +739,6 @@ impl Storage {
         let AccessorBindings {
             first_state: first_state_binding,
             model_copy: model_copy_binding,
-            segment_info: segment_info_binding,
             compensation: compensation_binding,
             qmaps: qmaps_binding,
         } = *bindings;
@@ -777,8 +776,7 @@ impl Storage {
                 "// Stochastic rounding: the random bits of each element hash the seed, the\n\
                  // device's step number and the element's index in its group (this segment's\n\
                  // first index, plus its place in the segment).\n\
-                 struct SegmentInfo {{ base: u32, _pad0: u32, _pad1: u32, _pad2: u32 }}\n\
-                 @group(0) @binding({segment_info_binding}) var<uniform> segment_info: SegmentInfo;\n\
+                 // (`segment_info`, the segment's place, is declared with the kernel's bindings.)\n\
                  const ROUNDING_SEED: u32 = {seed}u;\n\
                  fn rounding_bits(i: u32) -> vec4<u32> {{\n\
                  let stream = pcg_hash(control.step ^ pcg_hash(ROUNDING_SEED));\n\
@@ -886,8 +884,6 @@ pub(crate) struct AccessorBindings {
     pub first_state: u32,
     /// The model's 16-bit copy, with master weights.
     pub model_copy: u32,
-    /// The segment's first index, with stochastic rounding.
-    pub segment_info: u32,
     /// The Kahan compensation.
     pub compensation: u32,
     /// The q8 maps, with q8 states.

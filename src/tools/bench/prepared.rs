@@ -7,7 +7,7 @@ use crate::engine::control::TrainingOptions;
 use crate::engine::{Optimizer, Role, TensorId, TensorInit};
 use crate::error::Result;
 use crate::fill::RandomFill;
-use crate::optim::OptimizerConfig;
+use crate::optim::{OptimizerConfig, UpdateRule};
 use crate::storage::Storage;
 
 /// Optimizer instances of one configuration and workload, filled with random data and warmed
@@ -86,13 +86,12 @@ impl PreparedSteps {
     /// The fewest bytes one step must move per element in its storage: the update's, plus one
     /// more read of the gradients for the norm when clipping or loss scaling.
     pub fn bytes_per_element(&self) -> f64 {
-        let states = self.config.state_names();
         let norm = if self.training.needs_norm() {
             self.storage.grad.bytes() as f64
         } else {
             0.0
         };
-        self.storage.bytes_per_element(&states) + norm
+        self.config.bytes_per_element(&self.storage) + norm
     }
 
     /// The fewest bytes one step must move.

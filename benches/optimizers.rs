@@ -27,7 +27,8 @@ fn optimizers(c: &mut Criterion) {
         for name in OPTIMIZER_NAMES {
             let config = bench_config(name).unwrap();
             let elements: u64 = workload.lens().iter().sum();
-            group.throughput(Throughput::Bytes(config.bytes_per_element() * elements));
+            let bytes = config.bytes_per_element(&wgpu_optim::Storage::F32) * elements as f64;
+            group.throughput(Throughput::Bytes(bytes as u64));
             // Prepared inside: a filtered-out bench builds nothing.
             group.bench_function(name, |b| {
                 let mut prepared = PreparedSteps::new(

@@ -272,8 +272,8 @@ fn per_tensor_norms_follow_each_tensor_across_segments_and_callers_buffers() {
         for (buffer, g) in grad_buffers.iter().zip(&grads) {
             queue.write_buffer(buffer, 0, bytemuck::cast_slice(g));
         }
-        for t in lens.len()..all_params.len() {
-            opt.write_grad(TensorId(t), &grads[t]).unwrap();
+        for (t, grad) in grads.iter().enumerate().skip(lens.len()) {
+            opt.write_grad(TensorId(t), grad).unwrap();
         }
         opt.step().unwrap();
         reference

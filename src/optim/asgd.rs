@@ -69,6 +69,11 @@ impl UpdateRule for Asgd {
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![("MAXIMIZE", self.maximize)]
     }
+    /// Before averaging starts (step t0 + 2; torch's default t0 is a million) `ax` is written,
+    /// not read: the parameter read and written, the gradient read, `ax` written.
+    fn bytes_per_element(&self, storage: &crate::Storage) -> f64 {
+        storage.bytes_per_element(&["ax"]) - storage.state_bytes(&["ax"])
+    }
     fn scalars(&self, lr: f64) -> Vec<u8> {
         uniform_bytes(&AsgdScalars {
             lr: lr as f32,

@@ -205,7 +205,7 @@ pub fn uniform_values() -> Vec<f32> {
 /// Each invocation takes an atomic max into workgroup memory, then all wait at one barrier and
 /// read their block's. With `subgroups` (where the adapter has them), a subgroup that lies
 /// within one block first reduces its magnitudes and only one of its invocations takes the
-/// atomics: on lavapipe (subgroups of 8) AdamW bf16+q8 steps in 0.72x the time of the tree
+/// atomics: on lavapipe (subgroups of 8) AdamW bf16+q8 steps in 0.71x the time of the tree
 /// reduction it replaces (7 barriers), atomics alone 0.86x. A subgroup that spans blocks (or
 /// lanes in an order the check cannot see) is never merged: each lane then takes its own.
 pub(crate) fn block_absmax_wgsl(states: usize, subgroups: bool) -> String {

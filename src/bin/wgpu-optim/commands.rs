@@ -145,13 +145,13 @@ fn print_conformance(label: &str, fixture: &Fixture, report: &conformance::Repor
         fixture.tolerance.rel_l2
     );
     println!(
-        "{:<28} {:<17} {:>5} {:>12} {:>12}  status",
+        "{:<34} {:<18} {:>5} {:>12} {:>12}  status",
         "case", "optimizer", "steps", "gpu rel-L2", "cpu rel-L2"
     );
     let fmt = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
     for c in &report.cases {
         println!(
-            "{:<28} {:<17} {:>5} {:>12} {:>12}  {}{}",
+            "{:<34} {:<18} {:>5} {:>12} {:>12}  {}{}",
             c.name,
             c.optimizer,
             c.steps,
@@ -337,14 +337,14 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
         report.timing
     );
     println!(
-        "{:<17} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
+        "{:<18} {:>5} {:>13} {:>9} {:>7} {:>8} {:>6}",
         "optimizer", "cases", "max rel-L2", "GB/s", "x copy", "ns/elem", "B/elem"
     );
     for r in &report.results {
         if !r.storage.is_empty() {
             // A compact storage: its fixture cases are formats.json's (`conformance`).
             println!(
-                "{:<17} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+                "{:<18} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
                 r.label(),
                 "-",
                 "-",
@@ -374,7 +374,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
                 }
             });
         println!(
-            "{:<17} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
+            "{:<18} {:>5} {:>13} {:>9.1} {:>7.3} {:>8.3} {:>6}",
             r.optimizer,
             cases.len(),
             if cases.is_empty() {
@@ -391,7 +391,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
     print_memory_per_parameter(&compact)?;
     println!(
         "\nmax rel-L2: the largest relative L2 error of the GPU (float32) against the reference \
-         implementations (torch.optim, lion-pytorch; float64) over each optimizer's fixture cases \
+         implementations (torch.optim, lion-pytorch, torch-optimizer, schedulefree; float64) over each optimizer's fixture cases \
          (tolerance {:e}). GB/s: the fewest bytes a \
          step must move over its time; x copy: as a fraction of the copy kernel's.",
         fixture.tolerance.rel_l2

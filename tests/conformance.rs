@@ -257,6 +257,14 @@ fn a_wrong_expectation_fails() {
 
 #[test]
 fn fixture_files_load_and_bad_ones_are_clear_errors() {
+    // A side file (float32 errors of the same cases) is named by its format, not by the first
+    // field a fixture would need.
+    let side = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers-f32ref.json");
+    let err = Fixture::load(&side).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown format `optimizer-conformance/1 f32 side file`"),
+        "{err}"
+    );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/torch-optim.json");
     let loaded = Fixture::load(&path).unwrap();
     assert_eq!(loaded.cases.len(), Fixture::builtin().cases.len());

@@ -889,15 +889,7 @@ impl Group {
                 self.storage,
                 &flags,
             );
-            pass.set_pipeline(&pipeline);
-            if self.uniform.is_none() {
-                pass.set_immediates(0, &swap.scalars);
-            }
-            for segment in self.segments.iter().filter(|s| s.element == *element) {
-                let (x, y) = segment.workgroups;
-                pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            self.dispatch_segments(pass, &pipeline, *element, &swap.scalars);
         }
         self.eval_mode = to_eval;
         Ok(())
@@ -995,15 +987,7 @@ impl Group {
             }
         }
         for (element, pipeline) in &self.pipelines {
-            pass.set_pipeline(pipeline);
-            if self.uniform.is_none() {
-                pass.set_immediates(0, &scalars);
-            }
-            for segment in self.segments.iter().filter(|s| s.element == *element) {
-                let (x, y) = segment.workgroups;
-                pass.set_bind_group(0, segment.bind_group.as_ref(), &[]);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            self.dispatch_segments(pass, pipeline, *element, &scalars);
         }
     }
 }

@@ -267,16 +267,24 @@ impl Report {
 impl Fixture {
     /// Parses fixture text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let fixture: Fixture = serde_json::from_str(text).map_err(|e| Error::Fixture {
+        let bad = |reason: String| Error::Fixture {
             path: origin.into(),
-            reason: e.to_string(),
-        })?;
-        if fixture.format != "optimizer-conformance/1" {
-            return Err(Error::Fixture {
-                path: origin.into(),
-                reason: format!("unknown format `{}`", fixture.format),
-            });
+            reason,
+        };
+        // The format first: a file of another format (a side file of float32 errors, say) is
+        // named as such, not reported by the first field it lacks.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some("optimizer-conformance/1") => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "unknown format `{other}` (a fixture of cases is `optimizer-conformance/1`)"
+                )));
+            }
+            None => return Err(bad("no `format` field".into())),
         }
+        let fixture: Fixture = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         if fixture.cases.is_empty() && fixture.schedules.is_empty() {
             return Err(Error::Fixture {
                 path: origin.into(),
@@ -541,12 +549,7 @@ impl Case {
             let grads: Vec<Vec<f32>> = self.grads_at(k).iter().map(|g| to_f32(g)).collect();
             let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
             opt.step_with_grads(&grads)?;
-            let out: Vec<Vec<f64>> = (0..params.len())
-                .map(|t| {
-                    let len = opt.tensor_len(TensorId(t))?;
-                    opt.read(TensorId(t), compared, 0..len).map(|p| to_f64(&p))
-                })
-                .collect::<Result<_>>()?;
+            let out = read_all(&opt, compared)?;
             let err = rel_l2(
                 out.iter().map(Vec::as_slice),
                 expected.iter().map(Vec::as_slice),
@@ -565,12 +568,7 @@ impl Case {
         }
         if let Some(expected_eval) = &self.expected_eval {
             opt.eval_mode(group)?;
-            let out: Vec<Vec<f64>> = (0..params.len())
-                .map(|t| {
-                    let len = opt.tensor_len(TensorId(t))?;
-                    opt.read(TensorId(t), compared, 0..len).map(|p| to_f64(&p))
-                })
-                .collect::<Result<_>>()?;
+            let out = read_all(&opt, compared)?;
             let err = rel_l2(
                 out.iter().map(Vec::as_slice),
                 expected_eval.iter().map(Vec::as_slice),
@@ -635,6 +633,16 @@ impl Case {
         }
         result
     }
+}
+
+/// Every tensor's values of `role`, widened.
+fn read_all(opt: &Optimizer, role: Role) -> Result<Vec<Vec<f64>>> {
+    (0..opt.num_tensors())
+        .map(|t| {
+            let len = opt.tensor_len(TensorId(t))?;
+            opt.read(TensorId(t), role, 0..len).map(|p| to_f64(&p))
+        })
+        .collect()
 }
 
 /// The larger error, where NaN is worse than anything (`f64::max` would drop it).

@@ -313,14 +313,7 @@ impl ReferenceGroup {
     /// stored as a step stores them; nothing before the first step. An optimizer without an
     /// evaluation mode is an error.
     pub fn swap_mode(&mut self, to_eval: bool) -> Result<()> {
-        let name = self.config.name();
-        let swap = self
-            .config
-            .mode_swap(to_eval)
-            .ok_or_else(|| Error::InvalidConfig {
-                optimizer: name,
-                reason: format!("{name} has no evaluation mode"),
-            })?;
+        let swap = self.config.swap_for(to_eval)?;
         if self.counter.step == 0 {
             return Ok(());
         }

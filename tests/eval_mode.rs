@@ -23,20 +23,6 @@ fn config() -> OptimizerConfig {
     .into()
 }
 
-/// The unit in the last place of `format` at `x` (float32's for float32).
-fn ulp(format: Format, x: f64) -> f64 {
-    let bits = match format {
-        Format::Bf16 => 8,
-        Format::F16 => 11,
-        _ => 24,
-    };
-    let x = x.abs().max(match format {
-        Format::F16 => 6.1e-5,
-        _ => 1.2e-38,
-    });
-    2f64.powi(x.log2().floor() as i32 - (bits - 1))
-}
-
 /// The GPU group's parameters (the master with master weights), Kahan compensation and
 /// states, copied into the reference, so that both go on from the same values.
 fn sync(opt: &Optimizer, reference: &mut ReferenceGroup, storage: &Storage) {

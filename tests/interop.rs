@@ -60,6 +60,41 @@ fn read_all(device: &wgpu::Device, queue: &wgpu::Queue, buffer: &wgpu::Buffer) -
     bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec()
 }
 
+/// The caller's tensors: for each of `params`, a parameter buffer holding it at byte
+/// `param_offset` and a zero gradient at `grad_offset`, NaN around both, bound as external
+/// tensors.
+fn callers_tensors<'a>(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    params: &[Vec<f32>],
+    param_offset: u64,
+    grad_offset: u64,
+) -> (Vec<wgpu::Buffer>, Vec<wgpu::Buffer>, Vec<TensorInit<'a>>) {
+    let param_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(device, queue, param_offset, p, 5))
+        .collect();
+    let grad_buffers: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| poisoned_buffer(device, queue, grad_offset, &vec![0.0; p.len()], 3))
+        .collect();
+    let inits = params
+        .iter()
+        .zip(param_buffers.iter().zip(&grad_buffers))
+        .map(|(p, (param, grad))| {
+            ExternalTensor {
+                param: param.clone(),
+                param_offset,
+                grad: grad.clone(),
+                grad_offset,
+                len: p.len() as u64,
+            }
+            .into()
+        })
+        .collect();
+    (param_buffers, grad_buffers, inits)
+}
+
 #[test]
 fn callers_buffers_are_updated_in_place_and_nothing_around_them_is_touched() {
     let (device, queue) = callers_device();
@@ -69,28 +104,10 @@ fn callers_buffers_are_updated_in_place_and_nothing_around_them_is_touched() {
     // 1000: vec4 kernel; 1001: scalar kernel; with 1 KiB segments all are split in pieces.
     let lens = [1000usize, 1001, 4099];
     let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
-    let param_buffers: Vec<wgpu::Buffer> = params
-        .iter()
-        .map(|p| poisoned_buffer(&device, &queue, 2 * align, p, 5))
-        .collect();
-    let grad_buffers: Vec<wgpu::Buffer> = params
-        .iter()
-        .map(|p| poisoned_buffer(&device, &queue, align, &vec![0.0; p.len()], 3))
-        .collect();
+    let (param_buffers, grad_buffers, mut inits) =
+        callers_tensors(&device, &queue, &params, 2 * align, align);
     // Plus one tensor in the optimizer's own arena, in the same group.
     let own = common::params(&mut rng, 77);
-    let mut inits: Vec<TensorInit> = (0..lens.len())
-        .map(|t| {
-            ExternalTensor {
-                param: param_buffers[t].clone(),
-                param_offset: 2 * align,
-                grad: grad_buffers[t].clone(),
-                grad_offset: align,
-                len: lens[t] as u64,
-            }
-            .into()
-        })
-        .collect();
     inits.push(TensorInit::Values(&own));
     let config: OptimizerConfig = AdamW {
         lr: 0.01,
@@ -216,14 +233,7 @@ fn per_tensor_norms_follow_each_tensor_across_segments_and_callers_buffers() {
     // 1000: vec4 kernel; 1001: scalar kernel; 5000: five pieces of 1,024 elements.
     let lens = [1000usize, 1001, 5000];
     let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
-    let param_buffers: Vec<wgpu::Buffer> = params
-        .iter()
-        .map(|p| poisoned_buffer(&device, &queue, align, p, 5))
-        .collect();
-    let grad_buffers: Vec<wgpu::Buffer> = params
-        .iter()
-        .map(|p| poisoned_buffer(&device, &queue, 0, &vec![0.0; p.len()], 3))
-        .collect();
+    let (_, grad_buffers, mut inits) = callers_tensors(&device, &queue, &params, align, 0);
     // Arena tensors of different sizes and scales: the trust ratio differs for each.
     let own: Vec<Vec<f32>> = [(3usize, 1.0f32), (2049, 0.01), (700, 5.0)]
         .iter()
@@ -232,18 +242,6 @@ fn per_tensor_norms_follow_each_tensor_across_segments_and_callers_buffers() {
                 .iter()
                 .map(|v| v * scale)
                 .collect()
-        })
-        .collect();
-    let mut inits: Vec<TensorInit> = (0..lens.len())
-        .map(|t| {
-            ExternalTensor {
-                param: param_buffers[t].clone(),
-                param_offset: align,
-                grad: grad_buffers[t].clone(),
-                grad_offset: 0,
-                len: lens[t] as u64,
-            }
-            .into()
         })
         .collect();
     inits.extend(own.iter().map(|p| TensorInit::Values(p)));

@@ -154,27 +154,6 @@ fn storages() -> Vec<Storage> {
     ]
 }
 
-/// Bits of significand (the implicit one included).
-fn significand_bits(format: Format) -> i32 {
-    match format {
-        Format::F32 => 24,
-        Format::Bf16 => 8,
-        Format::F16 => 11,
-        // A q8 value's precision depends on its block; `check_q8` bounds it by code steps.
-        Format::Q8 => 8,
-    }
-}
-
-/// The unit in the last place of `format` at magnitude `x`, as a relative bound's scale.
-fn ulp(format: Format, x: f64) -> f64 {
-    let bits = significand_bits(format);
-    let x = x.abs().max(match format {
-        Format::F16 => 6.1e-5,
-        _ => 1.2e-38,
-    });
-    2f64.powi(x.log2().floor() as i32 - (bits - 1))
-}
-
 struct Roles {
     /// `(name, GPU values, reference values, format)` of every stored role of every tensor.
     compared: Vec<(String, Vec<f32>, Vec<f64>, Format)>,

@@ -17,7 +17,7 @@ use super::{ExternalTensor, GpuErrorScope, Role, TensorInit};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Element, ScalarsVia, workgroups_for};
-use crate::optim::{Hyperparameters, OptimizerConfig, UpdateRule};
+use crate::optim::{Hyperparameters, ModeSwap, OptimizerConfig, UpdateRule};
 use crate::storage::{Format, Storage, q8};
 use crate::transfer;
 
@@ -854,20 +854,9 @@ impl Group {
         &mut self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass,
+        swap: &ModeSwap,
         to_eval: bool,
-    ) -> Result<()> {
-        let name = self.config.name();
-        let swap = self
-            .config
-            .mode_swap(to_eval)
-            .ok_or_else(|| Error::InvalidConfig {
-                optimizer: name,
-                reason: format!(
-                    "{name} has no evaluation mode: its parameters are the same for training \
-                     and evaluation"
-                ),
-            })?;
-        let kernel = self.config.kernel();
+    ) {
         // The swap reads no gradient and is never skipped.
         let flags: Vec<(&'static str, bool)> = self
             .config
@@ -879,20 +868,31 @@ impl Group {
         if let Some(uniform) = &self.uniform {
             ctx.queue.write_buffer(uniform, 0, &swap.scalars);
         }
+        self.dispatch_variant(ctx, pass, &flags, &swap.scalars);
+        self.eval_mode = to_eval;
+    }
+
+    /// Records the kernel's `main` with other flag values (a phase, the mode swap) over every
+    /// segment, its pipelines fetched from the cache.
+    fn dispatch_variant(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        flags: &[(&'static str, bool)],
+        scalars: &[u8],
+    ) {
         for (element, _) in &self.pipelines {
             let pipeline = ctx.kernels.pipeline(
                 &ctx.device,
-                kernel,
+                self.config.kernel(),
                 "main",
                 *element,
                 self.scalars_via,
                 self.storage,
-                &flags,
+                flags,
             );
-            self.dispatch_segments(pass, &pipeline, *element, &swap.scalars);
+            self.dispatch_segments(pass, &pipeline, *element, scalars);
         }
-        self.eval_mode = to_eval;
-        Ok(())
     }
 
     /// Records `pipeline` over every segment of element type `element`.
@@ -953,18 +953,7 @@ impl Group {
                         )
                     })
                     .collect();
-                for (element, _) in &self.pipelines {
-                    let pipeline = ctx.kernels.pipeline(
-                        &ctx.device,
-                        kernel,
-                        "main",
-                        *element,
-                        self.scalars_via,
-                        self.storage,
-                        &phase_flags,
-                    );
-                    self.dispatch_segments(pass, &pipeline, *element, &scalars);
-                }
+                self.dispatch_variant(ctx, pass, &phase_flags, &scalars);
             }
             if let Some(sums) = &self.tensor_sums {
                 // Each tensor's sums from its workgroups' (any segment's bind group binds them).

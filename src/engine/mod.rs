@@ -263,16 +263,7 @@ impl Optimizer {
 
     fn swap_mode(&mut self, group: GroupId, to_eval: bool) -> Result<()> {
         let current = self.group(group)?;
-        let name = current.config.name();
-        if current.config.mode_swap(to_eval).is_none() {
-            return Err(Error::InvalidConfig {
-                optimizer: name,
-                reason: format!(
-                    "{name} has no evaluation mode: its parameters are the same for training \
-                     and evaluation"
-                ),
-            });
-        }
+        let swap = current.config.swap_for(to_eval)?;
         if current.eval_mode == to_eval {
             return Ok(());
         }
@@ -287,7 +278,7 @@ impl Optimizer {
                 label: Some("mode swap"),
                 timestamp_writes: None,
             });
-            self.groups[group.0].encode_swap(&self.ctx, &mut pass, to_eval)?;
+            self.groups[group.0].encode_swap(&self.ctx, &mut pass, &swap, to_eval);
         }
         self.ctx.queue.submit([encoder.finish()]);
         Ok(())

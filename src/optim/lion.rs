@@ -93,13 +93,8 @@ impl UpdateRule for Lion {
         let decay = self.decay(lr);
         for i in 0..param.len() {
             let c = self.beta1 * exp_avg[i] + (1.0 - self.beta1) * grad[i];
-            param[i] = param[i] * decay - lr * sign(c);
+            param[i] = param[i] * decay - lr * super::sign(c);
             exp_avg[i] = self.beta2 * exp_avg[i] + (1.0 - self.beta2) * grad[i];
         }
     }
-}
-
-/// The sign, 0 for 0 (torch's `sign`, WGSL's `sign`).
-fn sign(x: f64) -> f64 {
-    if x == 0.0 { 0.0 } else { x.signum() }
 }

@@ -391,12 +391,20 @@ impl OptimizerConfig {
     /// The names of the states this configuration keeps, in binding order (AMSGrad's maximum
     /// only with `amsgrad`, and so on).
     pub fn state_names(&self) -> Vec<&'static str> {
-        self.kernel()
-            .state_names()
-            .zip(self.initial_states())
-            .filter(|(_, s)| s.is_some())
-            .map(|(name, _)| name)
-            .collect()
+        self.kept_state_names()
+    }
+
+    /// Its swap to evaluation mode (`to_eval`) or back ([`UpdateRule::mode_swap`]), or the
+    /// error that it has none.
+    pub fn swap_for(&self, to_eval: bool) -> Result<ModeSwap> {
+        let name = self.name();
+        self.mode_swap(to_eval).ok_or_else(|| Error::InvalidConfig {
+            optimizer: name,
+            reason: format!(
+                "{name} has no evaluation mode: its parameters are the same for training and \
+                 evaluation"
+            ),
+        })
     }
 
     /// The optimizer called `name` with PyTorch's default hyperparameters.
@@ -543,6 +551,11 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
         }
     }
     kernels
+}
+
+/// The sign, 0 for 0 (torch's `sign` and WGSL's, which Lion and Rprop step by).
+pub(crate) fn sign(x: f64) -> f64 {
+    if x == 0.0 { 0.0 } else { x.signum() }
 }
 
 /// Checks shared by the optimizers' `validate`.

@@ -111,13 +111,8 @@ impl UpdateRule for Rprop {
                 // A flipped sign: no move this step, and no sign to compare with next step.
                 g = 0.0;
             }
-            param[i] -= sign(g) * step_size[i];
+            param[i] -= super::sign(g) * step_size[i];
             prev[i] = g;
         }
     }
-}
-
-/// The sign, 0 for 0.
-fn sign(x: f64) -> f64 {
-    if x == 0.0 { 0.0 } else { x.signum() }
 }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::SmallRng as StdRng;
 use rand::{Rng, SeedableRng};
-use wgpu_optim::{ContextOptions, GpuContext, Optimizer, ReferenceGroup};
+use wgpu_optim::{ContextOptions, Format, GpuContext, Optimizer, ReferenceGroup};
 
 /// The sizes every optimizer is checked at: tails of every length modulo 4, workgroup
 /// boundaries (256), and sizes past one dispatch dimension's worth of small workgroups.
@@ -151,4 +151,25 @@ pub fn training_options() -> wgpu_optim::TrainingOptions {
         }),
         ..Default::default()
     }
+}
+
+/// Bits of significand (the implicit one included).
+pub fn significand_bits(format: Format) -> i32 {
+    match format {
+        Format::F32 => 24,
+        Format::Bf16 => 8,
+        Format::F16 => 11,
+        // A q8 value's precision depends on its block; `check_q8` bounds it by code steps.
+        Format::Q8 => 8,
+    }
+}
+
+/// The unit in the last place of `format` at magnitude `x`, as a relative bound's scale.
+pub fn ulp(format: Format, x: f64) -> f64 {
+    let bits = significand_bits(format);
+    let x = x.abs().max(match format {
+        Format::F16 => 6.1e-5,
+        _ => 1.2e-38,
+    });
+    2f64.powi(x.log2().floor() as i32 - (bits - 1))
 }

@@ -379,6 +379,16 @@ impl GpuContext {
         self.features.contains(wgpu::Features::SUBGROUP)
     }
 
+    /// The most iterations a shader's loops may make in one invocation on this adapter
+    /// before the driver leaves them early, where it does (llvmpipe: 65,535); `None` where
+    /// loops run to their end. Kernels whose loops grow with a tensor's shape check it.
+    pub fn loop_limit(&self) -> Option<u64> {
+        // Mesa's gallivm (llvmpipe, lavapipe) counts the iterations of every loop of an
+        // invocation and leaves the loop after 65,535 (LP_MAX_TGSI_LOOP_ITERATIONS), silently:
+        // measured here, a 70,000-term dot product in one loop returns the sum of 65,535.
+        self.info.name.contains("llvmpipe").then_some(65_535)
+    }
+
     /// Whether GPU timestamps can be written between passes.
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)

@@ -518,6 +518,101 @@ pub(crate) struct KernelCache {
     layouts: Mutex<HashMap<(usize, bool, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
+    /// Kernels with several entry points over one layout (the shaped optimizers' and the
+    /// matrix products): layouts by kernel name, pipelines by (kernel, entry point, flags).
+    entry_layouts: Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>,
+    entry_pipelines: Mutex<HashMap<EntryKey, wgpu::ComputePipeline>>,
+}
+
+/// A pipeline of a kernel with several entry points: (kernel, entry point, flag values).
+type EntryKey = (&'static str, &'static str, Vec<(&'static str, bool)>);
+
+impl KernelCache {
+    /// The bind-group layout of a kernel with several entry points, made on first use from
+    /// its bindings' kinds.
+    pub(crate) fn entry_layout(
+        &self,
+        device: &wgpu::Device,
+        kernel: &'static str,
+        bindings: &[BindingKind],
+    ) -> wgpu::BindGroupLayout {
+        let mut layouts = self.entry_layouts.lock().expect("kernel cache poisoned");
+        layouts
+            .entry(kernel)
+            .or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+                    .iter()
+                    .enumerate()
+                    .map(|(binding, kind)| {
+                        let ty = match *kind {
+                            BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                            BindingKind::Storage { read_only } => {
+                                wgpu::BufferBindingType::Storage { read_only }
+                            }
+                        };
+                        buffer_entry(binding as u32, ty)
+                    })
+                    .collect();
+                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(kernel),
+                    entries: &entries,
+                })
+            })
+            .clone()
+    }
+
+    /// Entry point `entry` of `kernel` with its `override` flags set, compiled on first use
+    /// from the WGSL `source` gives.
+    pub(crate) fn entry_pipeline(
+        &self,
+        device: &wgpu::Device,
+        kernel: &'static str,
+        bindings: &[BindingKind],
+        entry: &'static str,
+        flags: &[(&'static str, bool)],
+        source: impl FnOnce() -> String,
+    ) -> wgpu::ComputePipeline {
+        let key = (kernel, entry, flags.to_vec());
+        if let Some(p) = self
+            .entry_pipelines
+            .lock()
+            .expect("kernel cache poisoned")
+            .get(&key)
+        {
+            return p.clone();
+        }
+        let layout = self.entry_layout(device, kernel, bindings);
+        let label = format!("{kernel} {entry} {flags:?}");
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source().into()),
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants: Vec<(&str, f64)> = flags
+            .iter()
+            .map(|&(name, on)| (name, if on { 1.0 } else { 0.0 }))
+            .collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        self.entry_pipelines
+            .lock()
+            .expect("kernel cache poisoned")
+            .insert(key, pipeline.clone());
+        pipeline
+    }
 }
 
 impl KernelCache {

@@ -30,6 +30,7 @@ pub mod kernels;
 pub mod optim;
 pub mod reference;
 pub mod schedule;
+pub mod shaped;
 pub mod storage;
 pub mod tools;
 mod transfer;

@@ -346,7 +346,13 @@ macro_rules! optimizers {
     };
 }
 
+pub mod adafactor;
+pub mod lbfgs;
+pub mod muon;
+
+pub use adafactor::Adafactor;
 pub use adam::AdamConfig;
+pub use muon::Muon;
 pub use sgd::SgdConfig;
 
 optimizers! {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig, UpdateRule};
 use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
+use crate::shaped::{SHAPED_OPTIMIZER_NAMES, ShapedConfig, ShapedOptimizer, ShapedReference};
 use crate::storage::{Format, Storage};
 
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
@@ -351,6 +352,9 @@ pub fn rel_l2<'a>(
 impl Case {
     /// Why this engine cannot run the case yet, if it cannot.
     pub fn unsupported(&self) -> Option<String> {
+        if self.is_shaped() {
+            return self.storage().err();
+        }
         if !OPTIMIZER_NAMES.contains(&self.optimizer.as_str()) {
             return Some(format!(
                 "optimizer `{}` is not implemented (the optimizers are: {})",
@@ -494,8 +498,73 @@ impl Case {
             })
     }
 
+    /// Whether the case's optimizer is one over shaped tensors (Adafactor, Muon).
+    fn is_shaped(&self) -> bool {
+        SHAPED_OPTIMIZER_NAMES.contains(&self.optimizer.as_str())
+    }
+
+    /// The case's shapes, as sizes.
+    fn shape_sizes(&self) -> Vec<Vec<usize>> {
+        self.shapes
+            .iter()
+            .map(|s| s.iter().map(|&d| d as usize).collect())
+            .collect()
+    }
+
+    /// A case of an optimizer over shaped tensors, on the CPU reference.
+    fn run_shaped_cpu(&self) -> Result<f64> {
+        let config = ShapedConfig::from_hyper(&self.optimizer, &self.hyper)?;
+        let mut group =
+            ShapedReference::new(config.clone(), self.shape_sizes(), self.params.clone())?;
+        let mut worst = 0.0f64;
+        for (k, expected) in self.expected.iter().enumerate() {
+            group
+                .config
+                .set_lr(self.lrs.as_ref().map_or(config.lr(), |l| l[k]));
+            group.step(&self.grads_at(k))?;
+            let err = rel_l2(
+                group.params.iter().map(Vec::as_slice),
+                expected.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
+        }
+        Ok(worst)
+    }
+
+    /// A case of an optimizer over shaped tensors, on the GPU in float32.
+    fn run_shaped_gpu(&self, ctx: &GpuContext) -> Result<f64> {
+        let config = ShapedConfig::from_hyper(&self.optimizer, &self.hyper)?;
+        let shapes = self.shape_sizes();
+        let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();
+        let tensors: Vec<(&[usize], &[f32])> = shapes
+            .iter()
+            .zip(&params)
+            .map(|(s, p)| (s.as_slice(), p.as_slice()))
+            .collect();
+        let mut opt = ShapedOptimizer::new(ctx, config.clone(), &tensors)?;
+        let mut worst = 0.0f64;
+        for (k, expected) in self.expected.iter().enumerate() {
+            opt.set_lr(self.lrs.as_ref().map_or(config.lr(), |l| l[k]))?;
+            let grads: Vec<Vec<f32>> = self.grads_at(k).iter().map(|g| to_f32(g)).collect();
+            let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            opt.step_with_grads(&grads)?;
+            let out: Vec<Vec<f64>> = (0..shapes.len())
+                .map(|t| opt.read_param(t).map(|p| to_f64(&p)))
+                .collect::<Result<_>>()?;
+            let err = rel_l2(
+                out.iter().map(Vec::as_slice),
+                expected.iter().map(Vec::as_slice),
+            );
+            worst = worse(worst, err);
+        }
+        Ok(worst)
+    }
+
     /// Runs the case on the CPU reference; the worst relative L2 error over the steps.
     pub fn run_cpu(&self) -> Result<f64> {
+        if self.is_shaped() {
+            return self.run_shaped_cpu();
+        }
         let config = self.config()?;
         let mut group = ReferenceGroup::with_storage(
             config.clone(),
@@ -530,6 +599,9 @@ impl Case {
 
     /// Runs the case on the GPU in float32; the worst relative L2 error over the steps.
     pub fn run_gpu(&self, ctx: &GpuContext) -> Result<f64> {
+        if self.is_shaped() {
+            return self.run_shaped_gpu(ctx);
+        }
         let config = self.config()?;
         let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();
         let storage = self.storage_or_error()?;

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod conformance;
+pub mod lab;
 #[cfg(feature = "cli")]
 pub mod report;
 pub mod shaders;

@@ -156,6 +156,17 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
     },
+    /// Run the classic convergence experiments on the GPU, chart them and print measured
+    /// against predicted rates.
+    ///
+    /// Gradient descent's 1 − 1/κ, heavy ball's (√κ−1)/(√κ+1), Nesterov's O(1/k²), step sizes
+    /// on x², Newton's method on a quadratic and on Rosenbrock: each drawn as OUT/<name>.png
+    /// and OUT/<name>.svg.
+    Lab {
+        /// The folder the charts go to (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "docs/lab")]
+        out: PathBuf,
+    },
     /// List every adapter wgpu finds, best first, with the limits that matter here (only those
     /// of --backend, and whose names contain --adapter, when given).
     Adapters {

@@ -1,9 +1,10 @@
 //! `wgpu-optim`: checks the fused GPU optimizers against PyTorch and the CPU reference, measures
 //! them, and reports. `args.rs` is the command line, `commands.rs` what each command does,
-//! `output.rs` how results are printed and written.
+//! `output.rs` how results are printed and written, `lab.rs` the `lab` command's charts.
 
 mod args;
 mod commands;
+mod lab;
 mod output;
 
 use std::process::ExitCode;
@@ -79,5 +80,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run_report(&files, &chart, markdown.as_deref())
         }
         Command::Adapters { json } => run_adapters(json, &adapter),
+        Command::Lab { out } => lab::run_lab(&out, &adapter),
     }
 }

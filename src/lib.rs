@@ -34,6 +34,7 @@ pub mod shaped;
 pub mod storage;
 pub mod tools;
 mod transfer;
+pub mod vectors;
 
 /// The wgpu this crate is built against: name buffers and devices through it to get the same
 /// version.

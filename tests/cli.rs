@@ -502,7 +502,7 @@ fn report_errors_name_the_file_in_one_line() {
 }
 
 /// With no file, `conformance` runs every fixture the binary ships: torch.optim, the storage
-/// formats and the next optimizers (whose cases say `unsupported`, which is no failure).
+/// formats and the optimizers beyond torch.optim's classic ten; every case passes.
 #[test]
 fn conformance_runs_every_shipped_fixture_by_default() {
     let out = wgpu_optim(&["conformance"]);
@@ -516,6 +516,10 @@ fn conformance_runs_every_shipped_fixture_by_default() {
     }
     assert!(
         stdout.contains("cases: 14 pass, 0 fail, 0 unsupported"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("cases: 25 pass, 0 fail, 0 unsupported"),
         "{stdout}"
     );
 }

@@ -72,7 +72,10 @@ fn every_case_and_schedule_passes_on_the_gpu_and_on_the_cpu_reference() {
     // this one, the others by more-optimizers.json.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers.json");
     let more = conformance::run(&ctx, &Fixture::load(&path).unwrap());
-    for name in wgpu_optim::optim::OPTIMIZER_NAMES {
+    let beyond = wgpu_optim::shaped::SHAPED_OPTIMIZER_NAMES
+        .into_iter()
+        .chain(["lbfgs"]);
+    for name in wgpu_optim::optim::OPTIMIZER_NAMES.into_iter().chain(beyond) {
         assert!(
             report
                 .cases
@@ -305,11 +308,12 @@ fn unknown_optimizers_and_hyperparameters_are_rejected() {
 }
 
 /// The fixtures of the later issues (reduced-precision storage, more optimizers), shipped as
-/// byte-identical copies: every case runs or says why not; none aborts the run or fails.
+/// byte-identical copies of the shared ones: every case of both passes, on the GPU and in the
+/// reference; none is left unsupported.
 #[test]
-fn fixtures_of_features_not_built_yet_say_unsupported_and_never_abort() {
+fn every_case_of_the_later_fixtures_passes() {
     let ctx = context();
-    for name in ["formats.json", "more-optimizers.json"] {
+    for (name, count) in [("formats.json", 14), ("more-optimizers.json", 25)] {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("data")
             .join(name);
@@ -324,20 +328,60 @@ fn fixtures_of_features_not_built_yet_say_unsupported_and_never_abort() {
         }
         let fixture = Fixture::load(&shipped).unwrap();
         let report = conformance::run(&ctx, &fixture);
-        assert_eq!(report.cases.len(), fixture.cases.len());
+        assert_eq!(report.cases.len(), count, "{name}");
         for case in &report.cases {
-            match case.status {
-                Status::Pass => {}
-                Status::Unsupported => assert!(
-                    case.note.as_ref().is_some_and(|n| n.contains("not")),
-                    "{name} {}: unsupported without a reason",
-                    case.name
-                ),
-                Status::Fail => panic!("{name} {}: {:?}", case.name, case.note),
-            }
+            assert_eq!(
+                case.status,
+                Status::Pass,
+                "{name} {}: {:?}",
+                case.name,
+                case.note
+            );
         }
         assert!(report.passed(), "{name}");
     }
+}
+
+/// A fixture case of an optimizer this engine does not know is reported `unsupported` with
+/// the reason, and the run goes on.
+#[test]
+fn an_unknown_optimizer_is_unsupported_and_never_aborts() {
+    let ctx = context();
+    let mut fixture = Fixture::builtin();
+    fixture.cases.truncate(2);
+    fixture.cases[0].optimizer = "shampoo".into();
+    let report = conformance::run(&ctx, &fixture);
+    assert_eq!(report.cases[0].status, Status::Unsupported);
+    assert!(
+        report.cases[0]
+            .note
+            .as_ref()
+            .is_some_and(|n| n.contains("shampoo")),
+        "{:?}",
+        report.cases[0].note
+    );
+    assert_eq!(report.cases[1].status, Status::Pass);
+}
+
+/// L-BFGS cases compare the returned losses too: one loss off by 1e-4 fails on both sides.
+#[test]
+fn lbfgs_cases_check_the_returned_losses() {
+    let ctx = context();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers.json");
+    let fixture = Fixture::load(&path).unwrap();
+    let mut case = fixture
+        .cases
+        .iter()
+        .find(|c| c.optimizer == "lbfgs")
+        .unwrap()
+        .clone();
+    assert_eq!(case.run(&ctx, &fixture.tolerance).status, Status::Pass);
+    let losses = case.losses.as_mut().unwrap();
+    let last = losses.len() - 1;
+    losses[last] *= 1.0 + 1e-3;
+    let result = case.run(&ctx, &fixture.tolerance);
+    assert_eq!(result.status, Status::Fail, "{result:?}");
+    assert!(result.gpu_rel_l2.unwrap() > 1e-5 && result.cpu_rel_l2.unwrap() > 1e-5);
 }
 
 /// Reduced-precision storage (FORMAT-formats.md): every case (16-bit parameters, gradients

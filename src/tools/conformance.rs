@@ -8,11 +8,13 @@ use crate::context::{AdapterSummary, GpuContext};
 use crate::engine::control::{GradScaler, TrainingOptions};
 use crate::engine::{Optimizer, Role, TensorId};
 use crate::error::{Error, Result};
+use crate::optim::lbfgs::{self, HostVectors, Lbfgs, LbfgsState, Objective};
 use crate::optim::{Hyperparameters, OPTIMIZER_NAMES, OptimizerConfig, UpdateRule};
 use crate::reference::ReferenceGroup;
 use crate::schedule::Schedule;
 use crate::shaped::{SHAPED_OPTIMIZER_NAMES, ShapedConfig, ShapedOptimizer, ShapedReference};
 use crate::storage::{Format, Storage};
+use crate::vectors::GpuLbfgs;
 
 /// The fixture shipped in the binary (a byte-identical copy of the shared one).
 pub const BUILTIN_FIXTURE: &str = include_str!("../../data/torch-optim.json");
@@ -93,9 +95,12 @@ pub struct Case {
     /// A per-case tolerance, `{"rel_l2": x}`, replacing the fixture's.
     #[serde(default)]
     pub tolerance: Option<CaseTolerance>,
-    /// A loss to minimize through closures (`more-optimizers.json`): not supported yet.
+    /// The objective L-BFGS minimizes through its closure (`more-optimizers.json`).
     #[serde(default)]
     pub objective: Option<serde_json::Value>,
+    /// `losses[k]` (L-BFGS): what the k-th `step(closure)` call returned.
+    #[serde(default)]
+    pub losses: Option<Vec<f64>>,
     /// `expected_ax[step][tensor]` (ASGD): the averaged parameters, state `ax`, after each
     /// step; compared as `expected` is.
     #[serde(default)]
@@ -352,7 +357,7 @@ pub fn rel_l2<'a>(
 impl Case {
     /// Why this engine cannot run the case yet, if it cannot.
     pub fn unsupported(&self) -> Option<String> {
-        if self.is_shaped() {
+        if self.is_shaped() || self.is_lbfgs() {
             return self.storage().err();
         }
         if !OPTIMIZER_NAMES.contains(&self.optimizer.as_str()) {
@@ -430,6 +435,19 @@ impl Case {
         if !matches(&self.params) {
             return Err("params do not match shapes".into());
         }
+        if self.objective.is_some() {
+            if self
+                .losses
+                .as_ref()
+                .is_none_or(|l| l.len() != self.expected.len())
+            {
+                return Err("an objective case needs one loss per expected step".into());
+            }
+            if !self.expected.iter().all(|e| matches(e)) {
+                return Err("a step's expected values do not match shapes".into());
+            }
+            return Ok(());
+        }
         if self.grads.len() != self.expected.len() {
             return Err("grads and expected have different step counts".into());
         }
@@ -456,7 +474,7 @@ impl Case {
 
     /// Steps in the trajectory.
     pub fn steps(&self) -> usize {
-        self.grads.len()
+        self.expected.len()
     }
 
     /// Clipping and loss scaling as the case asks: the fixture's scale is fixed.
@@ -509,6 +527,75 @@ impl Case {
             .iter()
             .map(|s| s.iter().map(|&d| d as usize).collect())
             .collect()
+    }
+
+    /// Whether the case is L-BFGS on an objective.
+    fn is_lbfgs(&self) -> bool {
+        self.optimizer == "lbfgs"
+    }
+
+    /// An L-BFGS case: its configuration, objective and flat starting point.
+    fn lbfgs_setup(&self) -> Result<(Lbfgs, Objective, Vec<f64>)> {
+        let config = Lbfgs::from_hyper(&self.hyper)?;
+        let objective =
+            Objective::from_json(
+                self.objective
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidConfig {
+                        optimizer: "lbfgs",
+                        reason: "an L-BFGS case needs an `objective`".into(),
+                    })?,
+            )?;
+        let x0: Vec<f64> = self.params.concat();
+        objective.check_len(x0.len())?;
+        Ok((config, objective, x0))
+    }
+
+    /// The worst of the parameters' errors after each call and the returned losses' error.
+    fn lbfgs_error(&self, points: &[Vec<f64>], losses: &[f64]) -> f64 {
+        let mut worst = 0.0f64;
+        for (point, expected) in points.iter().zip(&self.expected) {
+            let expected = expected.concat();
+            worst = worse(worst, rel_l2([point.as_slice()], [expected.as_slice()]));
+        }
+        let want = self.losses.as_deref().unwrap_or(&[]);
+        worse(worst, rel_l2([losses], [want]))
+    }
+
+    /// An L-BFGS case on the float64 reference (vectors on the host).
+    fn run_lbfgs_cpu(&self) -> Result<f64> {
+        let (config, objective, mut x) = self.lbfgs_setup()?;
+        let mut space = HostVectors { len: x.len() };
+        let mut state = LbfgsState::new();
+        let (mut points, mut losses) = (Vec::new(), Vec::new());
+        for _ in &self.expected {
+            let outcome = lbfgs::step(&config, &mut state, &mut space, &mut x, &mut |_, x, g| {
+                Ok(objective.value_and_grad(x, g))
+            })?;
+            losses.push(outcome.loss);
+            points.push(x.clone());
+        }
+        Ok(self.lbfgs_error(&points, &losses))
+    }
+
+    /// An L-BFGS case on the GPU: float32 device vectors, the objective evaluated on the host
+    /// at the point read back (the closure), its gradient written to the device.
+    fn run_lbfgs_gpu(&self, ctx: &GpuContext) -> Result<f64> {
+        let (config, objective, x0) = self.lbfgs_setup()?;
+        let mut opt = GpuLbfgs::new(ctx, config, &to_f32(&x0))?;
+        let (mut points, mut losses) = (Vec::new(), Vec::new());
+        for _ in &self.expected {
+            let outcome = opt.step(&mut |space, x, grad| {
+                let x = to_f64(&space.read(x)?);
+                let mut g = vec![0.0; x.len()];
+                let loss = objective.value_and_grad(&x, &mut g);
+                space.write(grad, &to_f32(&g))?;
+                Ok(loss)
+            })?;
+            losses.push(outcome.loss);
+            points.push(to_f64(&opt.read_params()?));
+        }
+        Ok(self.lbfgs_error(&points, &losses))
     }
 
     /// A case of an optimizer over shaped tensors, on the CPU reference.
@@ -565,6 +652,9 @@ impl Case {
         if self.is_shaped() {
             return self.run_shaped_cpu();
         }
+        if self.is_lbfgs() {
+            return self.run_lbfgs_cpu();
+        }
         let config = self.config()?;
         let mut group = ReferenceGroup::with_storage(
             config.clone(),
@@ -601,6 +691,9 @@ impl Case {
     pub fn run_gpu(&self, ctx: &GpuContext) -> Result<f64> {
         if self.is_shaped() {
             return self.run_shaped_gpu(ctx);
+        }
+        if self.is_lbfgs() {
+            return self.run_lbfgs_gpu(ctx);
         }
         let config = self.config()?;
         let params: Vec<Vec<f32>> = self.params.iter().map(|p| to_f32(p)).collect();

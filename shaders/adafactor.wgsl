@@ -9,18 +9,18 @@
 // with U = g / √max(V̂, eps1²), V̂ = R·C / max(mean(R), eps1) for a matrix, the running
 // average of g² for a vector.
 
-// The element of a chunk pass this invocation handles in round `k` (0..3), if any.
-struct ChunkElement {
+// A chunk pass's workgroup: its tensor (one per chunk: the table was cut so) and the index in
+// that tensor of the chunk's first element, read once per workgroup.
+struct Chunk {
     t: u32,
-    e: u32,
-    valid: bool,
+    tensor: TensorEntry,
+    first: u32,
 }
 
-fn chunk_element(wg: u32, local: u32, k: u32) -> ChunkElement {
+fn chunk_of(wg: u32) -> Chunk {
     let t = work[wg];
     let tensor = tensors[t];
-    let e = (wg - tensor.first_chunk) * CHUNK + k * THREADS + local;
-    return ChunkElement(t, e, e < tensor.numel);
+    return Chunk(t, tensor, (wg - tensor.first_chunk) * CHUNK);
 }
 
 @compute @workgroup_size(256)
@@ -33,11 +33,12 @@ fn param_sumsq(
     if (w >= s.chunks) {
         return;
     }
+    let chunk = chunk_of(w);
     var total = 0.0;
     for (var k = 0u; k < 4u; k++) {
-        let c = chunk_element(w, local, k);
-        if (c.valid) {
-            let p = params[tensors[c.t].offset + c.e];
+        let e = chunk.first + k * THREADS + local;
+        if (e < chunk.tensor.numel) {
+            let p = params[chunk.tensor.offset + e];
             total += p * p;
         }
     }
@@ -121,10 +122,10 @@ fn estimate(tensor: TensorEntry, e: u32) -> f32 {
     if (tensor.factored == 0u) {
         return state[tensor.col_state + e];
     }
-    let per_matrix = tensor.rows * tensor.cols;
-    let b = e / per_matrix;
+    // r: the row counted over the tensor's matrices; b: its matrix.
     let r = e / tensor.cols;
-    let c = b * tensor.cols + e % tensor.cols;
+    let b = r / tensor.rows;
+    let c = b * tensor.cols + (e - r * tensor.cols);
     let floor = max(state[tensor.row_mean_state + b], s.eps1);
     return state[tensor.row_state + r] * state[tensor.col_state + c] / floor;
 }
@@ -143,17 +144,18 @@ fn update_sumsq(
     if (w >= s.chunks) {
         return;
     }
+    let chunk = chunk_of(w);
+    let tensor = chunk.tensor;
     var total = 0.0;
     for (var k = 0u; k < 4u; k++) {
-        let c = chunk_element(w, local, k);
-        if (c.valid) {
-            let tensor = tensors[c.t];
-            let g = descent_grad(tensor.offset + c.e);
+        let e = chunk.first + k * THREADS + local;
+        if (e < tensor.numel) {
+            let g = descent_grad(tensor.offset + e);
             if (tensor.factored == 0u) {
-                let i = tensor.col_state + c.e;
+                let i = tensor.col_state + e;
                 state[i] = lerp1(state[i], g * g, s.weight);
             }
-            let u = update_of(g, estimate(tensor, c.e));
+            let u = update_of(g, estimate(tensor, e));
             total += u * u;
         }
     }
@@ -170,17 +172,19 @@ fn update(
     if (w >= s.chunks) {
         return;
     }
+    let chunk = chunk_of(w);
+    let tensor = chunk.tensor;
+    // The tensor's step size α / max(1, RMS(U)/d), once per workgroup.
+    let n = sqrt(f32(tensor.numel));
+    let sum = sums[chunk.t];
+    let alpha = max(s.eps2, sqrt(sum.x) / n) * s.rho;
+    let step = alpha / max(1.0, sqrt(sum.y) / (n * s.d));
     for (var k = 0u; k < 4u; k++) {
-        let c = chunk_element(w, local, k);
-        if (c.valid) {
-            let tensor = tensors[c.t];
-            let n = f32(tensor.numel);
-            let sum = sums[c.t];
-            let alpha = max(s.eps2, sqrt(sum.x) / sqrt(n)) * s.rho;
-            let denom = max(1.0, sqrt(sum.y) / (sqrt(n) * s.d));
-            let i = tensor.offset + c.e;
-            let u = update_of(descent_grad(i), estimate(tensor, c.e));
-            params[i] = params[i] * s.decay - alpha / denom * u;
+        let e = chunk.first + k * THREADS + local;
+        if (e < tensor.numel) {
+            let i = tensor.offset + e;
+            let u = update_of(descent_grad(i), estimate(tensor, e));
+            params[i] = params[i] * s.decay - step * u;
         }
     }
 }

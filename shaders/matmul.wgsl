@@ -91,11 +91,7 @@ fn tiled(
     for (var l0 = 0u; l0 < p.k; l0 += TILE_K) {
         // TILE_BODY
     }
-    for (var r = 0u; r < 4u; r++) {
-        for (var c = 0u; c < 4u; c++) {
-            store_out(p, row0 + lid.y + 16u * r, col0 + lid.x + 16u * c, acc[r * 4u + c]);
-        }
-    }
+    // STORE_BODY
 }
 
 @compute @workgroup_size(16, 16)

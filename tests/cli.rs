@@ -116,6 +116,8 @@ fn help_documents_every_command_and_option() {
         "bench",
         "report",
         "adapters",
+        "bench-matrices",
+        "lab",
         "--backend",
         "--adapter",
     ] {
@@ -522,4 +524,45 @@ fn conformance_runs_every_shipped_fixture_by_default() {
         stdout.contains("cases: 25 pass, 0 fail, 0 unsupported"),
         "{stdout}"
     );
+}
+
+/// `bench-matrices`: the products of both kernels and the shaped optimizers' steps, measured
+/// and written as JSON with real (positive, finite) figures; bad numbers are one line.
+#[test]
+fn bench_matrices_measures_both_kernels_and_the_shaped_steps() {
+    let json = std::env::temp_dir().join(format!("wgpu-optim-mat-{}.json", std::process::id()));
+    let out = wgpu_optim(&[
+        "bench-matrices",
+        "--sizes",
+        "17",
+        "64",
+        "--width",
+        "24",
+        "--steps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let matmul = report["matmul"].as_array().unwrap();
+    assert_eq!(matmul.len(), 2);
+    for m in matmul {
+        for key in ["tiled_gflops", "naive_gflops", "tiled_ms", "naive_ms"] {
+            let v = m[key].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{key}: {m}");
+        }
+    }
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 6);
+    for s in steps {
+        assert!(s["fraction_of_copy"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["bytes_per_element"].as_f64().unwrap() >= 28.0, "{s}");
+    }
+    assert!(stdout.contains("tiled / naive"), "{stdout}");
+    std::fs::remove_file(&json).ok();
+    let line = fails_at_once(&["bench-matrices", "--sizes", "0"]);
+    assert!(line.contains("--sizes"), "{line}");
 }

@@ -445,7 +445,8 @@ impl Group {
             .config
             .kernel()
             .tensor_sums
-            .then(|| TensorSums::new(ctx, &segments, &tensors));
+            .then(|| TensorSums::new(ctx, &segments, &tensors))
+            .transpose()?;
         let GroupSpec {
             config,
             options,

@@ -33,7 +33,15 @@ pub(crate) struct TensorSums {
 
 impl TensorSums {
     /// Numbers the workgroups of `segments` one after the other and finds each one's tensor.
-    pub fn new(ctx: &GpuContext, segments: &[Segment], tensors: &[TensorPlace]) -> Self {
+    ///
+    /// On an adapter whose loops end early (llvmpipe: 65,535 iterations, see
+    /// [`GpuContext::loop_limit`]), a tensor of more workgroups than that (67 million
+    /// elements) is refused: `finalize_tensors` adds its sums in one loop.
+    pub fn new(
+        ctx: &GpuContext,
+        segments: &[Segment],
+        tensors: &[TensorPlace],
+    ) -> crate::error::Result<Self> {
         let mut first_workgroup = Vec::with_capacity(segments.len());
         let mut owner: Vec<u32> = Vec::new();
         for (s, segment) in segments.iter().enumerate() {
@@ -74,6 +82,21 @@ impl TensorSums {
                 entry[0] = 0;
             }
         }
+        if let Some(limit) = ctx.loop_limit()
+            && let Some((t, entry)) = table
+                .iter()
+                .enumerate()
+                .find(|(_, e)| (e[1].saturating_sub(e[0])) as u64 > limit)
+        {
+            return Err(crate::error::Error::InvalidConfig {
+                optimizer: "per-tensor sums",
+                reason: format!(
+                    "tensor {t} spans {} workgroups of 1,024 elements, and this adapter ends \
+                     the loop that adds them after {limit} iterations: split it",
+                    entry[1] - entry[0]
+                ),
+            });
+        }
         let buffer = |label: &str, contents: &[u8], usage: wgpu::BufferUsages| {
             let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -85,13 +108,13 @@ impl TensorSums {
             buffer
         };
         let storage = wgpu::BufferUsages::STORAGE;
-        Self {
+        Ok(Self {
             partials: buffer("tensor partial sums", &vec![0u8; owner.len() * 8], storage),
             workgroup_tensor: buffer("workgroup tensors", bytemuck::cast_slice(&owner), storage),
             table: buffer("tensor table", bytemuck::cast_slice(&table), storage),
             first_workgroup,
             tensors: tensors.len() as u32,
-        }
+        })
     }
 
     /// The bind-group entries of the sums (the same for every segment).

@@ -50,7 +50,22 @@ pub fn matmul_source() -> String {
         body += &format!("        acc[{o}] += tile_sum[{o}];\n");
     }
     body += "        workgroupBarrier();\n";
-    MATMUL_TEMPLATE.replace("        // TILE_BODY\n", &body)
+    // The outputs, also unrolled: indexing `acc` by a variable would keep it in memory
+    // instead of registers.
+    let mut store = String::new();
+    for r in 0..4 {
+        for c in 0..4 {
+            store += &format!(
+                "    store_out(p, row0 + lid.y + {}u, col0 + lid.x + {}u, acc[{}]);\n",
+                16 * r,
+                16 * c,
+                r * 4 + c
+            );
+        }
+    }
+    MATMUL_TEMPLATE
+        .replace("        // TILE_BODY\n", &body)
+        .replace("    // STORE_BODY\n", &store)
 }
 
 const BINDINGS: [BindingKind; 2] = [

@@ -156,6 +156,24 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
     },
+    /// Measure the optimizers over shaped tensors: the tiled matrix product against a naive one
+    /// (GFLOP/s, alternating in one run), Adafactor's and Muon's steps on one transformer
+    /// block's matrices (bytes per parameter, fraction of the copy kernel measured in the same
+    /// run, Newton–Schulz GFLOP/s) and L-BFGS's device dot product.
+    BenchMatrices {
+        /// Sizes n of the (n×n)·(n×n) products (4 per batch).
+        #[arg(long, value_name = "N", num_args = 1.., default_values_t = [128u32, 256, 512], value_parser = clap::value_parser!(u32).range(1..=16384))]
+        sizes: Vec<u32>,
+        /// The block's width: width×width matrices ×4, width×4·width and 4·width×width.
+        #[arg(long, value_name = "W", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=8192))]
+        width: u64,
+        /// Timed repetitions (medians reported).
+        #[arg(long, value_name = "N", default_value_t = 7, value_parser = at_least_one, allow_negative_numbers = true)]
+        steps: usize,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Run the classic convergence experiments on the GPU, chart them and print measured
     /// against predicted rates.
     ///

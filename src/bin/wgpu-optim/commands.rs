@@ -42,6 +42,28 @@ pub(crate) fn run_report(
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) fn run_bench_matrices(
+    sizes: &[u32],
+    width: usize,
+    steps: usize,
+    json: Option<&std::path::Path>,
+    adapter: &AdapterArgs,
+) -> Result<ExitCode> {
+    if let Some(path) = json {
+        // Checked for writing before anything is measured.
+        std::fs::write(path, b"").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let ctx = adapter.context()?;
+    print!("{}", describe_adapter(&ctx.summary()));
+    let report = wgpu_optim::tools::bench::matrices::run(&ctx, sizes, width, steps)?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn run_adapters(json: bool, adapter: &AdapterArgs) -> Result<ExitCode> {
     let all = list_adapters(adapter.backend.map(Backend::backends))?;
     if all.is_empty() && !json {

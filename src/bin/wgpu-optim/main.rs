@@ -81,5 +81,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Adapters { json } => run_adapters(json, &adapter),
         Command::Lab { out } => lab::run_lab(&out, &adapter),
+        Command::BenchMatrices {
+            sizes,
+            width,
+            steps,
+            json,
+        } => commands::run_bench_matrices(&sizes, width as usize, steps, json.as_deref(), &adapter),
     }
 }

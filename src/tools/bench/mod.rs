@@ -12,6 +12,7 @@
 //! instances that the working set is larger than any cache.
 
 mod footprint;
+pub mod matrices;
 mod prepared;
 mod timing;
 mod workload;

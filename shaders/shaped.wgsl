@@ -119,3 +119,28 @@ fn finalize_y(@builtin(global_invocation_id) id: vec3<u32>) {
         sums[id.x].y = tensor_total(id.x);
     }
 }
+
+// Each tensor's Σ g² into its chunks' partials (then `finalize_x`): per-tensor gradient norms
+// for the user (`ShapedOptimizer::grad_norms`), in the same two dispatches as the step's sums.
+@compute @workgroup_size(256)
+fn grad_sumsq(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let w = flat_workgroup(wg, nwg);
+    if (w >= s.chunks) {
+        return;
+    }
+    let tensor = tensors[work[w]];
+    let first = (w - tensor.first_chunk) * CHUNK;
+    var total = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        let e = first + k * THREADS + local;
+        if (e < tensor.numel) {
+            let g = grads[tensor.offset + e];
+            total += g * g;
+        }
+    }
+    reduce_to_partial(local, total, w);
+}

@@ -584,12 +584,19 @@ impl ShapedOptimizer {
                         "row_means",
                         "update_sumsq",
                         "update",
+                        "grad_sumsq",
                     ],
                 ),
                 ShapedConfig::Muon(c) => (
                     &MUON_KERNEL,
                     vec![("NESTEROV", c.nesterov)],
-                    &["momentum", "finalize_x", "normalize", "update"],
+                    &[
+                        "momentum",
+                        "finalize_x",
+                        "normalize",
+                        "update",
+                        "grad_sumsq",
+                    ],
                 ),
             };
         let pipelines = entry_points
@@ -862,6 +869,38 @@ impl ShapedOptimizer {
         self.ctx.queue.submit([encoder.finish()]);
         self.step = t;
         Ok(())
+    }
+
+    /// Each tensor's gradient norm ‖g‖₂ (of the gradients written for the next step), for
+    /// logging: summed on the device in two dispatches however many tensors, one number per
+    /// tensor read back.
+    pub fn grad_norms(&self) -> Result<Vec<f64>> {
+        let l = &self.layout;
+        let header = [
+            l.entries.len() as u32,
+            l.chunks,
+            l.row_work(),
+            l.row_groups,
+            l.column_work(),
+            l.column_groups,
+        ];
+        // The uniform's header only: the step's own values are rewritten by every step.
+        self.ctx
+            .queue
+            .write_buffer(&self.uniform, 0, bytemuck::cast_slice(&header));
+        let tensor_groups = (l.entries.len() as u64).div_ceil(THREADS) as u32;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.dispatch(&mut pass, "grad_sumsq", l.chunks);
+            self.dispatch(&mut pass, "finalize_x", tensor_groups);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        let sums = crate::transfer::read(
+            &self.ctx,
+            &[View::whole(&self.sums).part(0, 4 * l.entries.len() as u64)],
+        )?;
+        Ok(sums.chunks(4).map(|s| (s[0] as f64).sqrt()).collect())
     }
 
     /// Waits for the submitted steps.

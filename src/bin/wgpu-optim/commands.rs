@@ -346,7 +346,7 @@ pub(crate) fn run_default(adapter: &AdapterArgs) -> Result<ExitCode> {
             .count()
     };
     println!(
-        "             more-optimizers.json: {} pass, {} fail, {} not supported yet",
+        "             more-optimizers.json: {} pass, {} fail, {} not supported",
         more_count(Status::Pass),
         more_count(Status::Fail),
         more_count(Status::Unsupported),

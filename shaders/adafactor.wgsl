@@ -35,7 +35,7 @@ fn param_sumsq(
     }
     let chunk = chunk_of(w);
     var total = 0.0;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = chunk.first + k * THREADS + local;
         if (e < chunk.tensor.numel) {
             let p = params[chunk.tensor.offset + e];
@@ -147,7 +147,7 @@ fn update_sumsq(
     let chunk = chunk_of(w);
     let tensor = chunk.tensor;
     var total = 0.0;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = chunk.first + k * THREADS + local;
         if (e < tensor.numel) {
             let g = descent_grad(tensor.offset + e);
@@ -179,7 +179,7 @@ fn update(
     let sum = sums[chunk.t];
     let alpha = max(s.eps2, sqrt(sum.x) / n) * s.rho;
     let step = alpha / max(1.0, sqrt(sum.y) / (n * s.d));
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = chunk.first + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.offset + e;

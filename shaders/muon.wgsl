@@ -36,7 +36,7 @@ fn momentum(
     }
     let tensor = tensors[chunk_tensor(w)];
     var total = 0.0;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.offset + e;
@@ -67,7 +67,7 @@ fn normalize(
     let t = chunk_tensor(w);
     let tensor = tensors[t];
     let norm = max(sqrt(sums[t].x), s.eps);
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.scratch + e;
@@ -92,7 +92,7 @@ fn update(
     // in the second after an odd number.
     let result = tensor.scratch + s.result_copy * tensor.numel;
     let lr = sums[t].z;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.offset + e;

@@ -11,8 +11,11 @@
 // tensors, so a workgroup's sum belongs to one tensor), a pass over rows one workgroup per 256
 // rows of one tensor, and so on. `work` maps each workgroup of each kind of pass to its tensor.
 
-const CHUNK: u32 = 1024u;
+const CHUNK: u32 = 4096u;
 const THREADS: u32 = 256u;
+// Elements each invocation of a chunk pass handles, strided by THREADS (neighbours read
+// neighbours): 16, so that a reduction's barriers come once per 4,096 elements.
+const PER_THREAD: u32 = CHUNK / THREADS;
 
 // One tensor, as the host's `TensorEntry` (src/shaped/mod.rs).
 struct TensorEntry {
@@ -135,7 +138,7 @@ fn grad_sumsq(
     let tensor = tensors[work[w]];
     let first = (w - tensor.first_chunk) * CHUNK;
     var total = 0.0;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let e = first + k * THREADS + local;
         if (e < tensor.numel) {
             let g = grads[tensor.offset + e];

@@ -2,8 +2,11 @@
 // and reductions (a·b, max |x|, Σ|x|) in two passes: one partial per workgroup of CHUNK
 // elements, then one workgroup over the partials. The host reads back one value.
 
-const CHUNK: u32 = 1024u;
+const CHUNK: u32 = 4096u;
 const THREADS: u32 = 256u;
+// Elements each invocation of a chunk pass handles, strided by THREADS (neighbours read
+// neighbours): 16, so that a reduction's barriers come once per 4,096 elements.
+const PER_THREAD: u32 = CHUNK / THREADS;
 
 struct VectorParams {
     len: u32,
@@ -105,7 +108,7 @@ fn reduce_chunks(
     }
     var value = 0.0;
     var nan = false;
-    for (var k = 0u; k < 4u; k++) {
+    for (var k = 0u; k < PER_THREAD; k++) {
         let i = w * CHUNK + k * THREADS + local;
         if (i < settings.len) {
             let t = term(i);

@@ -21,7 +21,7 @@ const BINDINGS: [BindingKind; 4] = [
     BindingKind::Storage { read_only: false },
 ];
 /// Elements per workgroup of a reduction's first pass (`CHUNK`).
-const CHUNK: u64 = 1024;
+const CHUNK: u64 = 4096;
 
 shader_struct! {
     /// The uniform of `shaders/vectors.wgsl`.

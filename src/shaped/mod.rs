@@ -6,7 +6,7 @@
 //! - every tensor's elements end to end in one parameter, one gradient and one state buffer;
 //! - a tensor table (`TensorEntry`) saying where each tensor and its states lie;
 //! - per-tensor sums in O(1) dispatches: each pass over elements runs one workgroup per chunk of
-//!   1,024 elements of one tensor, each workgroup leaves one partial sum, and one invocation per
+//!   4,096 elements of one tensor, each workgroup leaves one partial sum, and one invocation per
 //!   tensor adds its partials (`finalize_x`, `finalize_y` in `shaders/shaped.wgsl`);
 //! - Muon's matrix products batched over the group's matrices ([`matmul`]).
 //!
@@ -25,7 +25,7 @@ use crate::transfer::View;
 use matmul::{MatmulKernel, Product, ProductBatch};
 
 /// Elements one workgroup of a pass over elements handles (`CHUNK` in `shaped.wgsl`).
-const CHUNK: u64 = 1024;
+const CHUNK: u64 = 4096;
 /// Rows (or columns, or tensors) one workgroup of the other passes handles.
 const THREADS: u64 = 256;
 
@@ -396,7 +396,7 @@ impl Layout {
     fn check_loops(&self, config: &ShapedConfig, limit: u64) -> Result<()> {
         for (t, e) in self.entries.iter().enumerate() {
             let mut loops = vec![(
-                "its chunks of 1,024 elements",
+                "its chunks of 4,096 elements",
                 (e.numel as u64).div_ceil(CHUNK),
             )];
             if let (ShapedConfig::Adafactor(_), 1) = (config, e.factored) {

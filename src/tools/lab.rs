@@ -1,10 +1,12 @@
 //! The seeds' experiments (issue 12): the classic convergence claims of first- and second-order
 //! methods, run on the GPU through the public engine and measured.
 //!
-//! Every iterate is computed by an [`Optimizer`] with an [`Sgd`] configuration, in float32 on the
-//! device. Between steps the host reads the parameters back, evaluates the objective and its
-//! gradient in float64 and hands the gradient (or, for Newton's method, the Newton direction) to
-//! [`Optimizer::step_with_grads`]. What is measured is therefore the engine's own arithmetic:
+//! Every iterate is computed in float32 on the device: by an [`Optimizer`] with an [`Sgd`]
+//! configuration, or by [`GpuLbfgs`]. Between steps the host reads the parameters back,
+//! evaluates the objective and its gradient in float64 and hands the gradient (or, for Newton's
+//! method, the Newton direction) to [`Optimizer::step_with_grads`]; L-BFGS calls its closure,
+//! which does the same, as often as its line search asks. What is measured is therefore the
+//! library's own arithmetic:
 //!
 //! - gradient descent with η = 1/λmax on a quadratic ½(x − x*)ᵀA(x − x*) of condition number κ
 //!   contracts the error by 1 − 1/κ per step (Nocedal & Wright, *Numerical Optimization*, 2nd
@@ -18,11 +20,16 @@
 //! - on f(x) = x² from x0 = 8.7, gradient descent multiplies x by 1 − 2α each step: α = 0.2
 //!   converges, α = 0.9 oscillates while it converges, α = 1.05 diverges;
 //! - Newton's method (Nocedal & Wright §3.3, Theorem 3.5) lands on a quadratic's minimum in one
-//!   step and converges quadratically on Rosenbrock's function, where gradient descent crawls.
+//!   step and converges quadratically on Rosenbrock's function, where gradient descent crawls;
+//! - L-BFGS (Liu & Nocedal 1989; torch's `LBFGS` with its strong-Wolfe line search, run on the
+//!   device by [`GpuLbfgs`], see [`run_lbfgs`]) with a history longer than the run reaches
+//!   float32's floor on a κ = 1e4 quadratic in a few times n evaluations, where heavy ball
+//!   needs hundreds and gradient descent hundreds of thousands, and converges superlinearly on
+//!   Rosenbrock's function.
 //!
 //! [`EXPERIMENTS`] lists them for `wgpu-optim lab`, which draws each one; the building blocks
-//! ([`Quadratic`], [`Rosenbrock`], [`Method`], [`run`], [`rate`]) are public for the tests.
-//! Dimensions are small (20 to 50): the point is the rates, not the throughput.
+//! ([`Quadratic`], [`Rosenbrock`], [`Method`], [`run`], [`run_lbfgs`], [`rate`]) are public for
+//! the tests. Dimensions are small (20 to 50): the point is the rates, not the throughput.
 
 use std::ops::Range;
 
@@ -30,6 +37,8 @@ use crate::context::GpuContext;
 use crate::engine::{GroupId, Optimizer, TensorId};
 use crate::error::{Error, Result};
 use crate::optim::Sgd;
+use crate::optim::lbfgs::{self, HostVectors, Lbfgs, LbfgsState, LineSearch};
+use crate::vectors::{DeviceVector, DeviceVectors, GpuLbfgs};
 
 /// A twice-differentiable objective, evaluated on the host in float64.
 pub trait Objective {
@@ -388,6 +397,10 @@ pub fn heavy_ball_rate(kappa: f64) -> f64 {
 pub struct Point {
     /// k: the number of steps taken.
     pub iteration: usize,
+    /// The gradient evaluations it took to reach x_k: k for the methods of [`run`] (one
+    /// gradient per step, and for Newton one Hessian besides), the closure evaluations of the
+    /// line searches for [`run_lbfgs`].
+    pub evaluations: usize,
     /// f(x_k) − f*.
     pub gap: f64,
     /// The distance from x_k to the nearest minimizer.
@@ -433,6 +446,7 @@ pub fn run(
         .build()?;
     let measure = |k: usize, x: Vec<f64>| Point {
         iteration: k,
+        evaluations: k,
         gap: objective.value(&x) - objective.minimum(),
         distance: objective.distance(&x),
         x,
@@ -459,6 +473,144 @@ pub fn run(
     }
     Ok(Series {
         label: method.label(),
+        points,
+    })
+}
+
+/// Closure evaluations per L-BFGS `step` call at most (torch's default `max_eval` for its
+/// default `max_iter` of 20): the line search's budget is this less the call's first
+/// evaluation.
+pub const LBFGS_MAX_EVAL: u64 = 25;
+
+/// The lab's L-BFGS: `torch.optim.LBFGS(lr=1, max_iter=1, max_eval=25, tolerance_grad=0,
+/// tolerance_change=0, history_size=history, line_search_fn="strong_wolfe")`.
+///
+/// One iteration per `step` call, so that every iterate is seen. The tolerances are 0 so that
+/// only the run's length stops it, or torch's own end of the road: a zero gradient, a
+/// direction that is no descent direction, a line search that finds no decrease. (torch's
+/// default `tolerance_change = 1e-9` on the change of the loss would stop it on the quadratic
+/// near ‖x − x*‖ ~ 1e-4, long before float32's floor.)
+pub fn lbfgs_config(history: usize) -> Lbfgs {
+    Lbfgs {
+        lr: 1.0,
+        max_iter: 1,
+        max_eval: Some(LBFGS_MAX_EVAL),
+        tolerance_grad: 0.0,
+        tolerance_change: 0.0,
+        history_size: history as u64,
+        line_search_fn: Some(LineSearch::StrongWolfe),
+        maximize: false,
+    }
+}
+
+/// Runs up to `iterations` iterations of L-BFGS ([`lbfgs_config`]) on `objective` from `x0`,
+/// on the GPU ([`GpuLbfgs`]: its vectors, dot products and line search on the device). The
+/// closure reads x back, evaluates f and ∇f in float64 on the host and writes the gradient as
+/// float32. Point 0 is the start rounded to float32; the run ends early where one torch call
+/// with `max_iter = iterations` would: when a call makes no line search (zero gradient, or no
+/// descent direction) or its line search leaves x where it was.
+///
+/// [`Point::evaluations`] counts what one such call would make: every call's closure
+/// evaluations, less the first evaluation of each call after the first, which recomputes f and
+/// ∇f at the point the previous call's line search already evaluated and ended on (the same
+/// float32 vector: x_init + t·d is formed by the same device operation both times).
+pub fn run_lbfgs(
+    ctx: &GpuContext,
+    objective: &dyn Objective,
+    x0: &[f64],
+    history: usize,
+    iterations: usize,
+) -> Result<Series> {
+    let start: Vec<f32> = x0.iter().map(|v| *v as f32).collect();
+    let mut optimizer = GpuLbfgs::new(ctx, lbfgs_config(history), &start)?;
+    let mut closure =
+        |space: &mut DeviceVectors, x: &DeviceVector, grad: &mut DeviceVector| -> Result<f64> {
+            let x: Vec<f64> = space.read(x)?.into_iter().map(f64::from).collect();
+            let g: Vec<f32> = objective.gradient(&x).iter().map(|v| *v as f32).collect();
+            space.write(grad, &g)?;
+            Ok(objective.value(&x))
+        };
+    let measure = |k: usize, evaluations: usize, x: Vec<f64>| Point {
+        iteration: k,
+        evaluations,
+        gap: objective.value(&x) - objective.minimum(),
+        distance: objective.distance(&x),
+        x,
+    };
+    let mut x: Vec<f64> = start.iter().map(|v| f64::from(*v)).collect();
+    let mut points = vec![measure(0, 0, x.clone())];
+    let mut evaluations = 0;
+    for k in 1..=iterations {
+        let outcome = optimizer.step(&mut closure)?;
+        if outcome.evals <= 1 {
+            break;
+        }
+        evaluations += if k == 1 {
+            outcome.evals
+        } else {
+            outcome.evals - 1
+        };
+        let next: Vec<f64> = optimizer
+            .read_params()?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        if next == x {
+            break;
+        }
+        x = next;
+        points.push(measure(k, evaluations, x.clone()));
+    }
+    Ok(Series {
+        label: format!("L-BFGS, m = {history}"),
+        points,
+    })
+}
+
+/// The float64 reference of [`run_lbfgs`]: the same statements ([`lbfgs::step`]) on float64
+/// vectors on the host ([`HostVectors`]), from the same float32-rounded start, stopped and
+/// counted the same way. What differs from the GPU's run is float32 alone.
+pub fn run_lbfgs_reference(
+    objective: &dyn Objective,
+    x0: &[f64],
+    history: usize,
+    iterations: usize,
+) -> Result<Series> {
+    let config = lbfgs_config(history);
+    let mut state = LbfgsState::new();
+    let mut space = HostVectors { len: x0.len() };
+    let mut x: Vec<f64> = x0.iter().map(|v| f64::from(*v as f32)).collect();
+    let mut closure = |_: &mut HostVectors, x: &Vec<f64>, grad: &mut Vec<f64>| -> Result<f64> {
+        grad.copy_from_slice(&objective.gradient(x));
+        Ok(objective.value(x))
+    };
+    let measure = |k: usize, evaluations: usize, x: Vec<f64>| Point {
+        iteration: k,
+        evaluations,
+        gap: objective.value(&x) - objective.minimum(),
+        distance: objective.distance(&x),
+        x,
+    };
+    let mut points = vec![measure(0, 0, x.clone())];
+    let mut evaluations = 0;
+    for k in 1..=iterations {
+        let before = x.clone();
+        let outcome = lbfgs::step(&config, &mut state, &mut space, &mut x, &mut closure)?;
+        if outcome.evals <= 1 {
+            break;
+        }
+        evaluations += if k == 1 {
+            outcome.evals
+        } else {
+            outcome.evals - 1
+        };
+        if x == before {
+            break;
+        }
+        points.push(measure(k, evaluations, x.clone()));
+    }
+    Ok(Series {
+        label: format!("L-BFGS, m = {history}, float64 on the host"),
         points,
     })
 }
@@ -536,11 +688,16 @@ pub struct Line {
     pub colour: usize,
 }
 
+/// The x axis of the panels whose every line is per iteration.
+const ITERATIONS: &str = "iteration k";
+
 /// One chart of an experiment.
 #[derive(Clone, Debug)]
 pub struct Panel {
     /// The panel's title.
     pub title: String,
+    /// The x axis' description (" (log scale)" is appended on log axes).
+    pub x_label: String,
     /// The y axis' description.
     pub y_label: String,
     /// Log-scale y (errors and gaps); linear for the 1-D iterates themselves.
@@ -595,9 +752,10 @@ pub const EXPERIMENTS: &[LabEntry] = &[
         name: "newton",
         run: newton_experiment,
     },
-    // L-BFGS: once `optim::lbfgs` steps on the GPU, one `fn lbfgs_experiment(ctx)` running it
-    // beside Newton on `newton_quadratic()` and `Rosenbrock { pairs: 10 }` (the same objectives
-    // and starts as `newton_experiment`), and its line here.
+    LabEntry {
+        name: "lbfgs",
+        run: lbfgs_experiment,
+    },
 ];
 
 /// The dimension of the experiments' quadratics.
@@ -727,6 +885,7 @@ fn gradient_descent_experiment(ctx: &GpuContext) -> Result<Experiment> {
         panels: vec![
             Panel {
                 title: "‖x_k − x*‖ under the bound ‖x0 − x*‖ (1 − 1/κ)^k".into(),
+                x_label: ITERATIONS.into(),
                 y_label: "‖x − x*‖ (log scale)".into(),
                 log_y: true,
                 log_x: false,
@@ -734,6 +893,7 @@ fn gradient_descent_experiment(ctx: &GpuContext) -> Result<Experiment> {
             },
             Panel {
                 title: "Error along the slowest eigenvector: exactly (1 − 1/κ)^k".into(),
+                x_label: ITERATIONS.into(),
                 y_label: "|q1ᵀ(x − x*)| (log scale)".into(),
                 log_y: true,
                 log_x: false,
@@ -805,6 +965,7 @@ fn heavy_ball_experiment(ctx: &GpuContext) -> Result<Experiment> {
         let through_end = distances[end] / hb_rate.powi(end as i32);
         panels.push(Panel {
             title: format!("κ = {}", short(kappa)),
+            x_label: ITERATIONS.into(),
             y_label: "‖x − x*‖ (log scale)".into(),
             log_y: true,
             log_x: false,
@@ -912,6 +1073,7 @@ fn nesterov_experiment(ctx: &GpuContext) -> Result<Experiment> {
             .into(),
         panels: vec![Panel {
             title: "f(x_k) − f*".into(),
+            x_label: ITERATIONS.into(),
             y_label: "f(x) − f* (log scale)".into(),
             log_y: true,
             log_x: true,
@@ -1003,6 +1165,7 @@ fn step_size_experiment(ctx: &GpuContext) -> Result<Experiment> {
         panels: vec![
             Panel {
                 title: "x_k".into(),
+                x_label: ITERATIONS.into(),
                 y_label: "x".into(),
                 log_y: false,
                 log_x: false,
@@ -1010,6 +1173,7 @@ fn step_size_experiment(ctx: &GpuContext) -> Result<Experiment> {
             },
             Panel {
                 title: "|x_k| against |1 − 2α|^k".into(),
+                x_label: ITERATIONS.into(),
                 y_label: "|x| (log scale)".into(),
                 log_y: true,
                 log_x: false,
@@ -1075,6 +1239,7 @@ fn newton_experiment(ctx: &GpuContext) -> Result<Experiment> {
     });
     panels.push(Panel {
         title: "Quadratic, κ = 1e4, n = 50".into(),
+        x_label: ITERATIONS.into(),
         y_label: "‖x − x*‖ (log scale)".into(),
         log_y: true,
         log_x: false,
@@ -1122,6 +1287,7 @@ fn newton_experiment(ctx: &GpuContext) -> Result<Experiment> {
         });
     panels.push(Panel {
         title: format!("Rosenbrock, 10 pairs from (−1.2, 1){exact}"),
+        x_label: ITERATIONS.into(),
         y_label: "‖x − x*‖ (log scale)".into(),
         log_y: true,
         log_x: true,
@@ -1132,6 +1298,282 @@ fn newton_experiment(ctx: &GpuContext) -> Result<Experiment> {
         title:
             "Newton's method (float64 solve on the host, step on the GPU) against gradient descent"
                 .into(),
+        panels,
+        comparisons,
+    })
+}
+
+/// The lab's short L-BFGS history (torch's default is 100).
+pub const LBFGS_HISTORY: usize = 10;
+
+/// torch's default L-BFGS history (`history_size = 100`): more pairs than the runs on
+/// [`lbfgs_quadratic`] take iterations, so none is ever dropped.
+pub const LBFGS_LONG_HISTORY: usize = 100;
+
+/// The dimension of [`lbfgs_quadratic`]: small enough that L-BFGS with torch's default history
+/// keeps every pair until it reaches float32's floor (each iteration takes two dot products
+/// per pair on the device, each read back).
+pub const LBFGS_DIM: usize = 20;
+
+/// The quadratic of the L-BFGS experiment: κ = 1e4 as in the Newton experiment, n = 20,
+/// rotated.
+pub fn lbfgs_quadratic() -> Quadratic {
+    Quadratic::log_spaced(LBFGS_DIM, 1e4, LAMBDA_MAX, 5)
+}
+
+/// (k, e_k/e_(k−1)) for every step k ≥ 1 whose new error e_k is still above `floor` (under
+/// it, float32's rounding decides the ratio) and whose e_(k−1) is not zero.
+pub fn successive_ratios(distances: &[f64], floor: f64) -> Vec<(usize, f64)> {
+    distances
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] > floor && w[0] > 0.0)
+        .map(|(k, w)| (k + 1, w[1] / w[0]))
+        .collect()
+}
+
+/// The first point whose error is at most `target`: its (iteration, evaluations), if any.
+pub fn first_reaching(series: &Series, target: f64) -> Option<(usize, usize)> {
+    series
+        .points
+        .iter()
+        .find(|p| p.distance <= target)
+        .map(|p| (p.iteration, p.evaluations))
+}
+
+/// Gradient descent with η = 1/λmax on `problem` from `unit_eigen_start`: in exact arithmetic
+/// the slowest direction's error is exactly (1 − 1/κ)^k and ‖x_k − x*‖ is at least that, so
+/// reaching `relative` · ‖x0 − x*‖ takes at least this many steps.
+pub fn gradient_descent_steps_at_least(problem: &Quadratic, relative: f64) -> f64 {
+    let d0 = (problem.dim() as f64).sqrt();
+    ((relative * d0).ln() / gradient_descent_rate(problem.condition_number()).ln()).ceil()
+}
+
+/// ‖x_k − x*‖ against the gradient evaluations that reached x_k.
+fn evaluation_line(series: &Series, colour: usize) -> Line {
+    Line {
+        points: series
+            .points
+            .iter()
+            .map(|p| (p.evaluations as f64, p.distance))
+            .collect(),
+        ..distance_line(series, colour)
+    }
+}
+
+/// e_k/e_(k−1) against k, above `floor`.
+fn ratio_line(series: &Series, floor: f64, colour: usize) -> Line {
+    let ratios = successive_ratios(&series.distances(), floor);
+    Line {
+        label: series.label.clone(),
+        markers: ratios.len() <= 60,
+        points: ratios.into_iter().map(|(k, r)| (k as f64, r)).collect(),
+        predicted: false,
+        colour,
+    }
+}
+
+/// The x axis of panels that compare methods by their cost: one evaluation per step for
+/// gradient descent, heavy ball and Newton (with a Hessian), those of the line searches for
+/// L-BFGS ([`Point::evaluations`]).
+const EVALUATIONS: &str = "gradient evaluations";
+
+fn lbfgs_experiment(ctx: &GpuContext) -> Result<Experiment> {
+    let mut panels = Vec::new();
+    let mut comparisons = Vec::new();
+    let as_count = |k: Option<usize>| k.map_or(f64::INFINITY, |k| k as f64);
+
+    let quadratic = lbfgs_quadratic();
+    let n = quadratic.dim();
+    let x0 = unit_eigen_start(&quadratic);
+    let steps = 1000;
+    let plain = run(
+        ctx,
+        &quadratic,
+        &x0,
+        Method::GradientDescent {
+            lr: 1.0 / quadratic.lambda_max(),
+        },
+        steps,
+    )?;
+    let (alpha, beta) = optimal_heavy_ball(quadratic.lambda_min(), quadratic.lambda_max());
+    let heavy = run(
+        ctx,
+        &quadratic,
+        &x0,
+        Method::HeavyBall {
+            lr: alpha,
+            momentum: beta,
+        },
+        steps,
+    )?;
+    let newton = run(ctx, &quadratic, &x0, Method::Newton, 2)?;
+    let long = run_lbfgs(ctx, &quadratic, &x0, LBFGS_LONG_HISTORY, 150)?;
+    let short_history = run_lbfgs(ctx, &quadratic, &x0, LBFGS_HISTORY, 150)?;
+    // Short legends: the panels are narrow.
+    let plain = Series {
+        label: "GD, η = 1/λmax".into(),
+        ..plain
+    };
+    let heavy = Series {
+        label: "heavy ball, Goh's α, β".into(),
+        ..heavy
+    };
+    let d0 = plain.points[0].distance;
+    let what = |relative: f64, method: &str| {
+        format!("quadratic: evaluations to ‖x − x*‖ ≤ {relative:e}‖x0 − x*‖, {method}")
+    };
+    for relative in [1e-3, 1e-5] {
+        let target = relative * d0;
+        comparisons.push(Comparison {
+            what: what(
+                relative,
+                &format!("GD (predicted: at least; ∞: not in {steps})"),
+            ),
+            predicted: gradient_descent_steps_at_least(&quadratic, relative),
+            measured: as_count(first_reaching(&plain, target).map(|p| p.1)),
+        });
+        comparisons.push(Comparison {
+            what: what(relative, "heavy ball"),
+            predicted: f64::NAN,
+            measured: as_count(first_reaching(&heavy, target).map(|p| p.1)),
+        });
+        for series in [&short_history, &long] {
+            let reached = first_reaching(series, target);
+            let iterations = reached.map_or_else(
+                || format!(" (∞: not in {} iterations)", series.points.len() - 1),
+                |(k, _)| format!(" ({k} iterations)"),
+            );
+            comparisons.push(Comparison {
+                what: what(relative, &format!("{}{iterations}", series.label)),
+                predicted: f64::NAN,
+                measured: as_count(reached.map(|p| p.1)),
+            });
+        }
+        comparisons.push(Comparison {
+            what: what(relative, "Newton"),
+            predicted: 1.0,
+            measured: as_count(first_reaching(&newton, target).map(|p| p.1)),
+        });
+    }
+    // The same L-BFGS in float64 on the host: what float32 changes.
+    let reference_short = run_lbfgs_reference(&quadratic, &x0, LBFGS_HISTORY, 150)?;
+    let reference_long = run_lbfgs_reference(&quadratic, &x0, LBFGS_LONG_HISTORY, 150)?;
+    // Both run 150 iterations unless torch's stopping rules end one early.
+    let k = short_history.points.len().min(reference_short.points.len()) - 1;
+    comparisons.push(Comparison {
+        what: format!(
+            "quadratic: ‖x{k} − x*‖/‖x0 − x*‖, {} (predicted: float64 reference)",
+            short_history.label
+        ),
+        predicted: reference_short.points[k].distance / d0,
+        measured: short_history.points[k].distance / d0,
+    });
+    comparisons.push(Comparison {
+        what: format!(
+            "quadratic: evaluations to ‖x − x*‖ ≤ 1e-5‖x0 − x*‖, {} (predicted: float64 reference)",
+            long.label
+        ),
+        predicted: as_count(first_reaching(&reference_long, 1e-5 * d0).map(|p| p.1)),
+        measured: as_count(first_reaching(&long, 1e-5 * d0).map(|p| p.1)),
+    });
+    // x* rounded to float32, coordinate by coordinate, is the float32 vector nearest x*.
+    let rounded: Vec<f64> = quadratic
+        .minimizer
+        .iter()
+        .map(|v| f64::from(*v as f32))
+        .collect();
+    let rounding = quadratic.distance(&rounded) / d0;
+    for series in [&heavy, &short_history, &long] {
+        let lowest = series.distances().into_iter().fold(f64::INFINITY, f64::min);
+        comparisons.push(Comparison {
+            what: format!(
+                "quadratic: lowest ‖x − x*‖/‖x0 − x*‖, {} (bound: x* rounded to float32)",
+                series.label
+            ),
+            predicted: rounding,
+            measured: lowest / d0,
+        });
+    }
+    panels.push(Panel {
+        title: format!("Quadratic, κ = 1e4, n = {n}, rotated"),
+        x_label: EVALUATIONS.into(),
+        y_label: "‖x − x*‖ (log scale)".into(),
+        log_y: true,
+        log_x: true,
+        lines: vec![
+            evaluation_line(&plain, 1),
+            evaluation_line(&heavy, 3),
+            evaluation_line(&short_history, 4),
+            evaluation_line(&long, 2),
+            evaluation_line(&newton, 0),
+        ],
+    });
+
+    let rosenbrock = Rosenbrock { pairs: 10 };
+    let x0 = rosenbrock.standard_start();
+    let lbfgs = run_lbfgs(ctx, &rosenbrock, &x0, LBFGS_HISTORY, 100)?;
+    let newton = run(ctx, &rosenbrock, &x0, Method::Newton, 8)?;
+    let gd_steps = 3000;
+    let plain = Series {
+        label: format!("GD, η = {ROSENBROCK_LR:e}"),
+        ..run(
+            ctx,
+            &rosenbrock,
+            &x0,
+            Method::GradientDescent { lr: ROSENBROCK_LR },
+            gd_steps,
+        )?
+    };
+    let floor = float32_floor(&vec![1.0; rosenbrock.dim()], 10.0);
+    for series in [&lbfgs, &newton] {
+        let reached = first_reaching(series, 1e-5);
+        comparisons.push(Comparison {
+            what: format!(
+                "Rosenbrock: iterations to ‖x − x*‖ ≤ 1e-5, {}{}",
+                series.label,
+                reached.map_or(String::new(), |(_, e)| format!(" ({e} evaluations)"))
+            ),
+            predicted: f64::NAN,
+            measured: as_count(reached.map(|p| p.0)),
+        });
+    }
+    let ratios = successive_ratios(&lbfgs.distances(), floor);
+    for (k, ratio) in ratios.iter().skip(ratios.len().saturating_sub(4)) {
+        comparisons.push(Comparison {
+            what: format!(
+                "Rosenbrock, {}: e_{k}/e_{} (superlinear: → 0)",
+                lbfgs.label,
+                k - 1
+            ),
+            predicted: f64::NAN,
+            measured: *ratio,
+        });
+    }
+    panels.push(Panel {
+        title: "Rosenbrock, 10 pairs from (−1.2, 1)".into(),
+        x_label: EVALUATIONS.into(),
+        y_label: "‖x − x*‖ (log scale)".into(),
+        log_y: true,
+        log_x: true,
+        lines: vec![
+            evaluation_line(&plain, 1),
+            evaluation_line(&lbfgs, 2),
+            evaluation_line(&newton, 0),
+        ],
+    });
+    panels.push(Panel {
+        title: "Rosenbrock: e_k/e_(k−1), above float32's floor".into(),
+        x_label: ITERATIONS.into(),
+        y_label: "‖x_k − x*‖ / ‖x_(k−1) − x*‖ (log scale)".into(),
+        log_y: true,
+        log_x: false,
+        lines: vec![ratio_line(&lbfgs, floor, 2), ratio_line(&newton, floor, 0)],
+    });
+    Ok(Experiment {
+        name: "lbfgs",
+        title: "L-BFGS (torch's LBFGS, strong Wolfe, on the GPU) against GD, heavy ball and Newton"
+            .into(),
         panels,
         comparisons,
     })

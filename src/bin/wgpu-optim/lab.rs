@@ -19,15 +19,20 @@ use crate::output::describe_adapter;
 const FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
 
 /// Colours distinct in print and for the common colour-vision deficiencies (Okabe & Ito).
-const PALETTE: [RGBColor; 4] = [
+const PALETTE: [RGBColor; 6] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
     RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
 ];
 
 /// Pixels per panel; panels sit side by side.
 const PANEL_SIZE: (u32, u32) = (760, 560);
+
+/// The width of each panel of a chart with three or more.
+const NARROW_PANEL_WIDTH: u32 = 520;
 
 pub(crate) fn run_lab(out: &Path, adapter: &AdapterArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(out)
@@ -64,12 +69,13 @@ pub(crate) fn run_lab(out: &Path, adapter: &AdapterArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A table cell: 6, 0.990000, 3.210e-7, "-" where theory gives no number.
+/// A table cell: 6, 0.990000, 3.210e-7, "-" where theory gives no number, "∞" for an unbounded
+/// quantity or a target never reached.
 fn number(v: f64) -> String {
     if v.is_nan() {
         "-".into()
     } else if v.is_infinite() {
-        "unbounded".into()
+        "∞".into()
     } else if v == v.round() && v.abs() < 1e6 {
         format!("{v:.0}")
     } else if (1e-3..1e4).contains(&v.abs()) {
@@ -86,10 +92,16 @@ fn write_chart(
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let png = out.join(format!("{}.png", experiment.name));
     let svg = out.join(format!("{}.svg", experiment.name));
-    // One panel alone gets more width, for the caption.
+    // One panel alone gets more width, for the caption; three or more get less each, so that
+    // the PNG stays small enough for the README.
     let panels = experiment.panels.len() as u32;
+    let panel_width = if panels > 2 {
+        NARROW_PANEL_WIDTH
+    } else {
+        PANEL_SIZE.0
+    };
     let size = (
-        (PANEL_SIZE.0 * panels).max(PANEL_SIZE.0 * 4 / 3),
+        (panel_width * panels).max(PANEL_SIZE.0 * 4 / 3),
         PANEL_SIZE.1 + 40,
     );
     draw(
@@ -154,14 +166,18 @@ fn tick(v: f64, log: bool) -> String {
     }
 }
 
-/// The corner of the plot that the fewest points fall into (its quarter-width, third-height
-/// box), for the legend: curves fall from the upper left, grow to the upper right, or swing.
+/// The corner of the plot that the fewest points fall into (a box of the legend's size, in
+/// fractions of the plot's width and height), for the legend: curves fall from the upper left,
+/// grow to the upper right, or swing. A point of a line drawn with markers counts ten times:
+/// each one is a measurement the legend should not hide; the second value says whether the
+/// corner chosen still hides one.
 fn emptiest_corner(
     lines: &[(&Line, Vec<(f64, f64)>)],
     panel: &Panel,
     x: (f64, f64),
     y: (f64, f64),
-) -> SeriesLabelPosition {
+    (width, height): (f64, f64),
+) -> (SeriesLabelPosition, bool) {
     let unit = |v: f64, (low, high): (f64, f64), log: bool| {
         if log {
             (v.ln() - low.ln()) / (high.ln() - low.ln())
@@ -169,41 +185,70 @@ fn emptiest_corner(
             (v - low) / (high - low)
         }
     };
+    let (left, right) = ((0.0, width), (1.0 - width, 1.0));
+    let (low, high) = ((0.0, height), (1.0 - height, 1.0));
     let corners = [
-        (SeriesLabelPosition::UpperRight, (0.55, 1.0), (0.68, 1.0)),
-        (SeriesLabelPosition::LowerLeft, (0.0, 0.45), (0.0, 0.32)),
-        (SeriesLabelPosition::UpperLeft, (0.0, 0.45), (0.68, 1.0)),
-        (SeriesLabelPosition::LowerRight, (0.55, 1.0), (0.0, 0.32)),
+        (SeriesLabelPosition::UpperRight, right, high),
+        (SeriesLabelPosition::LowerLeft, left, low),
+        (SeriesLabelPosition::UpperLeft, left, high),
+        (SeriesLabelPosition::LowerRight, right, low),
     ];
     // Points along every segment, in axis units (0..1), so that a line with few points
     // still counts where it passes.
     let mut samples = Vec::new();
-    for (_, points) in lines {
+    for (line, points) in lines {
+        let weight = if line.markers { 10 } else { 1 };
         let units: Vec<(f64, f64)> = points
             .iter()
             .map(|(px, py)| (unit(*px, x, panel.log_x), unit(*py, y, panel.log_y)))
             .collect();
-        samples.extend(units.first().copied());
+        samples.extend(units.first().map(|p| (*p, weight)));
         for w in units.windows(2) {
             samples.extend((1..=8).map(|i| {
                 let t = i as f64 / 8.0;
-                (
+                let p = (
                     w[0].0 + t * (w[1].0 - w[0].0),
                     w[0].1 + t * (w[1].1 - w[0].1),
-                )
+                );
+                // The segment's own end is a measurement; the points between are not.
+                (p, if i == 8 { weight } else { 1 })
             }));
         }
     }
-    let crowding = |(xs, ys): ((f64, f64), (f64, f64))| {
+    let inside = |(xs, ys): ((f64, f64), (f64, f64))| {
         samples
             .iter()
-            .filter(|(u, v)| (xs.0..=xs.1).contains(u) && (ys.0..=ys.1).contains(v))
-            .count()
+            .filter(move |((u, v), _)| (xs.0..=xs.1).contains(u) && (ys.0..=ys.1).contains(v))
+            .map(|(_, weight)| *weight)
     };
     corners
         .into_iter()
-        .min_by_key(|(_, xs, ys)| crowding((*xs, *ys)))
-        .map_or(SeriesLabelPosition::UpperRight, |(corner, _, _)| corner)
+        .min_by_key(|(_, xs, ys)| inside((*xs, *ys)).sum::<usize>())
+        .map_or(
+            (SeriesLabelPosition::UpperRight, false),
+            |(corner, xs, ys)| (corner, inside((xs, ys)).any(|weight| weight > 1)),
+        )
+}
+
+/// The legend's size as fractions of the plot's width and height, estimated from its labels
+/// (14 px text: about 8 px a character, 19 px a row, plus the sample line and padding) and
+/// the plot's size (the panel less its axis label areas, caption and margins); at least a
+/// quarter-width, third-height box.
+fn legend_size(panel: &Panel, (width, height): (u32, u32)) -> (f64, f64) {
+    let plot_width = (f64::from(width) - 76.0 - 28.0).max(1.0);
+    let plot_height = (f64::from(height) - 44.0 - 28.0 - 30.0).max(1.0);
+    let chars = panel
+        .lines
+        .iter()
+        .map(|l| l.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let legend_width = 40.0 + 8.0 * chars as f64;
+    let legend_height = 12.0 + 19.0 * panel.lines.len() as f64;
+    (
+        (legend_width / plot_width).clamp(0.45, 0.95),
+        (legend_height / plot_height).clamp(0.32, 0.95),
+    )
 }
 
 /// The points a line shows on these axes: log axes drop what they cannot place (x = 0,
@@ -235,14 +280,27 @@ where
     let x_min = if panel.log_x { 1.0 } else { 0.0 };
     let y_max = all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     let y_min = all().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let (y_low, y_high) = if panel.log_y {
+    let (mut y_low, y_high) = if panel.log_y {
         // Below 1e-16 of the top lies only float64 rounding.
         (y_min.max(y_max * 1e-16) / 3.0, y_max * 3.0)
     } else {
         let pad = 0.08 * (y_max - y_min).max(1e-12);
         (y_min - pad, y_max + pad)
     };
-    let legend_corner = emptiest_corner(&lines, panel, (x_min, x_max), (y_low, y_high));
+    let legend = legend_size(panel, area.dim_in_pixel());
+    let (mut legend_corner, hides_marker) =
+        emptiest_corner(&lines, panel, (x_min, x_max), (y_low, y_high), legend);
+    if hides_marker {
+        // Every corner would hide a measurement: room under the curves for the legend, the
+        // axis extended down by the legend's height (and 5%).
+        let room = 1.05 * legend.1 / (1.0 - legend.1);
+        y_low = if panel.log_y {
+            y_low / (y_high / y_low).powf(room)
+        } else {
+            y_low - room * (y_high - y_low)
+        };
+        legend_corner = emptiest_corner(&lines, panel, (x_min, x_max), (y_low, y_high), legend).0;
+    }
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(&panel.title, ("sans-serif", 20))
@@ -250,15 +308,15 @@ where
         .x_label_area_size(44)
         .y_label_area_size(76);
     let x_desc = if panel.log_x {
-        "iteration k (log scale)"
+        format!("{} (log scale)", panel.x_label)
     } else {
-        "iteration k"
+        panel.x_label.clone()
     };
     macro_rules! finish {
         ($chart:expr) => {{
             $chart
                 .configure_mesh()
-                .x_desc(x_desc)
+                .x_desc(x_desc.as_str())
                 .y_desc(panel.y_label.as_str())
                 .x_label_formatter(&|x: &f64| tick(*x, panel.log_x))
                 .y_label_formatter(&|y: &f64| tick(*y, panel.log_y))

@@ -104,6 +104,8 @@ fn check(config: ShapedConfig, shapes: &[Vec<usize>], steps: usize, rtol: f64, m
 
 fn adafactor_shapes() -> Vec<Vec<usize>> {
     vec![
+        // A scalar (torch: a 0-d tensor, its second moment kept whole).
+        vec![],
         vec![1],
         vec![3],
         vec![5],
@@ -141,7 +143,7 @@ fn adafactor_with_every_option_matches_its_reference() {
         weight_decay: 0.1,
         maximize: true,
     };
-    check(config.into(), &adafactor_shapes()[..11], 8, 1e-6, 1e-5);
+    check(config.into(), &adafactor_shapes()[..12], 8, 1e-6, 1e-5);
 }
 
 fn muon_shapes() -> Vec<Vec<usize>> {

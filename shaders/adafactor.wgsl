@@ -9,20 +9,6 @@
 // with U = g / √max(V̂, eps1²), V̂ = R·C / max(mean(R), eps1) for a matrix, the running
 // average of g² for a vector.
 
-// A chunk pass's workgroup: its tensor (one per chunk: the table was cut so) and the index in
-// that tensor of the chunk's first element, read once per workgroup.
-struct Chunk {
-    t: u32,
-    tensor: TensorEntry,
-    first: u32,
-}
-
-fn chunk_of(wg: u32) -> Chunk {
-    let t = work[wg];
-    let tensor = tensors[t];
-    return Chunk(t, tensor, (wg - tensor.first_chunk) * CHUNK);
-}
-
 @compute @workgroup_size(256)
 fn param_sumsq(
     @builtin(workgroup_id) wg: vec3<u32>,

@@ -10,10 +10,6 @@
 
 override NESTEROV: bool = true;
 
-fn chunk_tensor(wg: u32) -> u32 {
-    return work[wg];
-}
-
 // Where element e (row-major in the m×n parameter) sits in the tensor's X (p×q).
 fn x_index(tensor: TensorEntry, e: u32) -> u32 {
     if (tensor.transposed == 0u) {
@@ -34,10 +30,11 @@ fn momentum(
     if (w >= s.chunks) {
         return;
     }
-    let tensor = tensors[chunk_tensor(w)];
+    let chunk = chunk_of(w);
+    let tensor = chunk.tensor;
     var total = 0.0;
     for (var k = 0u; k < PER_THREAD; k++) {
-        let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
+        let e = chunk.first + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.offset + e;
             let g = descent_grad(i);
@@ -64,11 +61,11 @@ fn normalize(
     if (w >= s.chunks) {
         return;
     }
-    let t = chunk_tensor(w);
-    let tensor = tensors[t];
-    let norm = max(sqrt(sums[t].x), s.eps);
+    let chunk = chunk_of(w);
+    let tensor = chunk.tensor;
+    let norm = max(sqrt(sums[chunk.t].x), s.eps);
     for (var k = 0u; k < PER_THREAD; k++) {
-        let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
+        let e = chunk.first + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.scratch + e;
             scratch[i] = scratch[i] / norm;
@@ -86,14 +83,14 @@ fn update(
     if (w >= s.chunks) {
         return;
     }
-    let t = chunk_tensor(w);
-    let tensor = tensors[t];
+    let chunk = chunk_of(w);
+    let tensor = chunk.tensor;
     // The iteration's result is in the first copy of X after an even number of iterations,
     // in the second after an odd number.
     let result = tensor.scratch + s.result_copy * tensor.numel;
-    let lr = sums[t].z;
+    let lr = sums[chunk.t].z;
     for (var k = 0u; k < PER_THREAD; k++) {
-        let e = (w - tensor.first_chunk) * CHUNK + k * THREADS + local;
+        let e = chunk.first + k * THREADS + local;
         if (e < tensor.numel) {
             let i = tensor.offset + e;
             params[i] = params[i] * s.decay - lr * scratch[result + x_index(tensor, e)];

@@ -80,6 +80,20 @@ fn lerp1(start: f32, end: f32, weight: f32) -> f32 {
     return end - (end - start) * (1.0 - weight);
 }
 
+// A chunk pass's workgroup: its tensor (one per chunk: the table was cut so) and the index in
+// that tensor of the chunk's first element, read once per workgroup.
+struct Chunk {
+    t: u32,
+    tensor: TensorEntry,
+    first: u32,
+}
+
+fn chunk_of(wg: u32) -> Chunk {
+    let t = work[wg];
+    let tensor = tensors[t];
+    return Chunk(t, tensor, (wg - tensor.first_chunk) * CHUNK);
+}
+
 var<workgroup> reduce_scratch: array<f32, 256>;
 
 // The workgroup's sum of `value` into `partials[slot]`; every invocation must call it.
@@ -135,13 +149,12 @@ fn grad_sumsq(
     if (w >= s.chunks) {
         return;
     }
-    let tensor = tensors[work[w]];
-    let first = (w - tensor.first_chunk) * CHUNK;
+    let chunk = chunk_of(w);
     var total = 0.0;
     for (var k = 0u; k < PER_THREAD; k++) {
-        let e = first + k * THREADS + local;
-        if (e < tensor.numel) {
-            let g = grads[tensor.offset + e];
+        let e = chunk.first + k * THREADS + local;
+        if (e < chunk.tensor.numel) {
+            let g = grads[chunk.tensor.offset + e];
             total += g * g;
         }
     }

@@ -56,6 +56,23 @@ fn buffer_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLay
     }
 }
 
+/// One layout entry per binding, numbered from 0, of the kinds given.
+fn layout_entries(bindings: &[BindingKind]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    bindings
+        .iter()
+        .enumerate()
+        .map(|(binding, kind)| {
+            let ty = match *kind {
+                BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                BindingKind::Storage { read_only } => {
+                    wgpu::BufferBindingType::Storage { read_only }
+                }
+            };
+            buffer_entry(binding as u32, ty)
+        })
+        .collect()
+}
+
 /// Threads per workgroup of every optimizer kernel (`WORKGROUP_SIZE` in `common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
@@ -540,19 +557,7 @@ impl KernelCache {
         layouts
             .entry(kernel)
             .or_insert_with(|| {
-                let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
-                    .iter()
-                    .enumerate()
-                    .map(|(binding, kind)| {
-                        let ty = match *kind {
-                            BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                            BindingKind::Storage { read_only } => {
-                                wgpu::BufferBindingType::Storage { read_only }
-                            }
-                        };
-                        buffer_entry(binding as u32, ty)
-                    })
-                    .collect();
+                let entries = layout_entries(bindings);
                 device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(kernel),
                     entries: &entries,
@@ -795,20 +800,7 @@ impl KernelCache {
         utilities
             .entry((kernel.name, element, grad))
             .or_insert_with(|| {
-                let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-                    .bindings
-                    .iter()
-                    .enumerate()
-                    .map(|(binding, kind)| {
-                        let ty = match *kind {
-                            BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                            BindingKind::Storage { read_only } => {
-                                wgpu::BufferBindingType::Storage { read_only }
-                            }
-                        };
-                        buffer_entry(binding as u32, ty)
-                    })
-                    .collect();
+                let entries = layout_entries(kernel.bindings);
                 let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(kernel.name),
                     entries: &entries,

@@ -13,7 +13,8 @@ use crate::kernels::{BindingKind, shader_struct, workgroups_for};
 use crate::optim::lbfgs::{self, Lbfgs, LbfgsState, StepOutcome, VectorSpace};
 use crate::transfer::View;
 
-const SOURCE: &str = include_str!("../shaders/vectors.wgsl");
+/// The vector operations' WGSL.
+pub const SOURCE: &str = include_str!("../shaders/vectors.wgsl");
 const BINDINGS: [BindingKind; 4] = [
     BindingKind::Uniform,
     BindingKind::Storage { read_only: false },

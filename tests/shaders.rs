@@ -6,7 +6,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess, TypeInner};
 use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarsVia};
 use wgpu_optim::tools::shaders::{
-    STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, utility_kernels,
+    STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, standalone_kernels, utility_kernels,
 };
 use wgpu_optim::{Format, Storage};
 
@@ -344,5 +344,32 @@ fn every_optimizer_sets_exactly_its_kernels_flags() {
             config.kernel().states.len(),
             "{name}"
         );
+    }
+}
+
+/// Adafactor's, Muon's, the matrix products' and L-BFGS's kernels: they validate, the structs
+/// they share with the host have their Rust mirrors' layouts, and they declare exactly the
+/// flags the host sets.
+#[test]
+fn standalone_kernels_validate_and_match_their_rust_mirrors() {
+    for (name, source, layouts, flags) in standalone_kernels() {
+        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+            panic!("{name}: {}", e.emit_to_string(&source));
+        });
+        Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        for layout in &layouts {
+            assert_struct_layout(&module, layout);
+        }
+        let mut overrides: Vec<&str> = module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.as_deref())
+            .collect();
+        overrides.sort();
+        let mut want = flags.clone();
+        want.sort();
+        assert_eq!(overrides, want, "{name}'s overrides");
     }
 }

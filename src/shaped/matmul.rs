@@ -5,7 +5,7 @@
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::BindingKind;
+use crate::kernels::{BindingKind, shader_struct};
 
 /// The matrix-product kernels, before the tiled kernel's body is written in.
 const MATMUL_TEMPLATE: &str = include_str!("../../shaders/matmul.wgsl");
@@ -80,35 +80,35 @@ const TILE_K: u32 = 16;
 /// Output rows and columns one workgroup of the naive kernel computes.
 const NAIVE_TILE: u32 = 16;
 
-/// One product of a batch, as the WGSL `Product`: `out (m×n) = alpha·op(A)·op(B) + beta·D`,
-/// positions in elements of the matrices' buffer, every matrix row-major.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Product {
-    /// Rows of the output.
-    pub m: u32,
-    /// Columns of the output.
-    pub n: u32,
-    /// The inner dimension.
-    pub k: u32,
-    /// First element of A (m×k, or k×m read transposed).
-    pub a: u32,
-    /// First element of B (k×n, or n×k read transposed).
-    pub b: u32,
-    /// First element of D (m×n), read only when `beta` is not 0.
-    pub d: u32,
-    /// First element of the output; it must not overlap A, B or D.
-    pub out: u32,
-    /// 1: A is stored k×m and read transposed.
-    pub a_transposed: u32,
-    /// 1: B is stored n×k and read transposed.
-    pub b_transposed: u32,
-    /// Scales the product.
-    pub alpha: f32,
-    /// Scales D.
-    pub beta: f32,
-    /// Padding to the WGSL struct's size.
-    pub _pad: u32,
+shader_struct! {
+    /// One product of a batch, as the WGSL `Product`: `out (m×n) = alpha·op(A)·op(B) +
+    /// beta·D`, positions in elements of the matrices' buffer, every matrix row-major.
+    pub struct Product {
+        /// Rows of the output.
+        pub m: u32,
+        /// Columns of the output.
+        pub n: u32,
+        /// The inner dimension.
+        pub k: u32,
+        /// First element of A (m×k, or k×m read transposed).
+        pub a: u32,
+        /// First element of B (k×n, or n×k read transposed).
+        pub b: u32,
+        /// First element of D (m×n), read only when `beta` is not 0.
+        pub d: u32,
+        /// First element of the output; it must not overlap A, B or D.
+        pub out: u32,
+        /// 1: A is stored k×m and read transposed.
+        pub a_transposed: u32,
+        /// 1: B is stored n×k and read transposed.
+        pub b_transposed: u32,
+        /// Scales the product.
+        pub alpha: f32,
+        /// Scales D.
+        pub beta: f32,
+        /// Padding to the WGSL struct's size.
+        pub _pad: u32,
+    }
 }
 
 impl Product {

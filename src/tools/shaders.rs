@@ -22,3 +22,36 @@ pub fn utility_kernels() -> [&'static UtilityKernel; 5] {
 
 /// The layout of the step control every optimizer kernel reads (`shaders/control.wgsl`).
 pub const STEP_CONTROL_LAYOUT: StructLayout = crate::engine::control::StepControl::LAYOUT;
+
+/// The kernels outside the fused engine, each as (name, complete WGSL, the structs it shares
+/// with the host, the `override` flags the host sets): Adafactor, Muon, the matrix products,
+/// L-BFGS's vector operations.
+pub fn standalone_kernels() -> Vec<(&'static str, String, Vec<StructLayout>, Vec<&'static str>)> {
+    use crate::shaped::{ADAFACTOR_KERNEL, MUON_KERNEL, TensorEntry, matmul};
+    vec![
+        (
+            "adafactor",
+            ADAFACTOR_KERNEL.assemble(),
+            vec![TensorEntry::LAYOUT, crate::shaped::AdafactorScalars::LAYOUT],
+            vec!["MAXIMIZE"],
+        ),
+        (
+            "muon",
+            MUON_KERNEL.assemble(),
+            vec![TensorEntry::LAYOUT, crate::shaped::MuonScalars::LAYOUT],
+            vec!["MAXIMIZE", "NESTEROV"],
+        ),
+        (
+            "matmul",
+            matmul::matmul_source(),
+            vec![matmul::Product::LAYOUT],
+            vec![],
+        ),
+        (
+            "vectors",
+            crate::vectors::SOURCE.to_string(),
+            vec![crate::vectors::VectorParams::LAYOUT],
+            vec!["MAX_ABS", "SUM_ABS"],
+        ),
+    ]
+}

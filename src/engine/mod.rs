@@ -19,6 +19,7 @@ pub(crate) mod arena;
 mod builder;
 mod checkpoint;
 pub(crate) mod control;
+pub(crate) mod grad_norms;
 mod group;
 mod scope;
 mod segment;

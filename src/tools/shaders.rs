@@ -28,7 +28,7 @@ pub const STEP_CONTROL_LAYOUT: StructLayout = crate::engine::control::StepContro
 /// L-BFGS's vector operations.
 pub fn standalone_kernels() -> Vec<(&'static str, String, Vec<StructLayout>, Vec<&'static str>)> {
     use crate::shaped::{ADAFACTOR_KERNEL, MUON_KERNEL, TensorEntry, matmul};
-    vec![
+    let mut kernels = vec![
         (
             "adafactor",
             ADAFACTOR_KERNEL.assemble(),
@@ -53,5 +53,30 @@ pub fn standalone_kernels() -> Vec<(&'static str, String, Vec<StructLayout>, Vec
             vec![crate::vectors::VectorParams::LAYOUT],
             vec!["MAX_ABS", "SUM_ABS"],
         ),
-    ]
+    ];
+    // Per-tensor gradient norms of the fused engine's groups, for each element type and
+    // gradient format.
+    use crate::engine::grad_norms::{FINALIZE_SOURCE, NormChunk, NormRange, sum_source};
+    use crate::kernels::Element;
+    use crate::storage::Format;
+    for element in [Element::Vec4, Element::F32] {
+        for format in [Format::F32, Format::Bf16, Format::F16] {
+            if element == Element::F32 && format != Format::F32 {
+                continue; // 16-bit gradients are read four at a time: vec4 segments only.
+            }
+            kernels.push((
+                "grad_norms",
+                sum_source(element, format),
+                vec![NormChunk::LAYOUT, NormRange::LAYOUT],
+                vec![],
+            ));
+        }
+    }
+    kernels.push((
+        "grad_norms finalize",
+        FINALIZE_SOURCE.to_string(),
+        vec![],
+        vec![],
+    ));
+    kernels
 }

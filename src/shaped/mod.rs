@@ -139,9 +139,12 @@ impl ShapedConfig {
                 let (rows, cols) = f.state_lens();
                 let states = 8.0 * (rows + cols) as f64 / numel;
                 if f.factored {
+                    // Parameters read twice and written once, gradients read four times.
                     4.0 * (3.0 + 4.0) + states
                 } else {
-                    4.0 * (3.0 + 2.0) + 8.0 * 2.0
+                    // Parameters 3, gradients read twice, the second moment read and written
+                    // (update_sumsq) and read again (update).
+                    4.0 * (3.0 + 2.0) + 4.0 * 3.0
                 }
             }
             Self::Muon(m) => {

@@ -444,3 +444,19 @@ fn non_finite_errors_are_reported_as_such_in_json_never_null() {
         "{row}"
     );
 }
+
+/// Cases of the same kinds as more-optimizers.json with other seeds, shapes and
+/// hyperparameters (`tools/fixtures/more_optimizers_extra.py`, torch 2.15 in float64): a 0-d
+/// tensor and 4-D batches for Adafactor with a schedule, maximize, Muon's other lr scalings and
+/// step counts, L-BFGS with and without its line search. Every one passes on both sides.
+#[test]
+fn extra_cases_of_the_new_optimizers_pass() {
+    let ctx = context();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/more-optimizers-extra.json");
+    let fixture = Fixture::load(&path).unwrap();
+    let report = conformance::run(&ctx, &fixture);
+    assert_eq!(report.cases.len(), 7);
+    for case in &report.cases {
+        assert_eq!(case.status, Status::Pass, "{}: {:?}", case.name, case.note);
+    }
+}

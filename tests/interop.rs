@@ -304,3 +304,105 @@ fn per_tensor_norms_follow_each_tensor_across_segments_and_callers_buffers() {
     };
     assert!(moved(4) < 0.5 * moved(5), "{} {}", moved(4), moved(5));
 }
+
+/// The layout a framework's allocator produces (burn's, through cubecl: many tensors as
+/// slices of one shared page, each starting at an offset aligned to the device's storage
+/// offset alignment, the gradients slices of another page): every tensor bound in place at its
+/// offset, updated as the reference updates it, the bytes between the slices untouched.
+#[test]
+fn tensors_that_are_slices_of_one_shared_buffer() {
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+    let mut rng = rng(21);
+    let lens = [1000usize, 1001, 3, 4099];
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
+    // Slices one after the other, each start rounded up to the alignment; NaN in the gaps.
+    let mut offsets = Vec::new();
+    let mut end = 0u64;
+    for &n in &lens {
+        let start = end.next_multiple_of(align);
+        offsets.push(start);
+        end = start + 4 * n as u64;
+    }
+    let page = |values: &[Vec<f32>]| {
+        let mut contents = vec![f32::NAN; (end / 4) as usize + 7];
+        for (v, &o) in values.iter().zip(&offsets) {
+            contents[(o / 4) as usize..][..v.len()].copy_from_slice(v);
+        }
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("shared page"),
+            size: contents.len() as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&contents));
+        (buffer, contents)
+    };
+    let zeros: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
+    let (param_page, _) = page(&params);
+    let (grad_page, _) = page(&zeros);
+    let inits: Vec<TensorInit> = lens
+        .iter()
+        .zip(&offsets)
+        .map(|(&n, &offset)| {
+            ExternalTensor {
+                param: param_page.clone(),
+                param_offset: offset,
+                grad: grad_page.clone(),
+                grad_offset: offset,
+                len: n as u64,
+            }
+            .into()
+        })
+        .collect();
+    let config: OptimizerConfig = AdamW {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into();
+    let mut opt = Optimizer::builder(&ctx)
+        .group(config.clone(), inits)
+        .build()
+        .unwrap();
+    let mut reference =
+        ReferenceGroup::new(config, params.iter().map(|p| to_f64(p)).collect()).unwrap();
+    for _ in 0..4 {
+        let grads: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
+            .collect();
+        for (g, &o) in grads.iter().zip(&offsets) {
+            queue.write_buffer(&grad_page, o, bytemuck::cast_slice(g));
+        }
+        opt.step().unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    let contents = read_all(&device, &queue, &param_page);
+    let mut inside = vec![false; contents.len()];
+    for (t, (&n, &o)) in lens.iter().zip(&offsets).enumerate() {
+        let start = (o / 4) as usize;
+        inside[start..start + n].iter_mut().for_each(|b| *b = true);
+        compare(
+            &format!("slice {t}"),
+            &contents[start..start + n],
+            &reference.params[t],
+            &vec![2.0; n],
+            &vec![0.0; n],
+            1e-5,
+        )
+        .unwrap();
+    }
+    assert!(
+        contents
+            .iter()
+            .zip(&inside)
+            .all(|(v, &tensor)| tensor || v.is_nan()),
+        "a gap between the slices was written"
+    );
+}

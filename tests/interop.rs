@@ -406,3 +406,149 @@ fn tensors_that_are_slices_of_one_shared_buffer() {
         "a gap between the slices was written"
     );
 }
+
+/// What a framework does between steps (burn makes new gradient buffers after every backward
+/// pass, and may move parameters): the caller's tensors are rebound to other buffers, at other
+/// offsets, and the trajectory goes on as the reference's, with clipping (its norm pass reads
+/// the new gradients too). A rebinding that cannot be done is one error and changes nothing.
+#[test]
+fn callers_tensors_rebound_to_new_buffers_between_steps() {
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
+    let mut rng = rng(31);
+    let lens = [1000usize, 1001];
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| params(&mut rng, n)).collect();
+    let (_, _, inits) = callers_tensors(&device, &queue, &params, align, 2 * align);
+    let own = common::params(&mut rng, 77);
+    let mut inits = inits;
+    inits.push(TensorInit::Values(&own));
+    let config: OptimizerConfig = AdamW {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into();
+    let options = wgpu_optim::TrainingOptions {
+        max_grad_norm: Some(5.0),
+        ..Default::default()
+    };
+    let mut opt = Optimizer::builder(&ctx)
+        .group_with(config.clone(), options.clone(), inits)
+        .max_segment_bytes(1024)
+        .build()
+        .unwrap();
+    let mut all = params.clone();
+    all.push(own.clone());
+    let mut reference =
+        ReferenceGroup::with_options(config, options, all.iter().map(|p| to_f64(p)).collect())
+            .unwrap();
+    for step in 0..4 {
+        // New buffers every step, at offsets that change (each class of alignment kept).
+        let current: Vec<Vec<f32>> = (0..2)
+            .map(|t| opt.read_param(TensorId(t)).unwrap())
+            .collect();
+        let grads: Vec<Vec<f32>> = all
+            .iter()
+            .map(|p| grads(&mut rng, &vec![1.0; p.len()]))
+            .collect();
+        let shift = (step as u64 % 2 + 1) * 16 * align.div_ceil(16);
+        for t in 0..2 {
+            let param = poisoned_buffer(&device, &queue, shift, &current[t], 3);
+            let grad = poisoned_buffer(&device, &queue, 2 * shift, &grads[t], 5);
+            opt.rebind_external(
+                TensorId(t),
+                ExternalTensor {
+                    param,
+                    param_offset: shift,
+                    grad,
+                    grad_offset: 2 * shift,
+                    len: lens[t] as u64,
+                },
+            )
+            .unwrap();
+        }
+        opt.write_grad(TensorId(2), &grads[2]).unwrap();
+        opt.step().unwrap();
+        reference
+            .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+            .unwrap();
+        for (t, want) in reference.params.iter().enumerate() {
+            let gpu = opt.read_param(TensorId(t)).unwrap();
+            compare(
+                &format!("step {step} tensor {t}"),
+                &gpu,
+                want,
+                &vec![2.0; want.len()],
+                &vec![0.0; want.len()],
+                1e-5,
+            )
+            .unwrap();
+        }
+    }
+    // Refused, and nothing changes: a wrong length, an arena tensor, a buffer without STORAGE.
+    let before: Vec<Vec<f32>> = (0..3)
+        .map(|t| opt.read_param(TensorId(t)).unwrap())
+        .collect();
+    let buffer = |n: usize| poisoned_buffer(&device, &queue, 0, &vec![0.5; n], 64);
+    let ext = |n: usize, offset: u64| ExternalTensor {
+        param: buffer(n + 64),
+        param_offset: offset,
+        grad: buffer(n + 64),
+        grad_offset: offset,
+        len: n as u64,
+    };
+    let tries = [(0, ext(999, 0)), (2, ext(77, 0))];
+    for (t, e) in tries {
+        let err = opt.rebind_external(TensorId(t), e).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                wgpu_optim::Error::LengthMismatch { .. } | wgpu_optim::Error::BadBuffer { .. }
+            ),
+            "tensor {t}: {err}"
+        );
+    }
+    let no_storage = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096 * 4,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let err = opt
+        .rebind_external(
+            TensorId(0),
+            ExternalTensor {
+                param: no_storage.clone(),
+                param_offset: 0,
+                grad: no_storage,
+                grad_offset: 0,
+                len: 1000,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("STORAGE"), "{err}");
+    let after: Vec<Vec<f32>> = (0..3)
+        .map(|t| opt.read_param(TensorId(t)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    // The last buffers are still bound: one more step follows the reference.
+    let grads: Vec<Vec<f32>> = all.iter().map(|p| vec![0.01; p.len()]).collect();
+    for (t, g) in grads.iter().enumerate() {
+        opt.write_grad(TensorId(t), g).unwrap();
+    }
+    opt.step().unwrap();
+    reference
+        .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+        .unwrap();
+    let gpu = opt.read_param(TensorId(1)).unwrap();
+    compare(
+        "after the refusals",
+        &gpu,
+        &reference.params[1],
+        &vec![2.0; 1001],
+        &vec![0.0; 1001],
+        1e-5,
+    )
+    .unwrap();
+}

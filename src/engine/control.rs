@@ -287,6 +287,8 @@ pub(crate) struct Control {
     partials: wgpu::Buffer,
     flags: wgpu::Buffer,
     partial_count: u32,
+    /// Each segment's slice of the partial sums: (first, count, workgroups).
+    norm_slices: Vec<NormSlice>,
     /// One norm dispatch per segment: bind group, workgroups, element type.
     norm: Vec<(wgpu::BindGroup, (u32, u32), Element)>,
     norm_pipelines: Vec<(Element, wgpu::ComputePipeline)>,
@@ -296,6 +298,21 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// The norm pass's bind groups again, after a segment's gradient view changed (a caller's
+    /// tensor rebound to other buffers): same slices, new gradients.
+    pub fn rebind_norm(&mut self, ctx: &GpuContext, segments: &[Segment], storage: &Storage) {
+        let (norm, pipelines) = norm_bind_groups(
+            ctx,
+            segments,
+            storage,
+            &self.norm_slices,
+            &self.partials,
+            &self.flags,
+        );
+        self.norm = norm;
+        self.norm_pipelines = pipelines;
+    }
+
     /// Allocates a group's control: its step starts at 0, its loss scale at the scaler's, its
     /// factor window at step 1.
     pub fn new(
@@ -358,42 +375,8 @@ impl Control {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let mut norm_pipelines: Vec<(Element, wgpu::ComputePipeline)> = Vec::new();
-        let norm = segments
-            .iter()
-            .zip(&slices)
-            .map(|(segment, &(offset, count, workgroups))| {
-                let (layout, pipeline) =
-                    ctx.kernels
-                        .utility(device, &NORM_KERNEL, segment.element, storage.grad);
-                if !norm_pipelines.iter().any(|(e, _)| *e == segment.element) {
-                    norm_pipelines.push((segment.element, pipeline));
-                }
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("norm"),
-                    layout: &layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: segment.grad.binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &partials,
-                                offset: offset * PARTIAL_BYTES,
-                                size: wgpu::BufferSize::new(count * PARTIAL_BYTES),
-                            }),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: flags.as_entire_binding(),
-                        },
-                    ],
-                });
-                (bind_group, workgroups, segment.element)
-            })
-            .collect();
+        let (norm, norm_pipelines) =
+            norm_bind_groups(ctx, segments, storage, &slices, &partials, &flags);
         let finalize = finalize_bind_group(ctx, &settings, &partials, &flags, &buffer, &factors);
         Self {
             buffer,
@@ -403,6 +386,7 @@ impl Control {
             partials,
             flags,
             partial_count: partial_count as u32,
+            norm_slices: slices,
             norm,
             norm_pipelines,
             finalize,
@@ -631,4 +615,61 @@ pub(crate) fn initial_state(options: &TrainingOptions) -> StepControl {
             .map_or(1.0, |s| s.init_scale as f32),
         ..Default::default()
     }
+}
+
+/// A segment's slice of the norm's partial sums: first pair, pairs, workgroups.
+type NormSlice = (u64, u64, (u32, u32));
+
+/// A norm bind group per segment (its gradients, its slice of the partials, the flag) and the
+/// pipelines of the element types the segments use.
+#[allow(clippy::type_complexity)]
+fn norm_bind_groups(
+    ctx: &GpuContext,
+    segments: &[Segment],
+    storage: &Storage,
+    slices: &[NormSlice],
+    partials: &wgpu::Buffer,
+    flags: &wgpu::Buffer,
+) -> (
+    Vec<(wgpu::BindGroup, (u32, u32), Element)>,
+    Vec<(Element, wgpu::ComputePipeline)>,
+) {
+    let device = &ctx.device;
+    let mut norm_pipelines: Vec<(Element, wgpu::ComputePipeline)> = Vec::new();
+    let norm = segments
+        .iter()
+        .zip(slices)
+        .map(|(segment, &(offset, count, workgroups))| {
+            let (layout, pipeline) =
+                ctx.kernels
+                    .utility(device, &NORM_KERNEL, segment.element, storage.grad);
+            if !norm_pipelines.iter().any(|(e, _)| *e == segment.element) {
+                norm_pipelines.push((segment.element, pipeline));
+            }
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("norm"),
+                layout: &layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: segment.grad.binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: partials,
+                            offset: offset * PARTIAL_BYTES,
+                            size: wgpu::BufferSize::new(count * PARTIAL_BYTES),
+                        }),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: flags.as_entire_binding(),
+                    },
+                ],
+            });
+            (bind_group, workgroups, segment.element)
+        })
+        .collect();
+    (norm, norm_pipelines)
 }

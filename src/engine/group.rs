@@ -580,6 +580,107 @@ impl Group {
         Ok(())
     }
 
+    /// Points external tensor `t` (group-local; `number` names it in errors, `first_tensor` is
+    /// the group's first [`TensorId`]) at other buffers of the caller's: the same length, the
+    /// same kernel (vec4 or scalar, from the offsets), checked first; nothing changes on an
+    /// error.
+    pub fn rebind_external(
+        &mut self,
+        ctx: &GpuContext,
+        (t, number): (usize, usize),
+        first_tensor: usize,
+        ext: &ExternalTensor,
+    ) -> Result<()> {
+        let place = &self.tensors[t];
+        if !place.external {
+            return Err(Error::BadBuffer {
+                role: "parameters and gradients",
+                tensor: number,
+                problem: "belong to the optimizer's own arena: only a caller's tensor can be \
+                          rebound"
+                    .into(),
+            });
+        }
+        if ext.len != place.len {
+            return Err(Error::LengthMismatch {
+                what: "the new buffers' tensor",
+                tensor: number,
+                expected: place.len,
+                got: ext.len,
+            });
+        }
+        check_external(ctx, number, ext, &self.storage)?;
+        let aligned = ext.len.is_multiple_of(4)
+            && ext.param_offset.is_multiple_of(16)
+            && ext.grad_offset.is_multiple_of(16);
+        let element = if aligned { Element::Vec4 } else { Element::F32 };
+        let pieces = place.pieces.clone();
+        if pieces
+            .iter()
+            .any(|p| self.segments[p.segment].element != element)
+        {
+            return Err(Error::BadBuffer {
+                role: "parameters or gradients",
+                tensor: number,
+                problem: format!(
+                    "start at bytes {} and {}: the tensor was bound with {} offsets, and the \
+                     kernel (vec4 or scalar) follows them; rebind at offsets of the same \
+                     alignment (multiples of 16 for vec4)",
+                    ext.param_offset,
+                    ext.grad_offset,
+                    if element == Element::Vec4 {
+                        "unaligned"
+                    } else {
+                        "16-byte-aligned"
+                    }
+                ),
+            });
+        }
+        let storage = self.storage;
+        let view = |buffer: &wgpu::Buffer, offset: u64, len: u64, format: Format| View {
+            buffer: buffer.clone(),
+            offset,
+            len,
+            format,
+        };
+        let mut old = Vec::with_capacity(pieces.len());
+        for piece in &pieces {
+            let segment = &mut self.segments[piece.segment];
+            old.push((
+                segment.param.clone(),
+                segment.model_param.clone(),
+                segment.grad.clone(),
+            ));
+            let param = view(
+                &ext.param,
+                ext.param_offset + piece.tensor_offset * storage.param.bytes(),
+                piece.len,
+                storage.param,
+            );
+            if storage.master_weights {
+                segment.model_param = Some(param);
+            } else {
+                segment.param = param;
+            }
+            segment.grad = view(
+                &ext.grad,
+                ext.grad_offset + piece.tensor_offset * storage.grad.bytes(),
+                piece.len,
+                storage.grad,
+            );
+        }
+        if let Err(e) = self.bind_segments(ctx, first_tensor) {
+            for (piece, (param, model_param, grad)) in pieces.iter().zip(old) {
+                let segment = &mut self.segments[piece.segment];
+                (segment.param, segment.model_param, segment.grad) = (param, model_param, grad);
+            }
+            self.bind_segments(ctx, first_tensor)?;
+            return Err(e);
+        }
+        self.control.rebind_norm(ctx, &self.segments, &self.storage);
+        Ok(())
+    }
+
     /// Takes a new configuration of the same optimizer and states: new pipelines (cached) and
     /// new step factors (new betas), from the next step on.
     pub fn reconfigure(&mut self, ctx: &GpuContext, config: OptimizerConfig) -> Result<()> {

@@ -114,6 +114,17 @@ impl Optimizer {
         Ok(self.groups[g].tensors[local].external)
     }
 
+    /// Points a caller's tensor ([`ExternalTensor`]) at other buffers, for frameworks that
+    /// allocate new ones between steps (new gradients after each backward pass): the same
+    /// length, offsets of the same alignment class (16-byte multiples or not), checked as at
+    /// build time; the states stay. Rebuilds the group's bind groups (not for every step of a
+    /// loop that keeps its buffers). On an error nothing changes.
+    pub fn rebind_external(&mut self, tensor: TensorId, ext: ExternalTensor) -> Result<()> {
+        let (g, local) = self.locate(tensor)?;
+        let first_tensor = tensor.0 - local;
+        self.groups[g].rebind_external(&self.ctx, (local, tensor.0), first_tensor, &ext)
+    }
+
     /// Segments (and so dispatches per step) of a group.
     pub fn num_segments(&self, group: GroupId) -> Result<usize> {
         Ok(self.group(group)?.segments.len())

@@ -1,9 +1,12 @@
 //! Fused GPU optimizer steps for very large parameter vectors, on any GPU that wgpu reaches
 //! (Vulkan, Metal, DX12, GL).
 //!
-//! Each optimizer (SGD, SGDW, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, Adamax) is
-//! one WGSL kernel that reads and writes every element once per step, with PyTorch's semantics,
-//! argument names and defaults, and a float64 CPU reference beside it.
+//! Each elementwise optimizer (SGD, SGDW, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam,
+//! Adamax, Lion, Rprop, ASGD, Schedule-Free AdamW, LAMB) is one WGSL kernel that reads and writes
+//! every element once per step, with its reference's semantics, argument names and defaults,
+//! and a float64 CPU reference beside it. Adafactor and Muon step groups of shaped tensors
+//! ([`ShapedOptimizer`]: row and column statistics, batched matrix products); L-BFGS runs
+//! torch's statements on device vectors with a closure ([`GpuLbfgs`]).
 //!
 //! ```no_run
 //! use wgpu_optim::{ContextOptions, GpuContext, Optimizer, TensorId, optim::AdamW};
@@ -48,14 +51,17 @@ pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use error::{Error, Result};
 pub use fill::RandomFill;
 pub use kernels::{Element, Kernel, ScalarsVia, StateSlot, StructLayout};
+pub use optim::lbfgs::{Lbfgs, LineSearch};
 pub use optim::{
-    Adadelta, Adagrad, Adam, AdamConfig, AdamW, Adamax, Decoupled, Hyperparameters, L2, NAdam,
-    OptimizerConfig, RAdam, ReferenceTensor, RmsProp, Sgd, SgdConfig, Sgdw, StepCounter,
-    UpdateRule, WeightDecay,
+    Adadelta, Adafactor, Adagrad, Adam, AdamConfig, AdamW, Adamax, Asgd, Decoupled,
+    Hyperparameters, L2, Lamb, Lion, Muon, NAdam, OptimizerConfig, RAdam, ReferenceTensor, RmsProp,
+    Rprop, ScheduleFreeAdamW, Sgd, SgdConfig, Sgdw, StepCounter, UpdateRule, WeightDecay,
 };
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
+pub use shaped::{ShapedConfig, ShapedOptimizer, ShapedReference};
 pub use storage::{Format, HostValue, Rounding, Storage};
+pub use vectors::{DeviceVectors, GpuLbfgs};
 
 /// The `half` crate this one is built against: its `bf16` and `f16` are the 16-bit host types
 /// ([`HostValue`]).

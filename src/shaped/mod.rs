@@ -373,13 +373,11 @@ impl Layout {
                 ),
             });
         }
-        let row_start = chunks as u32;
         let column_start = (chunks + row_groups) as u32;
         let mut work = chunk_work;
         work.extend(row_work);
         work.extend(column_work);
         debug_assert_eq!(work.len() as u32, column_start + column_groups as u32);
-        let _ = row_start;
         Ok(Self {
             entries,
             work,

@@ -6,7 +6,9 @@
 //! every element once per step, with its reference's semantics, argument names and defaults,
 //! and a float64 CPU reference beside it. Adafactor and Muon step groups of shaped tensors
 //! ([`ShapedOptimizer`]: row and column statistics, batched matrix products); L-BFGS runs
-//! torch's statements on device vectors with a closure ([`GpuLbfgs`]).
+//! torch's statements on device vectors with a closure ([`GpuLbfgs`]). `torch.nn.init`'s Xavier
+//! and Kaiming initialisers ([`Init`]) fill parameters on the device
+//! ([`Optimizer::initialize`], [`init::fill_buffer`]).
 //!
 //! ```no_run
 //! use wgpu_optim::{ContextOptions, GpuContext, Optimizer, TensorId, optim::AdamW};
@@ -29,6 +31,7 @@ pub mod context;
 pub mod engine;
 pub mod error;
 pub mod fill;
+pub mod init;
 pub mod kernels;
 pub mod optim;
 pub mod reference;
@@ -50,6 +53,7 @@ pub use engine::{
 pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use error::{Error, Result};
 pub use fill::RandomFill;
+pub use init::{Distribution, FanMode, Init, Nonlinearity};
 pub use kernels::{Element, Kernel, ScalarsVia, StateSlot, StructLayout};
 pub use optim::lbfgs::{Lbfgs, LineSearch};
 pub use optim::{

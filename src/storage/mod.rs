@@ -951,7 +951,7 @@ fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
 
 /// Conversions between a `vec4<f32>` and four 16-bit values packed in a `vec2<u32>` (the
 /// first value in the low half of the first word: little-endian order).
-const CONVERSIONS_WGSL: &str = "
+pub(crate) const CONVERSIONS_WGSL: &str = "
 fn bf16x4_to_f32(w: vec2<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
 }

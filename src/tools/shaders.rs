@@ -8,14 +8,16 @@ pub fn optimizer_kernels() -> Vec<&'static Kernel> {
     crate::optim::all_kernels()
 }
 
-/// The helper kernels: gradient norm, step finalize, gradient accumulation, random fill,
-/// bandwidth copy.
-pub fn utility_kernels() -> [&'static UtilityKernel; 5] {
+/// The helper kernels: gradient norm, step finalize, gradient accumulation, random fill (for
+/// float32, bfloat16 and binary16 runs), bandwidth copy.
+pub fn utility_kernels() -> [&'static UtilityKernel; 7] {
     [
         &crate::engine::control::NORM_KERNEL,
         &crate::engine::control::FINALIZE_KERNEL,
         &crate::engine::ACCUMULATE_KERNEL,
         &crate::fill::FILL_KERNEL,
+        &crate::fill::FILL_BF16_KERNEL,
+        &crate::fill::FILL_F16_KERNEL,
         &super::bench::COPY_KERNEL,
     ]
 }

@@ -657,7 +657,11 @@ impl KernelCache {
                 if scalars == ScalarsVia::UniformBuffer {
                     entries.push(buffer_entry(0, wgpu::BufferBindingType::Uniform));
                 }
-                entries.extend([storage(1, false), storage(2, true)]);
+                // The gradient is only read, but bound read-write: a caller's gradients may lie
+                // in the same buffer as its parameters (burn's allocator hands out slices of
+                // shared pages), and wgpu refuses one buffer bound read-only and read-write in
+                // the same dispatch.
+                entries.extend([storage(1, false), storage(2, false)]);
                 entries.extend((0..states as u32).map(|s| storage(FIRST_STATE_BINDING + s, false)));
                 // The step control, read as a uniform.
                 entries.push(buffer_entry(

@@ -552,3 +552,157 @@ fn callers_tensors_rebound_to_new_buffers_between_steps() {
     )
     .unwrap();
 }
+
+/// burn's pattern exactly (seen when training a burn model with this optimizer): parameters
+/// and gradients are slices of the *same* pages of one allocator, in the model's format, and
+/// each backward pass leaves its gradients at new offsets; every tensor is rebound each step.
+/// One buffer bound both as the parameters (written) and the gradients (read) in one dispatch
+/// must be accepted (wgpu refuses a buffer bound read-only and read-write at once), and every
+/// storage follows its reference: float32, 16-bit parameters and gradients with master
+/// weights, and q8 states.
+#[test]
+fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
+    use wgpu_optim::{Format, Storage, TrainingOptions};
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+    let lens = [8192usize, 128, 1280, 4, 260];
+    for label in ["f32", "f32+q8", "f16-master+q8", "bf16+q8", "f16-master"] {
+        let storage = Storage::parse(label).unwrap();
+        let bytes = storage.param.bytes();
+        let mut rng = rng(41);
+        let params: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| {
+                params(&mut rng, n)
+                    .iter()
+                    .map(|v| storage.param.round(*v))
+                    .collect()
+            })
+            .collect();
+        // The page: a slot for each tensor's parameters, then room for gradients, which land
+        // at a different place each step.
+        let mut offsets = Vec::new();
+        let mut end = 0u64;
+        for &n in &lens {
+            let start = end.next_multiple_of(align);
+            offsets.push(start);
+            end = start + bytes * n as u64;
+        }
+        let grads_start = end.next_multiple_of(align);
+        let grads_room: u64 = lens
+            .iter()
+            .map(|&n| (bytes * n as u64).next_multiple_of(align))
+            .sum::<u64>()
+            + 4 * align;
+        let page = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("burn-like page"),
+            size: grads_start + grads_room,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let encode = |values: &[f32]| -> Vec<u8> {
+            match storage.param {
+                Format::F32 => bytemuck::cast_slice(values).to_vec(),
+                Format::F16 => values
+                    .iter()
+                    .flat_map(|v| wgpu_optim::half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => values
+                    .iter()
+                    .flat_map(|v| wgpu_optim::half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            }
+        };
+        let mut poison = vec![0xffu8; (grads_start + grads_room) as usize];
+        for (p, &o) in params.iter().zip(&offsets) {
+            let e = encode(p);
+            poison[o as usize..][..e.len()].copy_from_slice(&e);
+        }
+        queue.write_buffer(&page, 0, &poison);
+        let grad_at = |step: u64, t: usize| {
+            let mut at = grads_start + (step % 3) * align;
+            for &n in &lens[..t] {
+                at += (bytes * n as u64).next_multiple_of(align);
+            }
+            at
+        };
+        let ext = |t: usize, step: u64| ExternalTensor {
+            param: page.clone(),
+            param_offset: offsets[t],
+            grad: page.clone(),
+            grad_offset: grad_at(step, t),
+            len: lens[t] as u64,
+        };
+        let config: OptimizerConfig = AdamW {
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..Default::default()
+        }
+        .into();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                config.clone(),
+                storage,
+                TrainingOptions::default(),
+                (0..lens.len()).map(|t| ext(t, 0)),
+            )
+            .build()
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let mut reference = ReferenceGroup::with_storage(
+            config,
+            TrainingOptions::default(),
+            storage,
+            params.iter().map(|p| to_f64(p)).collect(),
+        )
+        .unwrap();
+        for step in 1..=5u64 {
+            // Real gradients have whole blocks of zeros (units a ReLU switched off): tensor 1
+            // entirely, and tensor 2's second q8 block.
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .enumerate()
+                .map(|(t, p)| {
+                    grads(&mut rng, &vec![1.0; p.len()])
+                        .iter()
+                        .enumerate()
+                        .map(|(i, g)| match (t, i) {
+                            (1, _) | (2, 256..512) => 0.0,
+                            _ => storage.grad.round(*g),
+                        })
+                        .collect()
+                })
+                .collect();
+            for (t, g) in grads.iter().enumerate() {
+                queue.write_buffer(&page, grad_at(step, t), &encode(g));
+                opt.rebind_external(TensorId(t), ext(t, step))
+                    .unwrap_or_else(|e| panic!("{label} step {step}: {e}"));
+            }
+            opt.step().unwrap();
+            reference
+                .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+                .unwrap();
+            let want = reference.model_params();
+            for (t, want) in want.iter().enumerate() {
+                let gpu = opt.read_param(TensorId(t)).unwrap();
+                // A few units in the last place of the parameters' format.
+                let unit = if storage.param == Format::F32 {
+                    1e-5
+                } else {
+                    4.0 * ulp(storage.param, 1.0)
+                };
+                compare(
+                    &format!("{label} step {step} tensor {t}"),
+                    &gpu,
+                    want,
+                    &vec![2.0; want.len()],
+                    &vec![0.0; want.len()],
+                    unit * step as f64,
+                )
+                .unwrap();
+            }
+        }
+    }
+}

@@ -745,7 +745,8 @@ impl Storage {
         let param = self.updated_param();
         let mut wgsl = format!(
             "@group(0) @binding(1) var<storage, read_write> param: array<{}>;\n\
-             @group(0) @binding(2) var<storage, read> grad: array<{}>;\n\
+             // Read-write though only read: see the layout (`KernelCache::layout`).\n\
+             @group(0) @binding(2) var<storage, read_write> grad: array<{}>;\n\
              fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
              fn load_param(i: u32) -> V {{ return {}; }}\n\
              // This step's gradient element: unscaled and clipped (the control's multiplier).\n\

@@ -563,7 +563,16 @@ fn callers_tensors_rebound_to_new_buffers_between_steps() {
 #[test]
 fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
     use wgpu_optim::{Format, Storage, TrainingOptions};
-    let (device, queue) = callers_device();
+    // Every feature the adapter has, as burn asks for them (subgroups, immediates, f16).
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
     let ctx = GpuContext::from_device(device.clone(), queue.clone());
     let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
     let lens = [8192usize, 128, 1280, 4, 260];

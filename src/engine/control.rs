@@ -298,19 +298,27 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// The norm pass's bind groups again, after a segment's gradient view changed (a caller's
-    /// tensor rebound to other buffers): same slices, new gradients.
-    pub fn rebind_norm(&mut self, ctx: &GpuContext, segments: &[Segment], storage: &Storage) {
-        let (norm, pipelines) = norm_bind_groups(
-            ctx,
-            segments,
-            storage,
-            &self.norm_slices,
-            &self.partials,
-            &self.flags,
-        );
-        self.norm = norm;
-        self.norm_pipelines = pipelines;
+    /// The norm pass's bind groups of segments `which` again, after their gradient views
+    /// changed (a caller's tensor rebound to other buffers): same slices and kernels, new
+    /// gradients.
+    pub fn rebind_norm(
+        &mut self,
+        ctx: &GpuContext,
+        segments: &[Segment],
+        storage: &Storage,
+        which: &[usize],
+    ) {
+        for &s in which {
+            let (mut norm, _) = norm_bind_groups(
+                ctx,
+                &segments[s..=s],
+                storage,
+                &self.norm_slices[s..=s],
+                &self.partials,
+                &self.flags,
+            );
+            self.norm[s] = norm.remove(0);
+        }
     }
 
     /// Allocates a group's control: its step starts at 0, its loss scale at the scaler's, its

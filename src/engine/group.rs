@@ -471,18 +471,25 @@ impl Group {
             pipelines,
             tensor_sums,
         };
-        group.bind_segments(ctx, first_tensor)?;
+        let all: Vec<usize> = (0..group.segments.len()).collect();
+        group.bind_segments(ctx, first_tensor, &all)?;
         Ok(group)
     }
 
-    /// (Re)creates one bind group per segment. A caller's buffer from another device is caught
-    /// here, as an error, not a panic.
-    fn bind_segments(&mut self, ctx: &GpuContext, first_tensor: usize) -> Result<()> {
+    /// (Re)creates the bind groups of segments `which`. A caller's buffer from another device is
+    /// caught here, as an error, not a panic.
+    fn bind_segments(
+        &mut self,
+        ctx: &GpuContext,
+        first_tensor: usize,
+        which: &[usize],
+    ) -> Result<()> {
         let kernel = self.config.kernel();
         let bind_layout = ctx
             .kernels
             .layout(&ctx.device, kernel, self.scalars_via, &self.storage);
-        for (s, segment) in self.segments.iter_mut().enumerate() {
+        for &s in which {
+            let segment = &mut self.segments[s];
             // With stochastic rounding, the index of the segment's first element (a u32: the
             // hash takes indices modulo 2^32), and with per-tensor sums the number of its first
             // workgroup, in a small uniform the bind group keeps alive.
@@ -669,15 +676,18 @@ impl Group {
                 storage.grad,
             );
         }
-        if let Err(e) = self.bind_segments(ctx, first_tensor) {
+        // Only this tensor's segments: a framework rebinds every tensor each step.
+        let touched: Vec<usize> = pieces.iter().map(|p| p.segment).collect();
+        if let Err(e) = self.bind_segments(ctx, first_tensor, &touched) {
             for (piece, (param, model_param, grad)) in pieces.iter().zip(old) {
                 let segment = &mut self.segments[piece.segment];
                 (segment.param, segment.model_param, segment.grad) = (param, model_param, grad);
             }
-            self.bind_segments(ctx, first_tensor)?;
+            self.bind_segments(ctx, first_tensor, &touched)?;
             return Err(e);
         }
-        self.control.rebind_norm(ctx, &self.segments, &self.storage);
+        self.control
+            .rebind_norm(ctx, &self.segments, &self.storage, &touched);
         Ok(())
     }
 

@@ -118,8 +118,9 @@ impl Optimizer {
     /// Points a caller's tensor ([`ExternalTensor`]) at other buffers, for frameworks that
     /// allocate new ones between steps (new gradients after each backward pass): the same
     /// length, offsets of the same alignment class (16-byte multiples or not), checked as at
-    /// build time; the states stay. Rebuilds the group's bind groups (not for every step of a
-    /// loop that keeps its buffers). On an error nothing changes.
+    /// build time; the states stay. Rebuilds that tensor's bind groups only (one per segment it
+    /// spans, and its norm pass's), so rebinding every tensor each step costs one bind group per
+    /// segment. On an error nothing changes.
     pub fn rebind_external(&mut self, tensor: TensorId, ext: ExternalTensor) -> Result<()> {
         let (g, local) = self.locate(tensor)?;
         let first_tensor = tensor.0 - local;

@@ -51,18 +51,7 @@ fn poisoned(ctx: &GpuContext, len: u64, poison: f32) -> wgpu::Buffer {
 
 /// Every word of the buffer, as bits (waits for the GPU).
 fn read_bits(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Vec<u32> {
-    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    ctx.queue.submit([encoder.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-    ctx.wait().unwrap();
-    bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec()
+    bytemuck::cast_slice(&read_buffer_bytes(&ctx.device, &ctx.queue, buffer)).to_vec()
 }
 
 fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {

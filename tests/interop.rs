@@ -46,18 +46,7 @@ fn poisoned_buffer(
 
 /// The whole buffer, read the caller's way.
 fn read_all(device: &wgpu::Device, queue: &wgpu::Queue, buffer: &wgpu::Buffer) -> Vec<f32> {
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    queue.submit([encoder.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    bytemuck::cast_slice(&staging.get_mapped_range(..).unwrap()).to_vec()
+    bytemuck::cast_slice(&read_buffer_bytes(device, queue, buffer)).to_vec()
 }
 
 /// The caller's tensors: for each of `params`, a parameter buffer holding it at byte

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{context, grad_scales, grads, params, rng, to_f64};
+use common::{context, grad_scales, grads, params, read_buffer_bytes, rng, to_f64};
 use wgpu_optim::Error;
 use wgpu_optim::optim::muon::AdjustLr;
 use wgpu_optim::optim::{Adafactor, Muon};
@@ -271,23 +271,7 @@ fn batched_products_match_the_reference_with_transposes_and_addends() {
 }
 
 fn read_buffer(ctx: &wgpu_optim::GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
-    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    ctx.queue.submit([encoder.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let view = staging.slice(..).get_mapped_range().unwrap();
-    bytemuck::cast_slice(&view).to_vec()
+    bytemuck::cast_slice(&read_buffer_bytes(&ctx.device, &ctx.queue, buffer)).to_vec()
 }
 
 #[test]

@@ -1045,22 +1045,7 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
         ctx.queue.write_buffer(&buffer, 0, &bytes);
         buffer
     };
-    let read_bytes = |buffer: &wgpu::Buffer| -> Vec<u8> {
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: buffer.size(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-        ctx.queue.submit([encoder.finish()]);
-        staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .unwrap();
-        staging.get_mapped_range(..).unwrap().to_vec()
-    };
+    let read_bytes = |buffer: &wgpu::Buffer| read_buffer_bytes(&ctx.device, &ctx.queue, buffer);
     for storage in [
         storage(Format::Bf16, Format::Bf16, Format::F32, false),
         storage(Format::Bf16, Format::Bf16, Format::F32, true),

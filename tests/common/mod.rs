@@ -173,3 +173,24 @@ pub fn ulp(format: Format, x: f64) -> f64 {
     });
     2f64.powi(x.log2().floor() as i32 - (bits - 1))
 }
+
+/// Every byte of a buffer (which needs `COPY_SRC`), read back through a staging buffer the
+/// caller's way, waiting for the device.
+pub fn read_buffer_bytes(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+) -> Vec<u8> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test read-back"),
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    queue.submit([encoder.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    staging.get_mapped_range(..).unwrap().to_vec()
+}

@@ -71,7 +71,7 @@ pub enum Nonlinearity {
     Relu,
     /// `"leaky_relu"`: gain sqrt(2 / (1 + negative_slope^2)).
     LeakyRelu {
-        /// The slope for negative inputs (torch's `param`; finite and >= 0 here).
+        /// The slope for negative inputs (torch's `param`; finite, may be negative as in torch).
         negative_slope: f64,
     },
     /// `"selu"`: gain 3/4.
@@ -134,18 +134,15 @@ impl Nonlinearity {
         }
     }
 
-    /// A leaky ReLU's slope must be finite and >= 0. (torch accepts a negative slope, whose
-    /// gain is that of its absolute value; a rectifier's slope is not negative, so one is
-    /// taken for a mistake here.)
+    /// A leaky ReLU's slope must be finite. A negative one is accepted, as torch accepts it
+    /// (its gain is that of the slope's absolute value).
     pub fn validate(&self) -> Result<()> {
         if let Nonlinearity::LeakyRelu { negative_slope } = *self
-            && !(negative_slope.is_finite() && negative_slope >= 0.0)
+            && !negative_slope.is_finite()
         {
             return Err(Error::InvalidConfig {
                 optimizer: "calculate_gain",
-                reason: format!(
-                    "leaky_relu's negative slope must be finite and >= 0, not {negative_slope}"
-                ),
+                reason: format!("leaky_relu's negative slope must be finite, not {negative_slope}"),
             });
         }
         Ok(())
@@ -280,7 +277,9 @@ impl Init {
         }
     }
 
-    /// The arguments are in their domains: a gain finite and >= 0, a leaky ReLU's slope too.
+    /// The arguments are in their domains: a gain finite and >= 0 (torch's `uniform_` and
+    /// `normal_` refuse the negative bound or std a negative gain makes), a leaky ReLU's slope
+    /// finite.
     pub fn validate(&self) -> Result<()> {
         match *self {
             Init::XavierUniform { gain } | Init::XavierNormal { gain } => {
@@ -592,7 +591,11 @@ mod tests {
         ));
         assert!(Nonlinearity::from_torch("gelu", None).is_err());
         assert!(Nonlinearity::from_torch("leaky_relu", Some(f64::NAN)).is_err());
-        assert!(Nonlinearity::from_torch("leaky_relu", Some(-0.1)).is_err());
+        // torch takes a negative slope: the gain of its absolute value.
+        assert_eq!(
+            gain("leaky_relu", Some(-0.2)),
+            gain("leaky_relu", Some(0.2))
+        );
     }
 
     #[test]
@@ -664,7 +667,7 @@ mod tests {
             Init::KaimingUniform {
                 mode: FanMode::FanIn,
                 nonlinearity: Nonlinearity::LeakyRelu {
-                    negative_slope: -0.5,
+                    negative_slope: f64::NAN,
                 },
             },
             Init::KaimingNormal {

@@ -522,7 +522,11 @@ fn errors_change_nothing() {
     let attempts: [(u64, &[u64], Init); 6] = [
         (0, &[100], Init::xavier_uniform()),
         (0, &[10, 10], Init::XavierNormal { gain: -0.5 }),
-        (0, &[10, 10], kaiming_uniform(FanMode::FanOut, leaky(-1.0))),
+        (
+            0,
+            &[10, 10],
+            kaiming_uniform(FanMode::FanOut, leaky(f64::NAN)),
+        ),
         (2, &[5, 5], Init::xavier_uniform()),
         (4, &[10, 10], Init::xavier_uniform()),
         (0, &[101, 1], Init::kaiming_normal()),

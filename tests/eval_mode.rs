@@ -110,15 +110,7 @@ fn eval_and_train_move_the_parameters_as_the_reference_does_in_every_storage() {
     {
         let storage = Storage::parse(label).unwrap();
         let mut rng = rng(300 + s as u64);
-        let params: Vec<Vec<f32>> = SIZES
-            .iter()
-            .map(|&n| {
-                params(&mut rng, n)
-                    .iter()
-                    .map(|v| storage.param.round(*v))
-                    .collect()
-            })
-            .collect();
+        let params = stored_params(&mut rng, &SIZES, storage.param);
         let scales: Vec<Vec<f32>> = SIZES.iter().map(|&n| grad_scales(&mut rng, n)).collect();
         let mut opt = Optimizer::builder(&ctx)
             .group_stored(config(), storage, TrainingOptions::default(), &params)

@@ -569,15 +569,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
         let storage = Storage::parse(label).unwrap();
         let bytes = storage.param.bytes();
         let mut rng = rng(41);
-        let params: Vec<Vec<f32>> = lens
-            .iter()
-            .map(|&n| {
-                params(&mut rng, n)
-                    .iter()
-                    .map(|v| storage.param.round(*v))
-                    .collect()
-            })
-            .collect();
+        let params = stored_params(&mut rng, &lens, storage.param);
         // The page: a slot for each tensor's parameters, then room for gradients, which land
         // at a different place each step.
         let mut offsets = Vec::new();

@@ -216,15 +216,7 @@ fn setup(
     let ctx = context();
     let label = format!("{} {}", config.rule().name(), storage.label());
     let mut rng = rng(seed);
-    let params: Vec<Vec<f32>> = sizes
-        .iter()
-        .map(|&n| {
-            params(&mut rng, n)
-                .iter()
-                .map(|v| storage.param.round(*v))
-                .collect()
-        })
-        .collect();
+    let params = stored_params(&mut rng, sizes, storage.param);
     let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
     let opt = Optimizer::builder(&ctx)
         .group_stored(config.clone(), storage, TrainingOptions::default(), &params)
@@ -873,15 +865,7 @@ fn clipping_and_loss_scaling_work_on_sixteen_bit_gradients() {
         let options = training_options();
         let config: OptimizerConfig = AdamW::default().into();
         let mut rng = rng(5);
-        let params: Vec<Vec<f32>> = [3usize, 1_029, 65_537]
-            .iter()
-            .map(|&n| {
-                params(&mut rng, n)
-                    .iter()
-                    .map(|v| storage.param.round(*v))
-                    .collect()
-            })
-            .collect();
+        let params = stored_params(&mut rng, &[3usize, 1_029, 65_537], storage.param);
         let scales: Vec<Vec<f32>> = params
             .iter()
             .map(|p| grad_scales(&mut rng, p.len()))

@@ -52,6 +52,14 @@ pub fn params(rng: &mut StdRng, len: usize) -> Vec<f32> {
         .collect()
 }
 
+/// [`params`] for each of `sizes`, rounded to `format` (what a group in that format stores).
+pub fn stored_params(rng: &mut StdRng, sizes: &[usize], format: Format) -> Vec<Vec<f32>> {
+    sizes
+        .iter()
+        .map(|&n| params(rng, n).iter().map(|v| format.round(*v)).collect())
+        .collect()
+}
+
 /// A magnitude per element, log-uniform over [1e-2, 10): gradients of very different sizes
 /// side by side, as in a real model.
 pub fn grad_scales(rng: &mut StdRng, len: usize) -> Vec<f32> {

@@ -21,6 +21,16 @@ fn callers_device() -> (wgpu::Device, wgpu::Queue) {
     .unwrap()
 }
 
+/// The optimizer these tests step: AdamW with a weight decay large enough to matter.
+fn adamw() -> OptimizerConfig {
+    AdamW {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into()
+}
+
 /// A caller's buffer holding `values` at byte `offset`, NaN everywhere else.
 fn poisoned_buffer(
     device: &wgpu::Device,
@@ -98,12 +108,7 @@ fn callers_buffers_are_updated_in_place_and_nothing_around_them_is_touched() {
     // Plus one tensor in the optimizer's own arena, in the same group.
     let own = common::params(&mut rng, 77);
     inits.push(TensorInit::Values(&own));
-    let config: OptimizerConfig = AdamW {
-        lr: 0.01,
-        weight_decay: 0.1,
-        ..Default::default()
-    }
-    .into();
+    let config = adamw();
     let mut opt = Optimizer::builder(&ctx)
         .group(config.clone(), inits)
         .max_segment_bytes(1024)
@@ -347,12 +352,7 @@ fn tensors_that_are_slices_of_one_shared_buffer() {
             .into()
         })
         .collect();
-    let config: OptimizerConfig = AdamW {
-        lr: 0.01,
-        weight_decay: 0.1,
-        ..Default::default()
-    }
-    .into();
+    let config = adamw();
     let mut opt = Optimizer::builder(&ctx)
         .group(config.clone(), inits)
         .build()
@@ -412,12 +412,7 @@ fn callers_tensors_rebound_to_new_buffers_between_steps() {
     let own = common::params(&mut rng, 77);
     let mut inits = inits;
     inits.push(TensorInit::Values(&own));
-    let config: OptimizerConfig = AdamW {
-        lr: 0.01,
-        weight_decay: 0.1,
-        ..Default::default()
-    }
-    .into();
+    let config = adamw();
     let options = wgpu_optim::TrainingOptions {
         max_grad_norm: Some(5.0),
         ..Default::default()
@@ -626,12 +621,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
             grad_offset: grad_at(step, t),
             len: lens[t] as u64,
         };
-        let config: OptimizerConfig = AdamW {
-            lr: 0.01,
-            weight_decay: 0.1,
-            ..Default::default()
-        }
-        .into();
+        let config = adamw();
         let mut opt = Optimizer::builder(&ctx)
             .group_stored(
                 config.clone(),

@@ -201,6 +201,9 @@ pub struct StateSlot {
     /// The map its values take when stored as q8: signed unless declared
     /// [`unsigned`](Self::unsigned).
     pub q8_map: QMap,
+    /// Whether its values are never negative (second moments, step sizes): the ones
+    /// [`Storage::q8_nonzero`](crate::Storage::q8_nonzero) keeps from rounding to 0.
+    pub nonnegative: bool,
 }
 
 impl StateSlot {
@@ -210,6 +213,7 @@ impl StateSlot {
             name,
             kept_with: None,
             q8_map: QMap::Signed,
+            nonnegative: false,
         }
     }
 
@@ -219,6 +223,7 @@ impl StateSlot {
             name,
             kept_with: Some(flag),
             q8_map: QMap::Signed,
+            nonnegative: false,
         }
     }
 
@@ -228,6 +233,16 @@ impl StateSlot {
     pub const fn unsigned(self) -> Self {
         Self {
             q8_map: QMap::Unsigned,
+            nonnegative: true,
+            ..self
+        }
+    }
+
+    /// The same state, never negative but stored as q8 with the signed map, as bitsandbytes
+    /// stores RMSprop's `square_avg` and Adagrad's `sum`.
+    pub const fn nonnegative(self) -> Self {
+        Self {
+            nonnegative: true,
             ..self
         }
     }

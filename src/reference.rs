@@ -18,12 +18,13 @@ fn stored(format: Format, value: f64) -> f64 {
 }
 
 /// A tensor's states as stored and loaded again, each in its format: each value rounded, or
-/// (q8) each block of 256 quantized with its slot's map from the values' float32 roundings.
+/// (q8) each block of 256 quantized with its slot's encoding from the values' float32
+/// roundings.
 fn store_states(config: &OptimizerConfig, storage: &Storage, states: &mut [Vec<f64>]) {
     for (state, slot) in states.iter_mut().zip(config.kernel().states) {
         let format = storage.state_format(slot.name);
         if format == Format::Q8 {
-            q8::round_trip(state, slot.q8_map);
+            q8::round_trip(state, storage.q8_encoding(slot));
         } else {
             for v in state.iter_mut() {
                 *v = stored(format, *v);

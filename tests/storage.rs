@@ -347,6 +347,10 @@ fn q8_storages() -> Vec<Storage> {
             rounding: wgpu_optim::Rounding::Kahan,
             ..storage(Bf16, Bf16, Q8, false)
         },
+        Storage {
+            q8_nonzero: true,
+            ..storage(F32, Bf16, Q8, false)
+        },
     ]
 }
 
@@ -1490,4 +1494,188 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
             "element {i}: {x:e} stored as {s:e}, its nearest code is {expected:e}"
         );
     }
+}
+
+/// `nonzero` q8: the kernel's codes are the host's `Q8Encoding::code`, exactly: a positive value
+/// of a never-negative state that the nearest code would store as 0 takes the smallest positive
+/// code, in the unsigned map (Adam's `exp_avg_sq`) and in the signed one (Adagrad's `sum`);
+/// everything else keeps its nearest code, negative values of a signed state included.
+#[test]
+fn nonzero_q8_keeps_positive_values_of_nonnegative_states_positive() {
+    use wgpu_optim::storage::q8::{Q8Encoding, QMap};
+    let ctx = context();
+    // Blocks of 256: the absmax 1, then magnitudes from 1e-12 to 1 (a quarter of them under
+    // the smallest codes), signs mixed for the signed state.
+    let magnitude = |k: usize| 10f32.powf(-12.0 + 12.0 * ((k * 7919) % 1000) as f32 / 1000.0);
+    let n = 256 * 40;
+    let grad: Vec<f32> = (0..n)
+        .map(|k| {
+            if k % 256 == 0 {
+                1.0
+            } else if k % 3 == 0 {
+                -magnitude(k)
+            } else {
+                magnitude(k)
+            }
+        })
+        .collect();
+    let nonzero = Storage {
+        q8_nonzero: true,
+        ..storage(Format::F32, Format::F32, Format::Q8, false)
+    };
+    assert_eq!(nonzero.label(), "f32+q8,nonzero");
+    // Adam with beta2 = 0 stores v = g^2 (unsigned map); Adagrad stores sum = g^2 (signed map,
+    // never negative); SGD's momentum is g (signed, of either sign: never kept positive).
+    let cases: [(OptimizerConfig, &str, QMap, bool); 3] = [
+        (
+            Adam {
+                lr: 0.0,
+                beta2: 0.0,
+                ..Default::default()
+            }
+            .into(),
+            "exp_avg_sq",
+            QMap::Unsigned,
+            true,
+        ),
+        (
+            Adagrad {
+                lr: 0.0,
+                ..Default::default()
+            }
+            .into(),
+            "sum",
+            QMap::Signed,
+            true,
+        ),
+        (
+            Sgd {
+                lr: 0.0,
+                momentum: 0.9,
+                ..Default::default()
+            }
+            .into(),
+            "momentum_buffer",
+            QMap::Signed,
+            false,
+        ),
+    ];
+    for (config, state, map, keeps) in cases {
+        let name = config.rule().name();
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                config,
+                nonzero,
+                TrainingOptions::default(),
+                [&vec![0.5f32; n][..]],
+            )
+            .build()
+            .unwrap();
+        opt.step_with_grads(&[&grad]).unwrap();
+        let stored = opt.read_state(TensorId(0), state).unwrap();
+        let encoding = Q8Encoding {
+            map,
+            keep_positive: keeps,
+        };
+        let values = map.values();
+        let smallest = values[map.zero_code() as usize + 1];
+        let mut floored = 0;
+        for (i, &s) in stored.iter().enumerate() {
+            let x = if state == "momentum_buffer" {
+                grad[i]
+            } else {
+                grad[i] * grad[i]
+            };
+            let code = encoding.code(x);
+            assert_eq!(
+                s.to_bits(),
+                values[code as usize].to_bits(),
+                "{name} {state}[{i}]: {x:e} stored as {s:e}, expected code {code}"
+            );
+            if x > 0.0 && map.nearest(x) == map.zero_code() {
+                floored += 1;
+                assert_eq!(s, if keeps { smallest } else { 0.0 }, "{name} {state}[{i}]");
+            }
+        }
+        assert!(
+            floored > n / 10,
+            "{name}: only {floored} values below the smallest code"
+        );
+    }
+}
+
+/// The case that makes nearest-code q8 diverge (README, "q8 and sparse gradients"): Adam on
+/// 4,096 elements, gradient 1 on element 0 every step and 3e-4 on element 1 at the first step
+/// only. Rounded to the nearest code, element 1's second moment becomes 0 while its first
+/// moment keeps a code, and the next steps are `lr * m / eps`; with `nonzero` the second moment
+/// keeps the smallest code, and element 1 moves as in float32, a little less (its second
+/// moment is rounded up). The GPU follows the float64 reference in both.
+#[test]
+fn nonzero_q8_keeps_adam_on_a_rare_feature_where_nearest_codes_diverge() {
+    let ctx = context();
+    let n = 4_096;
+    let steps = 10;
+    let config: OptimizerConfig = Adam {
+        lr: 1e-3,
+        ..Default::default()
+    }
+    .into();
+    let start = vec![0.1f32; n];
+    let mut moved = Vec::new();
+    for storage in [
+        Storage::F32,
+        storage(Format::F32, Format::F32, Format::Q8, false),
+        Storage {
+            q8_nonzero: true,
+            ..storage(Format::F32, Format::F32, Format::Q8, false)
+        },
+    ] {
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                config.clone(),
+                storage,
+                TrainingOptions::default(),
+                [&start[..]],
+            )
+            .build()
+            .unwrap();
+        let mut reference = ReferenceGroup::with_storage(
+            config.clone(),
+            TrainingOptions::default(),
+            storage,
+            vec![to_f64(&start)],
+        )
+        .unwrap();
+        for step in 1..=steps {
+            let mut grad = vec![0.0f32; n];
+            grad[0] = 1.0;
+            if step == 1 {
+                grad[1] = 3e-4;
+            }
+            opt.step_with_grads(&[&grad]).unwrap();
+            reference.step(&[to_f64(&grad)]).unwrap();
+        }
+        let gpu = opt.read_param(TensorId(0)).unwrap();
+        let cpu = &reference.params[0];
+        for i in 0..n {
+            assert!(
+                (gpu[i] as f64 - cpu[i]).abs() <= 1e-6 * cpu[i].abs().max(1.0),
+                "{} element {i}: gpu {:e}, reference {:e}",
+                storage.label(),
+                gpu[i],
+                cpu[i]
+            );
+        }
+        moved.push(0.1 - gpu[1] as f64);
+    }
+    let (float32, nearest, nonzero) = (moved[0], moved[1], moved[2]);
+    assert!(
+        float32 > 1e-3 && float32 < 1e-2,
+        "float32 moved {float32:e}"
+    );
+    assert!(nearest > 1.0, "nearest codes moved only {nearest:e}");
+    assert!(
+        nonzero > 0.3 * float32 && nonzero <= 1.05 * float32,
+        "nonzero moved {nonzero:e}, float32 {float32:e}"
+    );
 }

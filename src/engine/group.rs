@@ -921,8 +921,8 @@ impl Group {
         tensor: usize,
         values: &[f32],
     ) -> Result<()> {
-        let map = self.config.kernel().states[slot].q8_map;
-        let (codes, absmax) = q8::quantize(values, map);
+        let encoding = self.storage.q8_encoding(&self.config.kernel().states[slot]);
+        let (codes, absmax) = q8::quantize(values, encoding);
         self.q8_write_raw(ctx, slot, tensor, &codes, &absmax)
     }
 

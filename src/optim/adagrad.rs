@@ -35,7 +35,7 @@ pub static KERNEL: Kernel = Kernel {
     name: "adagrad",
     source: include_str!("../../shaders/adagrad.wgsl"),
     pieces: &[],
-    states: &[StateSlot::always("sum")],
+    states: &[StateSlot::always("sum").nonnegative()],
     flags: &["MAXIMIZE"],
     scalars: &AdagradScalars::LAYOUT,
     phases: &[],

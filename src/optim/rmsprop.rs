@@ -44,7 +44,7 @@ pub static KERNEL: Kernel = Kernel {
     source: include_str!("../../shaders/rmsprop.wgsl"),
     pieces: &[],
     states: &[
-        StateSlot::always("square_avg"),
+        StateSlot::always("square_avg").nonnegative(),
         StateSlot::with_flag("grad_avg", "CENTERED"),
         StateSlot::with_flag("momentum_buffer", "MOMENTUM"),
     ],

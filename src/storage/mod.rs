@@ -384,6 +384,13 @@ pub struct Storage {
     pub master_weights: bool,
     /// How the step rounds 16-bit parameters (without master weights).
     pub rounding: Rounding,
+    /// q8 states that are never negative (second moments, Adagrad's sum, Rprop's step sizes)
+    /// store a positive value whose nearest code stands for 0 as their map's smallest positive
+    /// code instead ([`q8::Q8Encoding::keep_positive`]). Off by default: q8 then rounds as
+    /// bitsandbytes does, to the nearest code, and a rarely active feature's second moment
+    /// may become 0 while its first moment does not (README, "q8 and sparse gradients").
+    /// Label suffix `,nonzero`.
+    pub q8_nonzero: bool,
 }
 
 impl Storage {
@@ -395,6 +402,7 @@ impl Storage {
         state_formats: StateFormats::NONE,
         master_weights: false,
         rounding: Rounding::NearestEven,
+        q8_nonzero: false,
     };
 
     /// The same storage with state `name` kept in `format` (overriding
@@ -409,6 +417,15 @@ impl Storage {
     /// The format state `name` is kept in.
     pub fn state_format(&self, name: &str) -> Format {
         self.state_formats.get(name).unwrap_or(self.states)
+    }
+
+    /// How state `slot` is quantized when it is q8: its map, and
+    /// [`q8_nonzero`](Self::q8_nonzero) if it is never negative.
+    pub fn q8_encoding(&self, slot: &crate::kernels::StateSlot) -> q8::Q8Encoding {
+        q8::Q8Encoding {
+            map: slot.q8_map,
+            keep_positive: self.q8_nonzero && slot.nonnegative,
+        }
     }
 
     /// The formats of the states, each once: `states`' and the exceptions'.
@@ -466,6 +483,13 @@ impl Storage {
                     .into(),
             });
         }
+        if self.q8_nonzero && !self.q8() {
+            return Err(crate::Error::InvalidConfig {
+                optimizer: "storage",
+                reason: "`nonzero` is how q8 states round; this storage keeps no state in q8"
+                    .into(),
+            });
+        }
         if self.master_weights && self.param == Format::F32 {
             return Err(crate::Error::InvalidConfig {
                 optimizer: "storage",
@@ -479,7 +503,8 @@ impl Storage {
 
     /// Every storage a group may have: each role in each format, with master weights where
     /// the parameters are 16-bit, stochastic rounding where they are 16-bit without master
-    /// weights, Kahan summation there too; states also in q8 (108 in all).
+    /// weights, Kahan summation there too; states also in q8, and in q8 that keeps positive
+    /// values positive (135 in all).
     pub fn all() -> Vec<Storage> {
         let formats = [Format::F32, Format::Bf16, Format::F16];
         let mut all = Vec::new();
@@ -494,6 +519,7 @@ impl Storage {
                             state_formats: StateFormats::NONE,
                             master_weights,
                             rounding: Rounding::NearestEven,
+                            q8_nonzero: false,
                         };
                         if storage.validate().is_ok() {
                             all.push(storage);
@@ -511,6 +537,15 @@ impl Storage {
                 }
             }
         }
+        let nonzero: Vec<Storage> = all
+            .iter()
+            .filter(|storage| storage.q8())
+            .map(|storage| Storage {
+                q8_nonzero: true,
+                ..*storage
+            })
+            .collect();
+        all.extend(nonzero);
         all
     }
 
@@ -599,6 +634,9 @@ impl Storage {
         for (name, format) in self.state_formats.iter() {
             label.push_str(&format!(",{name}={}", format.name()));
         }
+        if self.q8_nonzero {
+            label.push_str(",nonzero");
+        }
         label
     }
 
@@ -627,7 +665,12 @@ impl Storage {
             None => (label, Format::F32, Vec::new()),
         };
         let mut state_formats = StateFormats::NONE;
+        let mut q8_nonzero = false;
         for exception in exceptions {
+            if exception == "nonzero" {
+                q8_nonzero = true;
+                continue;
+            }
             let Some((name, state_format)) = exception.split_once('=') else {
                 return Err(bad(format!(
                     "`{exception}`: a state in a format of its own is `name=format` \
@@ -679,6 +722,7 @@ impl Storage {
             state_formats,
             master_weights,
             rounding,
+            q8_nonzero,
         };
         storage.validate()?;
         Ok(storage)
@@ -814,11 +858,11 @@ impl Storage {
         }
         // q8 states share the workgroup's maps and block reduction; the others are plain.
         let bound = |slot: usize| first_state_binding + slot as u32;
-        let q8_states: Vec<(u32, &StateSlot)> = states
+        let q8_states: Vec<(u32, &StateSlot, bool)> = states
             .iter()
             .enumerate()
             .filter(|(_, state)| self.state_format(state.name) == Format::Q8)
-            .map(|(slot, state)| (bound(slot), state))
+            .map(|(slot, state)| (bound(slot), state, self.q8_encoding(state).keep_positive))
             .collect();
         if q8_states.is_empty() {
             wgsl.push_str(
@@ -899,14 +943,14 @@ pub(crate) struct AccessorBindings {
 /// are: quantizing a block again is not the identity (the signed map's most negative value is
 /// -0.99297, so a block whose largest magnitude is negative would shrink by that factor each
 /// time). A rule stores each of its states in every invocation or in none.
-fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
+fn q8_state_accessors(states: &[(u32, &StateSlot, bool)]) -> String {
     let mut wgsl = String::from(
         "fn prepare_workgroup(lid: u32) {\n    q8_load_maps(lid);\n    workgroupBarrier();\n}\n",
     );
     let mut gather = String::new();
     let mut store = String::new();
     // Each q8 state's block magnitude is one component of a vec4 (at most four q8 states).
-    for (component, &(binding, state)) in ["x", "y", "z", "w"].iter().zip(states) {
+    for (component, &(binding, state, keep_positive)) in ["x", "y", "z", "w"].iter().zip(states) {
         let name = state.name;
         let map = match state.q8_map {
             QMap::Signed => "Q8_SIGNED",
@@ -932,7 +976,7 @@ fn q8_state_accessors(states: &[(u32, &StateSlot)]) -> String {
         ));
         store.push_str(&format!(
             "        if ({kept} && {name}_stored) {{\n\
-             \x20           {name}[i] = q8_encode({name}_new, absmax.{component}, {map});\n\
+             \x20           {name}[i] = q8_encode({name}_new, absmax.{component}, {map}, {keep_positive});\n\
              \x20           if ((lid & 63u) == 0u) {{\n\
              \x20               {name}[{name}_absmax_index(i)] = bitcast<u32>(absmax.{component});\n\
              \x20           }}\n\
@@ -1084,7 +1128,8 @@ mod tests {
         let all = Storage::all();
         // Per states format (f32, bf16, f16, q8): 9 without master weights, 6 with, 6 with
         // stochastic rounding, 6 with Kahan.
-        assert_eq!(all.len(), 4 * (9 + 6 + 6 + 6));
+        // And q8 once more with `nonzero`.
+        assert_eq!(all.len(), 5 * (9 + 6 + 6 + 6));
         for storage in all {
             assert_eq!(Storage::parse(&storage.label()).unwrap(), storage);
         }
@@ -1098,6 +1143,8 @@ mod tests {
             "bf16-srx",
             "f64",
             "f32-master",
+            "bf16+bf16,nonzero",
+            "bf16,nonzero",
             "",
         ] {
             assert!(Storage::parse(bad).is_err(), "{bad}");

@@ -86,6 +86,44 @@ impl QMap {
     }
 }
 
+/// How one q8 state turns values into codes: its map, and whether a positive value may become 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Q8Encoding {
+    /// The dynamic map the codes index.
+    pub map: QMap,
+    /// A positive value whose nearest code stands for 0 takes the smallest positive code
+    /// instead ([`Storage::q8_nonzero`](crate::Storage::q8_nonzero), on a state that is never
+    /// negative). Without it a rare feature's second moment falls below the map's smallest
+    /// code (3.25e-7 of its block's absmax in the unsigned map) and stores 0 while its first
+    /// moment keeps a code: Adam then steps `lr * m / eps`.
+    pub keep_positive: bool,
+}
+
+impl From<QMap> for Q8Encoding {
+    /// The map's nearest code, 0 included: bitsandbytes' rounding.
+    fn from(map: QMap) -> Self {
+        Self {
+            map,
+            keep_positive: false,
+        }
+    }
+}
+
+impl Q8Encoding {
+    /// The code of `x` (in [-1, 1]): the nearest, ties to the lower, or with
+    /// [`keep_positive`](Self::keep_positive) the smallest positive code where that would
+    /// stand for 0 and `x` is above it.
+    pub fn code(self, x: f32) -> u8 {
+        let nearest = self.map.nearest(x);
+        let zero = self.map.zero_code();
+        if self.keep_positive && nearest == zero && x > 0.0 {
+            zero + 1
+        } else {
+            nearest
+        }
+    }
+}
+
 /// The kernel's first guess at the code of `x` (in [-1, 1]), from the map's structure
 /// (bitsandbytes' `create_dynamic_map`: decade `d` = 0..6 holds |x| in [10^(d-7), 10^(d-6)) with
 /// 2^d codes (signed) or 2^(d+1) (unsigned) at the midpoints of equal steps; 0 below 10^-7;
@@ -127,7 +165,7 @@ pub fn nearest_around(x: f32, map: QMap, thresholds: &[f32; 256]) -> u8 {
 }
 
 /// One block's values quantized: a code per value (into `codes`) and the block's absmax.
-pub fn quantize_block(values: &[f32], map: QMap, codes: &mut [u8]) -> f32 {
+pub fn quantize_block(values: &[f32], encoding: Q8Encoding, codes: &mut [u8]) -> f32 {
     debug_assert_eq!(values.len(), codes.len());
     // A NaN makes the absmax NaN (the kernel takes the largest bit pattern, and a NaN's
     // exceeds infinity's): the whole block then stands for NaN, whatever its codes.
@@ -144,7 +182,7 @@ pub fn quantize_block(values: &[f32], map: QMap, codes: &mut [u8]) -> f32 {
     }
     let r = 1.0 / absmax;
     for (code, v) in codes.iter_mut().zip(values) {
-        *code = map.nearest((v * r).clamp(-1.0, 1.0));
+        *code = encoding.code((v * r).clamp(-1.0, 1.0));
     }
     absmax
 }
@@ -155,12 +193,13 @@ pub fn dequantize(code: u8, absmax: f32, map: QMap) -> f32 {
 }
 
 /// Values quantized block by block from the first: `(codes, absmax per block)`.
-pub fn quantize(values: &[f32], map: QMap) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize(values: &[f32], encoding: impl Into<Q8Encoding>) -> (Vec<u8>, Vec<f32>) {
+    let encoding = encoding.into();
     let mut codes = vec![0u8; values.len()];
     let absmax = values
         .chunks(BLOCK as usize)
         .zip(codes.chunks_mut(BLOCK as usize))
-        .map(|(block, codes)| quantize_block(block, map, codes))
+        .map(|(block, codes)| quantize_block(block, encoding, codes))
         .collect();
     (codes, absmax)
 }
@@ -176,10 +215,14 @@ pub fn dequantize_all(codes: &[u8], absmax: &[f32], map: QMap) -> Vec<f32> {
 
 /// What a state becomes once stored as q8 and loaded again, block by block (the reference's
 /// mirror of the kernel's store): quantized from its float32 values.
-pub fn round_trip(values: &mut [f64], map: QMap) {
+pub fn round_trip(values: &mut [f64], encoding: impl Into<Q8Encoding>) {
+    let encoding = encoding.into();
     let narrow: Vec<f32> = values.iter().map(|v| *v as f32).collect();
-    let (codes, absmax) = quantize(&narrow, map);
-    for (v, q) in values.iter_mut().zip(dequantize_all(&codes, &absmax, map)) {
+    let (codes, absmax) = quantize(&narrow, encoding);
+    for (v, q) in values
+        .iter_mut()
+        .zip(dequantize_all(&codes, &absmax, encoding.map))
+    {
         *v = q as f64;
     }
 }
@@ -312,14 +355,21 @@ fn q8_nearest(x: f32, guess: u32, map: u32) -> u32 {
     return first + select(0u, 1u, x >= q8_maps[above]) + select(0u, 1u, x >= q8_maps[above + 1u]);
 }
 
-fn q8_encode(value: vec4<f32>, absmax: f32, map: u32) -> u32 {
+// The codes of four values, `keep_positive` as `Q8Encoding::code` (a positive value whose
+// nearest code stands for 0 takes the smallest positive code).
+fn q8_encode(value: vec4<f32>, absmax: f32, map: u32, keep_positive: bool) -> u32 {
     if (absmax == 0.0) {
         return 0u;
     }
     let x = clamp(value * (1.0 / absmax), vec4<f32>(-1.0), vec4<f32>(1.0));
     let g = q8_guess(x, map);
-    return q8_nearest(x.x, g.x, map) | (q8_nearest(x.y, g.y, map) << 8u)
-        | (q8_nearest(x.z, g.z, map) << 16u) | (q8_nearest(x.w, g.w, map) << 24u);
+    var codes = vec4<u32>(q8_nearest(x.x, g.x, map), q8_nearest(x.y, g.y, map),
+                          q8_nearest(x.z, g.z, map), q8_nearest(x.w, g.w, map));
+    if (keep_positive) {
+        let zero = vec4<u32>(select(127u, 0u, map == Q8_UNSIGNED));
+        codes = select(codes, zero + 1u, (codes == zero) & (x > vec4<f32>(0.0)));
+    }
+    return codes.x | (codes.y << 8u) | (codes.z << 16u) | (codes.w << 24u);
 }
 
 ";
@@ -423,6 +473,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn keep_positive_only_lifts_positive_values_off_zero() {
+        for map in [QMap::Signed, QMap::Unsigned] {
+            let zero = map.zero_code();
+            let keep = Q8Encoding {
+                map,
+                keep_positive: true,
+            };
+            let nearest = Q8Encoding::from(map);
+            for x in [1e-30f32, 1e-9, 9e-8] {
+                assert_eq!(nearest.code(x), zero, "{map:?} {x:e}");
+                assert_eq!(keep.code(x), zero + 1, "{map:?} {x:e}");
+            }
+            assert_eq!(keep.code(0.0), zero);
+            // Negative values round as before (to 0, in the signed map).
+            assert_eq!(keep.code(-1e-9), nearest.code(-1e-9));
+            // Above the smallest code's midpoint nothing changes.
+            for x in [1e-6f32, 0.01, 0.5, 1.0, -0.5] {
+                assert_eq!(keep.code(x), nearest.code(x), "{map:?} {x:e}");
+            }
+        }
+        // A block: every positive value keeps a positive code.
+        let values = [1.0f32, 1e-9, 0.0, 3e-8, 0.2];
+        let (codes, absmax) = quantize(
+            &values,
+            Q8Encoding {
+                map: QMap::Unsigned,
+                keep_positive: true,
+            },
+        );
+        assert_eq!(absmax, vec![1.0]);
+        assert_eq!(codes[..4], [255, 1, 0, 1]);
     }
 
     #[test]

@@ -131,10 +131,11 @@ pub(crate) enum Command {
         /// Storages to measure each optimizer in, one after the other (default: f32):
         /// parameters' format, `/` and the gradients' if they differ, `-master` for float32
         /// master weights, `-sr` stochastic rounding, `-kahan` Kahan summation, `+` and the
-        /// states' format, then `,state=format` for a state in a format of its own. E.g. `f32
+        /// states' format, then `,state=format` for a state in a format of its own, and
+        /// `,nonzero` for q8 that never rounds a positive second moment to 0. E.g. `f32
         /// bf16 bf16-master bf16-sr bf16-kahan bf16+bf16 bf16+q8 f32/bf16
-        /// bf16+q8,max_exp_avg_sq=f32`. Formats: f32, bf16, f16, and q8 (8-bit blockwise) for
-        /// states.
+        /// bf16+q8,max_exp_avg_sq=f32 bf16+q8,nonzero`. Formats: f32, bf16, f16, and q8
+        /// (8-bit blockwise) for states.
         #[arg(long = "formats", value_name = "STORAGE", num_args = 1.., value_parser = storage)]
         formats: Vec<wgpu_optim::Storage>,
         /// Also write the full results (adapter, copy ceiling, every measurement) as JSON

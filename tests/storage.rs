@@ -617,15 +617,7 @@ fn sixteen_bit_values_round_trip_through_the_host_exactly() {
         let values: Vec<f32> = (0..1001)
             .map(|i| format.round((i as f32 - 500.0) * 0.37))
             .collect();
-        let mut opt = Optimizer::builder(&ctx)
-            .group_stored(
-                Adam::default(),
-                storage,
-                TrainingOptions::default(),
-                [&values[..]],
-            )
-            .build()
-            .unwrap();
+        let mut opt = one_tensor(&ctx, Adam::default(), storage, &values);
         assert_eq!(opt.read_param(TensorId(0)).unwrap(), values);
         // Writes that start and end inside 4-byte words keep their neighbours.
         opt.write(TensorId(0), Role::Param, 3, &[1.5, 2.5, 3.5])
@@ -950,15 +942,7 @@ fn half_typed_host_values_go_in_and_out_exactly() {
         .collect();
     let as_f32: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
     let bf16_all = storage(Format::Bf16, Format::Bf16, Format::F32, false);
-    let mut opt = Optimizer::builder(&ctx)
-        .group_stored(
-            Sgd::default(),
-            bf16_all,
-            TrainingOptions::default(),
-            [&as_f32[..]],
-        )
-        .build()
-        .unwrap();
+    let mut opt = one_tensor(&ctx, Sgd::default(), bf16_all, &as_f32);
     let id = TensorId(0);
     assert_eq!(
         opt.read_as::<bf16>(id, Role::Param, 0..n as u64).unwrap(),
@@ -1063,10 +1047,7 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
             )
             .build()
             .unwrap();
-        let mut twin = Optimizer::builder(&ctx)
-            .group_stored(config, storage, TrainingOptions::default(), [&values[..]])
-            .build()
-            .unwrap();
+        let mut twin = one_tensor(&ctx, config, storage, &values);
         for _ in 0..3 {
             opt.step().unwrap();
             twin.step_with_grads(&[&grads[..]]).unwrap();
@@ -1381,15 +1362,7 @@ fn nearest_even_stalls_where_stochastic_rounding_and_kahan_track_float32() {
         ..Default::default()
     };
     let run = |storage: Storage| -> f64 {
-        let mut opt = Optimizer::builder(&ctx)
-            .group_stored(
-                config.clone(),
-                storage,
-                TrainingOptions::default(),
-                [&start[..]],
-            )
-            .build()
-            .unwrap();
+        let mut opt = one_tensor(&ctx, config.clone(), storage, &start);
         opt.write_grad(TensorId(0), &grads).unwrap();
         for _ in 0..steps {
             opt.step().unwrap();
@@ -1468,19 +1441,16 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
     grad.resize(nan_block, 0.25);
     grad.extend((0..256).map(|k| if k == 100 { f32::NAN } else { 0.5 }));
     let n = grad.len();
-    let mut opt = Optimizer::builder(&ctx)
-        .group_stored(
-            Sgd {
-                lr: 0.0,
-                momentum: 0.9,
-                ..Default::default()
-            },
-            storage(Format::F32, Format::F32, Format::Q8, false),
-            TrainingOptions::default(),
-            [&vec![0.5f32; n][..]],
-        )
-        .build()
-        .unwrap();
+    let mut opt = one_tensor(
+        &ctx,
+        Sgd {
+            lr: 0.0,
+            momentum: 0.9,
+            ..Default::default()
+        },
+        storage(Format::F32, Format::F32, Format::Q8, false),
+        &vec![0.5f32; n],
+    );
     opt.step_with_grads(&[&grad]).unwrap();
     let stored = opt.read_state(TensorId(0), "momentum_buffer").unwrap();
     assert!(stored[nan_block..].iter().all(|s| s.is_nan()));
@@ -1562,15 +1532,7 @@ fn nonzero_q8_keeps_positive_values_of_nonnegative_states_positive() {
     ];
     for (config, state, map, keeps) in cases {
         let name = config.rule().name();
-        let mut opt = Optimizer::builder(&ctx)
-            .group_stored(
-                config,
-                nonzero,
-                TrainingOptions::default(),
-                [&vec![0.5f32; n][..]],
-            )
-            .build()
-            .unwrap();
+        let mut opt = one_tensor(&ctx, config, nonzero, &vec![0.5f32; n]);
         opt.step_with_grads(&[&grad]).unwrap();
         let stored = opt.read_state(TensorId(0), state).unwrap();
         let encoding = Q8Encoding {
@@ -1630,15 +1592,7 @@ fn nonzero_q8_keeps_adam_on_a_rare_feature_where_nearest_codes_diverge() {
             ..storage(Format::F32, Format::F32, Format::Q8, false)
         },
     ] {
-        let mut opt = Optimizer::builder(&ctx)
-            .group_stored(
-                config.clone(),
-                storage,
-                TrainingOptions::default(),
-                [&start[..]],
-            )
-            .build()
-            .unwrap();
+        let mut opt = one_tensor(&ctx, config.clone(), storage, &start);
         let mut reference = ReferenceGroup::with_storage(
             config.clone(),
             TrainingOptions::default(),

@@ -5,7 +5,10 @@ use std::sync::OnceLock;
 
 use rand::rngs::SmallRng as StdRng;
 use rand::{Rng, SeedableRng};
-use wgpu_optim::{ContextOptions, Format, GpuContext, Optimizer, ReferenceGroup};
+use wgpu_optim::{
+    ContextOptions, Format, GpuContext, Optimizer, OptimizerConfig, ReferenceGroup, Storage,
+    TrainingOptions,
+};
 
 /// The sizes every optimizer is checked at: tails of every length modulo 4, workgroup
 /// boundaries (256), and sizes past one dispatch dimension's worth of small workgroups.
@@ -201,4 +204,18 @@ pub fn read_buffer_bytes(
     staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
     device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
     staging.get_mapped_range(..).unwrap().to_vec()
+}
+
+/// An optimizer of one group, one tensor starting at `params`, kept in `storage`, with the
+/// default training options.
+pub fn one_tensor(
+    ctx: &GpuContext,
+    config: impl Into<OptimizerConfig>,
+    storage: Storage,
+    params: &[f32],
+) -> Optimizer {
+    Optimizer::builder(ctx)
+        .group_stored(config, storage, TrainingOptions::default(), [params])
+        .build()
+        .unwrap()
 }

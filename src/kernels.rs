@@ -84,6 +84,13 @@ pub const MAX_STATE_SLOTS: usize = 3;
 pub enum Element {
     /// `vec4<f32>`: 16-byte loads and stores; lengths must be multiples of 4.
     Vec4,
+    /// `vec4<f32>` over a caller's tensor whose parameters and gradients cannot be bound as
+    /// whole vec4s (its length is not a multiple of 4, or its offsets not of 16 bytes) while
+    /// some role is packed (16-bit or q8: four values per invocation). Those two are bound by
+    /// the value (float32) or by the word (16-bit, an even number of values); the last
+    /// element's lanes past the tensor read 0 and are never written. The roles that are ours
+    /// are padded to whole vec4s, as in the arena.
+    Vec4Tail,
     /// `f32`: any length.
     F32,
 }
@@ -92,7 +99,7 @@ impl Element {
     /// f32 values per element.
     pub fn width(self) -> u64 {
         match self {
-            Element::Vec4 => 4,
+            Element::Vec4 | Element::Vec4Tail => 4,
             Element::F32 => 1,
         }
     }
@@ -100,7 +107,7 @@ impl Element {
     /// The element type, its bit pattern type, and a horizontal sum, as WGSL.
     pub fn prelude(self) -> &'static str {
         match self {
-            Element::Vec4 => {
+            Element::Vec4 | Element::Vec4Tail => {
                 "alias V = vec4<f32>;\nalias VU = vec4<u32>;\nalias VI = vec4<i32>;\nalias VB = vec4<bool>;\n\
                  fn hsum(v: V) -> f32 { return v.x + v.y + v.z + v.w; }\n\
                  fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n\
@@ -298,7 +305,7 @@ impl Kernel {
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
-            self.storage(storage, subgroups),
+            self.storage(storage, subgroups, element),
             self.scalars.wgsl(),
             self.pieces.join("\n"),
             self.source,
@@ -313,7 +320,7 @@ impl Kernel {
     /// how its values are stored. Every role is float32 (`V`) today; a storage format (16-bit
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
-    pub fn storage(&self, storage: &Storage, subgroups: bool) -> String {
+    pub fn storage(&self, storage: &Storage, subgroups: bool, element: Element) -> String {
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}{}{}",
             if storage.stochastic() || self.tensor_sums {
@@ -336,6 +343,7 @@ impl Kernel {
                     qmaps: QMAP_BINDING,
                 },
                 subgroups,
+                element,
             ),
         )
     }
@@ -517,7 +525,7 @@ impl UtilityKernel {
             format!(
                 "{}{}",
                 storage.wgsl_conversions(),
-                storage.wgsl_raw_grad(self.grad)
+                storage.wgsl_raw_grad(self.grad, element)
             )
         };
         format!(

@@ -78,6 +78,17 @@ impl View {
         })
     }
 
+    /// The view and the rest of its last vec4 (four values), as a bind group entry's resource:
+    /// how the kernels bind the buffers that are ours (allocated with that padding), so that a
+    /// tensor ending inside a vec4 still binds whole vec4s.
+    pub(crate) fn padded_binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.format.buffer_bytes(self.len.next_multiple_of(4))),
+        })
+    }
+
     /// The smallest byte range around the view that copies may move (multiples of 4 bytes):
     /// `(start, end)`.
     fn aligned_bytes(&self) -> (u64, u64) {

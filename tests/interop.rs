@@ -686,3 +686,247 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
         }
     }
 }
+
+/// A caller's tensors of lengths that are not multiples of 4 (a 10-class bias, a 257-value
+/// vector), in one shared page, in storages that move four values per invocation (q8 states,
+/// 16-bit parameters or gradients, bf16 states, master weights, stochastic rounding, Kahan
+/// summation), with clipping (the norm pass reads the same gradients) and, on one step,
+/// gradients accumulated on the device: every tensor follows the reference, and not one byte
+/// of the page outside the tensors changes. 16-bit tensors need an even length; an odd one is
+/// refused, naming the tensor.
+#[test]
+fn callers_tensors_of_any_length_in_storages_that_pack_four_values() {
+    use wgpu_optim::{Error, Format, Storage, TrainingOptions};
+    let (device, queue) = callers_device();
+    let ctx = GpuContext::from_device(device.clone(), queue.clone());
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+    let options = TrainingOptions {
+        max_grad_norm: Some(1.0),
+        ..Default::default()
+    };
+    // SGD, whose step follows the clipped gradient's scale (the clipping norm sums every lane
+    // of the last vec4: a lane past the tensor that read anything but 0 would change it), and
+    // LAMB, whose per-tensor sums do the same for its trust ratio.
+    let sgd: OptimizerConfig = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    }
+    .into();
+    let lamb: OptimizerConfig = Lamb {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into();
+    let runs = [
+        ("f32+q8", adamw()),
+        ("f32+q8,nonzero", adamw()),
+        ("f32+bf16", adamw()),
+        ("f32/bf16", adamw()),
+        ("bf16", adamw()),
+        ("f16+f16", adamw()),
+        ("f16-master+q8", adamw()),
+        ("bf16+q8,nonzero", adamw()),
+        ("bf16-sr", adamw()),
+        ("bf16-kahan+q8", adamw()),
+        ("f32/bf16", sgd.clone()),
+        ("f32/f16+q8", sgd.clone()),
+        ("bf16", sgd),
+        ("f32+q8", lamb.clone()),
+        ("bf16", lamb.clone()),
+        ("f16-master+bf16", lamb),
+    ];
+    for (label, config) in runs {
+        let storage = Storage::parse(label).unwrap();
+        let label = format!("{} {label}", config.rule().name());
+        let sixteen = storage.param != Format::F32 || storage.grad != Format::F32;
+        let lens: &[usize] = if sixteen {
+            &[2, 6, 10, 258, 1_002]
+        } else {
+            &[1, 3, 5, 6, 10, 257, 1_001]
+        };
+        let mut rng = rng(59);
+        let params = stored_params(&mut rng, lens, storage.param);
+        // The page: each tensor's parameters, then each one's gradients, at aligned offsets;
+        // 0xff bytes (NaN in every format) everywhere else.
+        let mut end = 0u64;
+        let mut place = |bytes: u64| {
+            let start = end.next_multiple_of(align);
+            end = start + bytes;
+            start
+        };
+        let param_at: Vec<u64> = lens
+            .iter()
+            .map(|&n| place(n as u64 * storage.param.bytes()))
+            .collect();
+        let grad_at: Vec<u64> = lens
+            .iter()
+            .map(|&n| place(n as u64 * storage.grad.bytes()))
+            .collect();
+        let size = end.next_multiple_of(align) + align;
+        let page = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("page"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let encode = |format: Format, values: &[f32]| -> Vec<u8> {
+            match format {
+                Format::F32 => bytemuck::cast_slice(values).to_vec(),
+                Format::F16 => values
+                    .iter()
+                    .flat_map(|v| wgpu_optim::half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => values
+                    .iter()
+                    .flat_map(|v| wgpu_optim::half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            }
+        };
+        let mut contents = vec![0xffu8; size as usize];
+        for (p, &at) in params.iter().zip(&param_at) {
+            let e = encode(storage.param, p);
+            contents[at as usize..][..e.len()].copy_from_slice(&e);
+        }
+        queue.write_buffer(&page, 0, &contents);
+        let ext = |t: usize| ExternalTensor {
+            param: page.clone(),
+            param_offset: param_at[t],
+            grad: page.clone(),
+            grad_offset: grad_at[t],
+            len: lens[t] as u64,
+        };
+        let mut opt = Optimizer::builder(&ctx)
+            .group_stored(
+                config.clone(),
+                storage,
+                options.clone(),
+                (0..lens.len()).map(ext),
+            )
+            .build()
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let mut reference = ReferenceGroup::with_storage(
+            config,
+            options.clone(),
+            storage,
+            params.iter().map(|p| to_f64(p)).collect(),
+        )
+        .unwrap();
+        for step in 1..=4u64 {
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|p| {
+                    grads(&mut rng, &vec![1.0; p.len()])
+                        .iter()
+                        .map(|g| storage.grad.round(*g))
+                        .collect()
+                })
+                .collect();
+            let grads = if step == 3 {
+                // Two micro-batches added on the device, each sum stored in the format.
+                opt.zero_grads().unwrap();
+                let halves: Vec<Vec<f32>> = grads
+                    .iter()
+                    .map(|g| g.iter().map(|v| v * 0.5 + 0.125).collect())
+                    .collect();
+                for _ in 0..2 {
+                    let refs: Vec<&[f32]> = halves.iter().map(Vec::as_slice).collect();
+                    opt.accumulate_grads(&refs).unwrap();
+                }
+                let summed: Vec<Vec<f32>> = halves
+                    .iter()
+                    .map(|h| {
+                        h.iter()
+                            .map(|v| {
+                                let once = storage.grad.round(*v);
+                                storage.grad.round(once + v)
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for (t, want) in summed.iter().enumerate() {
+                    assert_eq!(
+                        &opt.read_grad(TensorId(t)).unwrap(),
+                        want,
+                        "{label} tensor {t}: accumulated gradients"
+                    );
+                }
+                summed
+            } else {
+                for (t, g) in grads.iter().enumerate() {
+                    queue.write_buffer(&page, grad_at[t], &encode(storage.grad, g));
+                }
+                grads
+            };
+            opt.step().unwrap();
+            reference
+                .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
+                .unwrap();
+            for (t, want) in reference.model_params().iter().enumerate() {
+                let gpu = opt.read_param(TensorId(t)).unwrap();
+                let unit = if storage.param == Format::F32 {
+                    1e-5
+                } else {
+                    4.0 * ulp(storage.param, 1.0)
+                };
+                compare(
+                    &format!("{label} step {step} tensor {t} ({} values)", lens[t]),
+                    &gpu,
+                    want,
+                    &vec![2.0; want.len()],
+                    &vec![0.0; want.len()],
+                    unit * step as f64,
+                )
+                .unwrap();
+            }
+        }
+        // Nothing outside the tensors was written.
+        let after = read_buffer_bytes(&device, &queue, &page);
+        let mut inside = vec![false; size as usize];
+        for (t, &n) in lens.iter().enumerate() {
+            let p = (param_at[t] as usize, n * storage.param.bytes() as usize);
+            let g = (grad_at[t] as usize, n * storage.grad.bytes() as usize);
+            for (at, bytes) in [p, g] {
+                inside[at..at + bytes].fill(true);
+            }
+        }
+        for (k, (&byte, &inside)) in after.iter().zip(&inside).enumerate() {
+            assert!(
+                inside || byte == 0xff,
+                "{label}: byte {k} outside every tensor changed to {byte:#x}"
+            );
+        }
+    }
+
+    // An odd number of 16-bit values ends inside a word: refused, nothing built.
+    let page = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("odd"),
+        size: 4 * align,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let Err(err) = Optimizer::builder(&ctx)
+        .group_stored(
+            adamw(),
+            Storage::parse("bf16").unwrap(),
+            TrainingOptions::default(),
+            [ExternalTensor {
+                param: page.clone(),
+                param_offset: 0,
+                grad: page.clone(),
+                grad_offset: 2 * align,
+                len: 5,
+            }],
+        )
+        .build()
+    else {
+        panic!("an odd bf16 length is refused");
+    };
+    assert!(
+        matches!(err, Error::BadBuffer { tensor: 0, .. }) && err.to_string().contains("even"),
+        "{err}"
+    );
+}

@@ -85,14 +85,18 @@ fn every_kernel_validates_in_every_storage_format() {
             } else {
                 &[false]
             };
-            for &subgroups in variants {
-                let module = stored_module(
-                    kernel,
-                    Element::Vec4,
-                    ScalarsVia::Immediates,
-                    storage,
-                    subgroups,
-                );
+            // Whole vec4s, and a caller's tensor ending inside one (packed storages only).
+            let elements: &[Element] = if storage.packed() {
+                &[Element::Vec4, Element::Vec4Tail]
+            } else {
+                &[Element::Vec4]
+            };
+            for (&subgroups, &element) in variants
+                .iter()
+                .flat_map(|s| elements.iter().map(move |e| (s, e)))
+            {
+                let module =
+                    stored_module(kernel, element, ScalarsVia::Immediates, storage, subgroups);
                 let capabilities = if subgroups {
                     Capabilities::IMMEDIATES | Capabilities::SUBGROUP
                 } else {
@@ -102,7 +106,9 @@ fn every_kernel_validates_in_every_storage_format() {
                     .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
                     .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                     .validate(&module)
-                    .unwrap_or_else(|e| panic!("{} {storage:?} {subgroups}: {e:?}", kernel.name));
+                    .unwrap_or_else(|e| {
+                        panic!("{} {storage:?} {element:?} {subgroups}: {e:?}", kernel.name)
+                    });
             }
             let module = stored_module(
                 kernel,
@@ -232,6 +238,9 @@ fn helper_kernels_validate_and_bind_what_the_host_binds() {
             (Element::F32, Format::F32),
             (Element::Vec4, Format::Bf16),
             (Element::Vec4, Format::F16),
+            (Element::Vec4Tail, Format::F32),
+            (Element::Vec4Tail, Format::Bf16),
+            (Element::Vec4Tail, Format::F16),
         ] {
             let source = kernel.assemble(element, grad);
             let module = naga::front::wgsl::parse_str(&source)

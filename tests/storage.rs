@@ -1082,7 +1082,7 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
             "{label}: the caller's parameters moved"
         );
     }
-    // 1,027 values cannot be bound four to an invocation.
+    // 1,027 bf16 values end inside a 4-byte word, where no binding can end.
     let param = callers_buffer(&values);
     let grad = callers_buffer(&grads);
     let odd = ExternalTensor {
@@ -1103,7 +1103,7 @@ fn callers_sixteen_bit_buffers_are_updated_in_place() {
     else {
         panic!("an odd-length bf16 tensor bound in place is refused");
     };
-    assert!(err.to_string().contains("multiple of 4"), "{err}");
+    assert!(err.to_string().contains("even length"), "{err}");
 }
 
 /// q8 states on the host: written whole and quantized as the reference quantizes, read in any

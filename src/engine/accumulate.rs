@@ -36,7 +36,7 @@ impl Optimizer {
             .groups
             .iter()
             .flat_map(|g| &g.segments)
-            .map(|s| s.grad.len)
+            .map(|s| s.grad.len.next_multiple_of(4))
             .max()
             .unwrap_or(0);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -48,11 +48,12 @@ impl Optimizer {
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         let mut first_tensor = 0;
         for group in &self.groups {
-            // Each segment's share of the micro-batch, zeros in the padding between tensors.
+            // Each segment's share of the micro-batch, zeros in the padding between tensors and
+            // in the rest of a last vec4 (a `Vec4Tail` segment's gradients end inside one).
             let mut incoming: Vec<Vec<f32>> = group
                 .segments
                 .iter()
-                .map(|s| vec![0.0; s.grad.len as usize])
+                .map(|s| vec![0.0; s.grad.len.next_multiple_of(s.element.width()) as usize])
                 .collect();
             for (local, place) in group.tensors.iter().enumerate() {
                 let data = grads[first_tensor + local];
@@ -81,7 +82,7 @@ impl Optimizer {
                             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                                 buffer: &staging,
                                 offset: 0,
-                                size: wgpu::BufferSize::new(segment.grad.len * 4),
+                                size: wgpu::BufferSize::new(values.len() as u64 * 4),
                             }),
                         },
                         wgpu::BindGroupEntry {
@@ -95,8 +96,10 @@ impl Optimizer {
                     let mut pass = encoder.begin_compute_pass(&Default::default());
                     pass.set_pipeline(&pipeline);
                     pass.set_bind_group(0, &bind_group, &[]);
-                    let (x, y) =
-                        workgroups_for(segment.grad.len / segment.element.width(), max_per_dim);
+                    let (x, y) = workgroups_for(
+                        segment.grad.len.div_ceil(segment.element.width()),
+                        max_per_dim,
+                    );
                     pass.dispatch_workgroups(x, y, 1);
                 }
                 // The staging buffer is written again for the next segment: that write lands

@@ -368,7 +368,7 @@ impl Control {
         let mut slices = Vec::with_capacity(segments.len());
         let mut next = 0u64;
         for segment in segments {
-            let elements = segment.grad.len / segment.element.width();
+            let elements = segment.grad.len.div_ceil(segment.element.width());
             let threads = elements.div_ceil(NORM_ELEMENTS_PER_THREAD);
             let workgroups = workgroups_for(threads, max_per_dim);
             // One partial sum per workgroup.

@@ -50,7 +50,7 @@ pub fn sum_source(element: Element, grad: Format) -> String {
         ..Storage::F32
     };
     let (lanes, masked) = match element {
-        Element::Vec4 => (
+        Element::Vec4 | Element::Vec4Tail => (
             4,
             "fn masked_squares(g: V, e: u32, end: u32) -> f32 {\n\
              \x20   let lane = vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u);\n\
@@ -66,7 +66,7 @@ pub fn sum_source(element: Element, grad: Format) -> String {
         "{}{COMMON_WGSL}\n{}{}\nconst LANES: u32 = {lanes}u;\n{masked}\n{}",
         element.prelude(),
         storage.wgsl_conversions(),
-        storage.wgsl_raw_grad(GradAccess::Read),
+        storage.wgsl_raw_grad(GradAccess::Read, element),
         include_str!("../../shaders/grad_norms.wgsl")
     )
 }
@@ -80,6 +80,9 @@ fn sum_kernel_name(element: Element, grad: Format) -> &'static str {
         (Element::Vec4, Format::F32) => "grad_norms vec4 f32",
         (Element::Vec4, Format::Bf16) => "grad_norms vec4 bf16",
         (Element::Vec4, _) => "grad_norms vec4 f16",
+        (Element::Vec4Tail, Format::F32) => "grad_norms vec4-tail f32",
+        (Element::Vec4Tail, Format::Bf16) => "grad_norms vec4-tail bf16",
+        (Element::Vec4Tail, _) => "grad_norms vec4-tail f16",
         (Element::F32, Format::F32) => "grad_norms f32 f32",
         (Element::F32, Format::Bf16) => "grad_norms f32 bf16",
         (Element::F32, _) => "grad_norms f32 f16",
@@ -175,7 +178,7 @@ impl Optimizer {
                 );
                 let (element, format) = (segment.element, g.storage.grad);
                 debug_assert!(
-                    element == Element::Vec4 || format == Format::F32,
+                    element != Element::F32 || format == Format::F32,
                     "16-bit gradients are read four at a time: vec4 segments only"
                 );
                 let name = sum_kernel_name(element, format);

@@ -89,7 +89,8 @@ const ARENA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 fn create_view(ctx: &GpuContext, label: &str, elems: u64, format: Format) -> View {
     let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: format.buffer_bytes(elems),
+        // Whole vec4s, which the kernels bind (`View::padded_binding`).
+        size: format.buffer_bytes(elems.next_multiple_of(4)),
         usage: ARENA_USAGE,
         mapped_at_creation: false,
     });
@@ -130,11 +131,10 @@ fn check_external(
                  min_storage_buffer_offset_alignment ({align})"
             )));
         }
-        if format != Format::F32 && !(ext.len.is_multiple_of(4) && offset.is_multiple_of(8)) {
+        if format != Format::F32 && !ext.len.is_multiple_of(2) {
             return Err(bad(format!(
-                "holds {} values from byte {offset}: a {} tensor bound in place needs a length \
-                 that is a multiple of 4 and an offset that is a multiple of 8 bytes (four \
-                 16-bit values per invocation)",
+                "holds {} {} values: a 16-bit tensor bound in place needs an even length (an odd \
+                 one ends inside a 4-byte word, where no storage binding can end)",
                 ext.len,
                 format.name()
             )));
@@ -152,17 +152,6 @@ fn check_external(
         return Err(Error::Empty(format!(
             "external tensor {tensor} has no elements"
         )));
-    }
-    if storage.q8() && !ext.len.is_multiple_of(4) {
-        return Err(Error::BadBuffer {
-            role: "parameters",
-            tensor,
-            problem: format!(
-                "holds {} values: a tensor with q8 states bound in place needs a length that is \
-                 a multiple of 4 (four values per invocation, a byte each)",
-                ext.len
-            ),
-        });
     }
     if ext.param == ext.grad {
         let (p, g) = (ext.param_offset, ext.grad_offset);
@@ -231,6 +220,22 @@ fn arena_segments(ctx: &GpuContext, spec: &GroupSpec, layout: &ArenaLayout) -> V
         .collect()
 }
 
+/// The kernel element an external tensor's segments use: whole vec4s where its length and
+/// offsets allow 16-byte access; else vec4s with a masked tail where a role is packed (16-bit
+/// or q8 values go four to an invocation); else one float32 per invocation.
+fn external_element(ext: &ExternalTensor, storage: &Storage) -> Element {
+    let aligned = ext.len.is_multiple_of(4)
+        && ext.param_offset.is_multiple_of(16)
+        && ext.grad_offset.is_multiple_of(16);
+    if aligned {
+        Element::Vec4
+    } else if storage.packed() {
+        Element::Vec4Tail
+    } else {
+        Element::F32
+    }
+}
+
 /// Appends the segments of external tensor `ext` (`(index in the group, number in errors)`) to
 /// `segments`: each within one binding, their boundaries keeping the binding offsets aligned,
 /// the parameter and gradient views in the caller's buffers, the states new buffers of ours.
@@ -243,10 +248,7 @@ fn external_segments(
     segments: &mut Vec<Segment>,
     position: u64,
 ) -> TensorPlace {
-    let aligned = ext.len.is_multiple_of(4)
-        && ext.param_offset.is_multiple_of(16)
-        && ext.grad_offset.is_multiple_of(16);
-    let element = if aligned { Element::Vec4 } else { Element::F32 };
+    let element = external_element(ext, &spec.storage);
     // Pieces whose boundaries keep every role's binding offsets aligned.
     let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
     let mut piece_elems = (segment_bytes / align * align / 4).max(align / 4);
@@ -438,8 +440,10 @@ impl Group {
         let pipelines = compile_pipelines(ctx, &spec, &segments, scalars_via);
         let max_per_dim = ctx.limits.max_compute_workgroups_per_dimension;
         for segment in &mut segments {
-            segment.workgroups =
-                workgroups_for(segment.param.len / segment.element.width(), max_per_dim);
+            segment.workgroups = workgroups_for(
+                segment.param.len.div_ceil(segment.element.width()),
+                max_per_dim,
+            );
         }
         let tensor_sums = spec
             .config
@@ -529,10 +533,17 @@ impl Group {
                     resource: qmaps.as_entire_binding(),
                 });
             }
+            // Our buffers are bound as whole vec4s; the caller's as they are.
+            let param_is_callers =
+                segment.external_tensor.is_some() && !self.storage.master_weights;
             entries.extend([
                 wgpu::BindGroupEntry {
                     binding: 1,
-                    resource: segment.param.binding(),
+                    resource: if param_is_callers {
+                        segment.param.binding()
+                    } else {
+                        segment.param.padded_binding()
+                    },
                 },
                 wgpu::BindGroupEntry {
                     binding: 2,
@@ -546,7 +557,7 @@ impl Group {
             if let Some(compensation) = &segment.compensation {
                 entries.push(wgpu::BindGroupEntry {
                     binding: crate::kernels::COMPENSATION_BINDING,
-                    resource: compensation.binding(),
+                    resource: compensation.padded_binding(),
                 });
             }
             if let Some(model_param) = &segment.model_param {
@@ -563,7 +574,7 @@ impl Group {
                     binding: crate::kernels::FIRST_STATE_BINDING + slot as u32,
                     resource: state.as_ref().map_or_else(
                         || self.placeholders[slot].as_entire_binding(),
-                        View::binding,
+                        View::padded_binding,
                     ),
                 });
             }
@@ -617,10 +628,7 @@ impl Group {
             });
         }
         check_external(ctx, number, ext, &self.storage)?;
-        let aligned = ext.len.is_multiple_of(4)
-            && ext.param_offset.is_multiple_of(16)
-            && ext.grad_offset.is_multiple_of(16);
-        let element = if aligned { Element::Vec4 } else { Element::F32 };
+        let element = external_element(ext, &self.storage);
         let pieces = place.pieces.clone();
         if pieces
             .iter()
@@ -631,8 +639,8 @@ impl Group {
                 tensor: number,
                 problem: format!(
                     "start at bytes {} and {}: the tensor was bound with {} offsets, and the \
-                     kernel (vec4 or scalar) follows them; rebind at offsets of the same \
-                     alignment (multiples of 16 for vec4)",
+                     kernel (whole vec4s or not) follows them; rebind at offsets of the same \
+                     alignment (multiples of 16 for whole vec4s)",
                     ext.param_offset,
                     ext.grad_offset,
                     if element == Element::Vec4 {

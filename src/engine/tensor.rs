@@ -14,7 +14,9 @@ pub struct GroupId(pub usize);
 /// the states. Both buffers need `BufferUsages::STORAGE` (plus `COPY_SRC` to read them back and
 /// `COPY_DST` to write them through the optimizer), and offsets aligned to the device's
 /// `min_storage_buffer_offset_alignment`. Lengths that are multiples of 4 at 16-byte offsets get
-/// the `vec4` kernel; others the scalar one.
+/// the `vec4` kernel; others the scalar one, or, where a role is 16-bit or q8 (four values to
+/// an invocation), the `vec4` kernel with a masked last element. 16-bit tensors need an even
+/// length (an odd one ends inside a 4-byte word, where no storage binding can end).
 ///
 /// The buffers must belong to the optimizer's device. A buffer of another device of the same
 /// `wgpu::Instance` is reported as [`Error::BadBuffer`](crate::Error::BadBuffer); one of another instance cannot be told

@@ -6,14 +6,15 @@
 //! float64 reference.
 //!
 //! 16-bit values are packed two per `u32`; a vec4 element is one `vec2<u32>`, so a 16-bit role
-//! needs the vec4 element type (arena segments always have it; a caller's buffer needs a
-//! length that is a multiple of 4 and offsets that are multiples of 8 bytes). Rounding to a
+//! needs the vec4 element type (arena segments always have it; a caller's tensor of another
+//! even length, or at an offset that is not a multiple of 16 bytes, gets `Vec4Tail`: bound by
+//! the word, its last element masked). Rounding to a
 //! 16-bit format is to nearest, ties to even (subnormals included), written with integer
 //! operations in WGSL: WGSL's own float conversions may round either way.
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::StateSlot;
+use crate::kernels::{Element, StateSlot};
 
 pub mod q8;
 mod qmaps;
@@ -779,6 +780,7 @@ impl Storage {
         states: &[StateSlot],
         bindings: &AccessorBindings,
         subgroups: bool,
+        element: Element,
     ) -> String {
         let AccessorBindings {
             first_state: first_state_binding,
@@ -787,11 +789,14 @@ impl Storage {
             qmaps: qmaps_binding,
         } = *bindings;
         let param = self.updated_param();
-        let mut wgsl = format!(
-            "@group(0) @binding(1) var<storage, read_write> param: array<{}>;\n\
-             // Read-write though only read: see the layout (`KernelCache::layout`).\n\
-             @group(0) @binding(2) var<storage, read_write> grad: array<{}>;\n\
-             fn element_count() -> u32 {{ return arrayLength(&param); }}\n\
+        // The caller's roles (a `Vec4Tail` segment's parameters, or its model copy, and its
+        // gradients) may end inside a vec4; the master is ours, padded like the arena.
+        let tail = element == Element::Vec4Tail;
+        let mut wgsl = role_array("param", 1, param, tail && !self.master_weights);
+        wgsl.push_str("// Read-write though only read: see the layout (`KernelCache::layout`).\n");
+        wgsl.push_str(&role_array("grad", 2, self.grad, tail));
+        wgsl.push_str(&format!(
+            "fn element_count() -> u32 {{ return grad_count(); }}\n\
              fn load_param(i: u32) -> V {{ return {}; }}\n\
              // This step's gradient element: unscaled and clipped (the control's multiplier).\n\
              fn load_grad(i: u32) -> V {{\n\
@@ -799,17 +804,19 @@ impl Storage {
              if (GRAD_MULTIPLIER) {{ return g * control.grad_multiplier; }}\n\
              return g;\n\
              }}\n",
-            param.wgsl_array_element(),
-            self.grad.wgsl_array_element(),
-            param.wgsl_load("param[i]"),
-            self.grad.wgsl_load("grad[i]"),
-        );
+            param.wgsl_load("param_get(i)"),
+            self.grad.wgsl_load("grad_get(i)"),
+        ));
         if self.master_weights {
+            wgsl.push_str(&role_array(
+                "model_param",
+                model_copy_binding,
+                self.param,
+                tail,
+            ));
             wgsl.push_str(&format!(
-                "@group(0) @binding({model_copy_binding}) var<storage, read_write> model_param: array<{}>;\n\
-                 // The master is updated; the model's copy is the master rounded.\n\
-                 fn store_param(i: u32, value: V) {{ param[i] = value; model_param[i] = {}; }}\n",
-                self.param.wgsl_array_element(),
+                "// The master is updated; the model's copy is the master rounded.\n\
+                 fn store_param(i: u32, value: V) {{ param_put(i, value); model_param_put(i, {}); }}\n",
                 self.param.wgsl_store("value"),
             ));
         } else if let Rounding::Stochastic { seed } = self.rounding {
@@ -829,7 +836,7 @@ impl Storage {
                  return vec4<u32>(pcg_hash(first ^ stream), pcg_hash((first + 1u) ^ stream),\n\
                  pcg_hash((first + 2u) ^ stream), pcg_hash((first + 3u) ^ stream));\n\
                  }}\n\
-                 fn store_param(i: u32, value: V) {{ param[i] = {store}(value, rounding_bits(i)); }}\n"
+                 fn store_param(i: u32, value: V) {{ param_put(i, {store}(value, rounding_bits(i))); }}\n"
             ));
         } else if self.rounding == Rounding::Kahan {
             let element = param.wgsl_array_element();
@@ -842,17 +849,17 @@ impl Storage {
                  let p = {};\n\
                  let y = (value - p) + {};\n\
                  let stored = {};\n\
-                 param[i] = stored;\n\
+                 param_put(i, stored);\n\
                  compensation[i] = {};\n\
                  }}\n",
-                load("param[i]"),
+                load("param_get(i)"),
                 load("compensation[i]"),
                 param.wgsl_store("p + y"),
                 param.wgsl_store(&format!("y - ({} - p)", load("stored"))),
             ));
         } else {
             wgsl.push_str(&format!(
-                "fn store_param(i: u32, value: V) {{ param[i] = {}; }}\n",
+                "fn store_param(i: u32, value: V) {{ param_put(i, {}); }}\n",
                 param.wgsl_store("value")
             ));
         }
@@ -899,26 +906,111 @@ impl Storage {
     /// `V`), `load_raw_grad(i)` in float32 as stored (not yet unscaled) and, read-write,
     /// `store_raw_grad(i, value)` rounded to the format. Read-only at `@binding(0)` (the
     /// norm), read-write at `@binding(1)` (gradient accumulation).
-    pub(crate) fn wgsl_raw_grad(&self, access: GradAccess) -> String {
-        let (binding, mode) = match access {
+    pub(crate) fn wgsl_raw_grad(&self, access: GradAccess, element: Element) -> String {
+        let (binding, read_only) = match access {
             GradAccess::None => return String::new(),
-            GradAccess::Read => (0, "read"),
-            GradAccess::ReadWrite => (1, "read_write"),
+            GradAccess::Read => (0, true),
+            GradAccess::ReadWrite => (1, false),
         };
-        let mut wgsl = format!(
-            "@group(0) @binding({binding}) var<storage, {mode}> grad: array<{}>;\n\
-             fn grad_count() -> u32 {{ return arrayLength(&grad); }}\n\
-             fn load_raw_grad(i: u32) -> V {{ return {}; }}\n",
-            self.grad.wgsl_array_element(),
-            self.grad.wgsl_load("grad[i]"),
-        );
+        let tail = element == Element::Vec4Tail;
+        let mut wgsl = if read_only {
+            role_array_read_only("grad", binding, self.grad, tail)
+        } else {
+            role_array("grad", binding, self.grad, tail)
+        };
+        wgsl.push_str(&format!(
+            "fn load_raw_grad(i: u32) -> V {{ return {}; }}\n",
+            self.grad.wgsl_load("grad_get(i)"),
+        ));
         if access == GradAccess::ReadWrite {
             wgsl.push_str(&format!(
-                "fn store_raw_grad(i: u32, value: V) {{ grad[i] = {}; }}\n",
+                "fn store_raw_grad(i: u32, value: V) {{ grad_put(i, {}); }}\n",
                 self.grad.wgsl_store("value")
             ));
         }
         wgsl
+    }
+}
+
+/// A read-write role's binding `name` at `binding`, and its raw accessors: `{name}_count()`
+/// elements (of type `V`), `{name}_get(i)` and `{name}_put(i, raw)`, the stored word(s) of
+/// element `i` (`V` for float32, `vec2<u32>` for four 16-bit values). With `tail` (a
+/// caller's tensor in a [`Element::Vec4Tail`] segment) the array holds values (float32) or
+/// words (16-bit: an even number of values), so the binding may end inside the last vec4:
+/// its lanes past the end read 0 and are not written.
+fn role_array(name: &str, binding: u32, format: Format, tail: bool) -> String {
+    format!(
+        "{}{}",
+        role_get(name, binding, format, tail, "read_write"),
+        role_put(name, format, tail)
+    )
+}
+
+/// [`role_array`] without `{name}_put`, bound read-only.
+fn role_array_read_only(name: &str, binding: u32, format: Format, tail: bool) -> String {
+    role_get(name, binding, format, tail, "read")
+}
+
+/// The binding (access `mode`), `{name}_count()` and `{name}_get(i)` of [`role_array`].
+fn role_get(name: &str, binding: u32, format: Format, tail: bool, mode: &str) -> String {
+    let declare = |element: &str| {
+        format!("@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{element}>;\n")
+    };
+    match (tail, format) {
+        (false, _) => format!(
+            "{}fn {name}_count() -> u32 {{ return arrayLength(&{name}); }}\n\
+             fn {name}_get(i: u32) -> {element} {{ return {name}[i]; }}\n",
+            declare(format.wgsl_array_element()),
+            element = format.wgsl_array_element(),
+        ),
+        (true, Format::F32) => format!(
+            "{}fn {name}_count() -> u32 {{ return (arrayLength(&{name}) + 3u) / 4u; }}\n\
+             fn {name}_get(i: u32) -> vec4<f32> {{\n\
+             \x20   let n = arrayLength(&{name});\n\
+             \x20   let lane = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u);\n\
+             \x20   let at = min(lane, vec4<u32>(n - 1u));\n\
+             \x20   let v = vec4<f32>({name}[at.x], {name}[at.y], {name}[at.z], {name}[at.w]);\n\
+             \x20   return select(vec4<f32>(0.0), v, lane < vec4<u32>(n));\n\
+             }}\n",
+            declare("f32"),
+        ),
+        (true, Format::Bf16 | Format::F16) => format!(
+            "{}fn {name}_count() -> u32 {{ return (arrayLength(&{name}) + 1u) / 2u; }}\n\
+             fn {name}_get(i: u32) -> vec2<u32> {{\n\
+             \x20   let second = 2u * i + 1u;\n\
+             \x20   let n = arrayLength(&{name});\n\
+             \x20   return vec2<u32>({name}[2u * i], select(0u, {name}[min(second, n - 1u)], second < n));\n\
+             }}\n",
+            declare("u32"),
+        ),
+        (true, Format::Q8) => unreachable!("q8 is a format of states, which are ours"),
+    }
+}
+
+/// `{name}_put(i, raw)` of [`role_array`].
+fn role_put(name: &str, format: Format, tail: bool) -> String {
+    match (tail, format) {
+        (false, _) => format!(
+            "fn {name}_put(i: u32, raw: {}) {{ {name}[i] = raw; }}\n",
+            format.wgsl_array_element()
+        ),
+        (true, Format::F32) => format!(
+            "fn {name}_put(i: u32, raw: vec4<f32>) {{\n\
+             \x20   let n = arrayLength(&{name});\n\
+             \x20   let first = 4u * i;\n\
+             \x20   {name}[first] = raw.x;\n\
+             \x20   if (first + 1u < n) {{ {name}[first + 1u] = raw.y; }}\n\
+             \x20   if (first + 2u < n) {{ {name}[first + 2u] = raw.z; }}\n\
+             \x20   if (first + 3u < n) {{ {name}[first + 3u] = raw.w; }}\n\
+             }}\n"
+        ),
+        (true, Format::Bf16 | Format::F16) => format!(
+            "fn {name}_put(i: u32, raw: vec2<u32>) {{\n\
+             \x20   {name}[2u * i] = raw.x;\n\
+             \x20   if (2u * i + 1u < arrayLength(&{name})) {{ {name}[2u * i + 1u] = raw.y; }}\n\
+             }}\n"
+        ),
+        (true, Format::Q8) => unreachable!("q8 is a format of states, which are ours"),
     }
 }
 

@@ -61,7 +61,7 @@ pub fn standalone_kernels() -> Vec<(&'static str, String, Vec<StructLayout>, Vec
     use crate::engine::grad_norms::{FINALIZE_SOURCE, NormChunk, NormRange, sum_source};
     use crate::kernels::Element;
     use crate::storage::Format;
-    for element in [Element::Vec4, Element::F32] {
+    for element in [Element::Vec4, Element::Vec4Tail, Element::F32] {
         for format in [Format::F32, Format::Bf16, Format::F16] {
             if element == Element::F32 && format != Format::F32 {
                 continue; // 16-bit gradients are read four at a time: vec4 segments only.

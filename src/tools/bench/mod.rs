@@ -196,8 +196,16 @@ impl BenchReport {
             self.copy.median_ms,
             self.timing,
         );
+        // The first column as wide as the longest label (storages like `bf16+q8,nonzero`).
+        let width = self
+            .results
+            .iter()
+            .map(|r| r.label().len())
+            .max()
+            .unwrap_or(0)
+            .max(20);
         out.push_str(&format!(
-            "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>8}\n",
+            "{:<width$} {:>7} {:>7} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>8}\n",
             "optimizer",
             "size",
             "tensors",
@@ -211,7 +219,7 @@ impl BenchReport {
         ));
         for r in &self.results {
             out.push_str(&format!(
-                "{:<20} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.2} {:>9.2} {:>7.3} {:>8.4}\n",
+                "{:<width$} {:>7} {:>7} {:>6} {:>5} {:>11.3} {:>9.2} {:>9.2} {:>7.3} {:>8.4}\n",
                 r.label(),
                 r.workload,
                 r.tensors,

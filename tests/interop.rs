@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use wgpu_optim::engine::ExternalTensor;
 use wgpu_optim::optim::{AdamW, Lamb, Sgd};
-use wgpu_optim::{GpuContext, Optimizer, OptimizerConfig, ReferenceGroup, TensorId, TensorInit};
+use wgpu_optim::{
+    Format, GpuContext, Optimizer, OptimizerConfig, ReferenceGroup, TensorId, TensorInit,
+};
 
 /// The caller's own device, opened with plain wgpu (not through this crate).
 fn callers_device() -> (wgpu::Device, wgpu::Queue) {
@@ -57,6 +59,49 @@ fn poisoned_buffer(
 /// The whole buffer, read the caller's way.
 fn read_all(device: &wgpu::Device, queue: &wgpu::Queue, buffer: &wgpu::Buffer) -> Vec<f32> {
     bytemuck::cast_slice(&read_buffer_bytes(device, queue, buffer)).to_vec()
+}
+
+/// `values` as a caller keeps them in `format`: little-endian float32, f16 or bf16.
+fn encode(format: Format, values: &[f32]) -> Vec<u8> {
+    match format {
+        Format::F32 => bytemuck::cast_slice(values).to_vec(),
+        Format::F16 => values
+            .iter()
+            .flat_map(|v| wgpu_optim::half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => values
+            .iter()
+            .flat_map(|v| wgpu_optim::half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Every tensor's model parameters after `step` steps against the reference's: within a few
+/// units in the last place of the parameters' format per step.
+fn assert_follows_reference(
+    label: &str,
+    opt: &Optimizer,
+    reference: &ReferenceGroup,
+    format: Format,
+    step: u64,
+) {
+    let unit = if format == Format::F32 {
+        1e-5
+    } else {
+        4.0 * ulp(format, 1.0)
+    };
+    for (t, want) in reference.model_params().iter().enumerate() {
+        let gpu = opt.read_param(TensorId(t)).unwrap();
+        compare(
+            &format!("{label} step {step} tensor {t} ({} values)", want.len()),
+            &gpu,
+            want,
+            &vec![2.0; want.len()],
+            &vec![0.0; want.len()],
+            unit * step as f64,
+        )
+        .unwrap();
+    }
 }
 
 /// The caller's tensors: for each of `params`, a parameter buffer holding it at byte
@@ -546,7 +591,7 @@ fn callers_tensors_rebound_to_new_buffers_between_steps() {
 /// weights, and q8 states.
 #[test]
 fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
-    use wgpu_optim::{Format, Storage, TrainingOptions};
+    use wgpu_optim::{Storage, TrainingOptions};
     // Every feature the adapter has, as burn asks for them (subgroups, immediates, f16).
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -588,22 +633,9 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let encode = |values: &[f32]| -> Vec<u8> {
-            match storage.param {
-                Format::F32 => bytemuck::cast_slice(values).to_vec(),
-                Format::F16 => values
-                    .iter()
-                    .flat_map(|v| wgpu_optim::half::f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                _ => values
-                    .iter()
-                    .flat_map(|v| wgpu_optim::half::bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            }
-        };
         let mut poison = vec![0xffu8; (grads_start + grads_room) as usize];
         for (p, &o) in params.iter().zip(&offsets) {
-            let e = encode(p);
+            let e = encode(storage.param, p);
             poison[o as usize..][..e.len()].copy_from_slice(&e);
         }
         queue.write_buffer(&page, 0, &poison);
@@ -656,7 +688,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
                 })
                 .collect();
             for (t, g) in grads.iter().enumerate() {
-                queue.write_buffer(&page, grad_at(step, t), &encode(g));
+                queue.write_buffer(&page, grad_at(step, t), &encode(storage.grad, g));
                 opt.rebind_external(TensorId(t), ext(t, step))
                     .unwrap_or_else(|e| panic!("{label} step {step}: {e}"));
             }
@@ -664,25 +696,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
             reference
                 .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
                 .unwrap();
-            let want = reference.model_params();
-            for (t, want) in want.iter().enumerate() {
-                let gpu = opt.read_param(TensorId(t)).unwrap();
-                // A few units in the last place of the parameters' format.
-                let unit = if storage.param == Format::F32 {
-                    1e-5
-                } else {
-                    4.0 * ulp(storage.param, 1.0)
-                };
-                compare(
-                    &format!("{label} step {step} tensor {t}"),
-                    &gpu,
-                    want,
-                    &vec![2.0; want.len()],
-                    &vec![0.0; want.len()],
-                    unit * step as f64,
-                )
-                .unwrap();
-            }
+            assert_follows_reference(label, &opt, &reference, storage.param, step);
         }
     }
 }
@@ -696,7 +710,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
 /// refused, naming the tensor.
 #[test]
 fn callers_tensors_of_any_length_in_storages_that_pack_four_values() {
-    use wgpu_optim::{Error, Format, Storage, TrainingOptions};
+    use wgpu_optim::{Error, Storage, TrainingOptions};
     let (device, queue) = callers_device();
     let ctx = GpuContext::from_device(device.clone(), queue.clone());
     let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
@@ -773,19 +787,6 @@ fn callers_tensors_of_any_length_in_storages_that_pack_four_values() {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let encode = |format: Format, values: &[f32]| -> Vec<u8> {
-            match format {
-                Format::F32 => bytemuck::cast_slice(values).to_vec(),
-                Format::F16 => values
-                    .iter()
-                    .flat_map(|v| wgpu_optim::half::f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                _ => values
-                    .iter()
-                    .flat_map(|v| wgpu_optim::half::bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            }
-        };
         let mut contents = vec![0xffu8; size as usize];
         for (p, &at) in params.iter().zip(&param_at) {
             let e = encode(storage.param, p);
@@ -865,23 +866,7 @@ fn callers_tensors_of_any_length_in_storages_that_pack_four_values() {
             reference
                 .step(&grads.iter().map(|g| to_f64(g)).collect::<Vec<_>>())
                 .unwrap();
-            for (t, want) in reference.model_params().iter().enumerate() {
-                let gpu = opt.read_param(TensorId(t)).unwrap();
-                let unit = if storage.param == Format::F32 {
-                    1e-5
-                } else {
-                    4.0 * ulp(storage.param, 1.0)
-                };
-                compare(
-                    &format!("{label} step {step} tensor {t} ({} values)", lens[t]),
-                    &gpu,
-                    want,
-                    &vec![2.0; want.len()],
-                    &vec![0.0; want.len()],
-                    unit * step as f64,
-                )
-                .unwrap();
-            }
+            assert_follows_reference(&label, &opt, &reference, storage.param, step);
         }
         // Nothing outside the tensors was written.
         let after = read_buffer_bytes(&device, &queue, &page);

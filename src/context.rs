@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::kernels::{IMMEDIATE_BYTES, KernelCache, ScalarsVia};
+use crate::kernels::{IMMEDIATE_BYTES, KernelCache, KernelTarget, ScalarsVia};
+use crate::storage::Q8Lookups;
 
 /// Vulkan addresses a binding with signed 32-bit offsets: whatever a driver reports, one binding
 /// holds at most 2 GiB - 1 byte.
@@ -33,6 +34,9 @@ pub struct ContextOptions {
     /// maxima then take one atomic per invocation: the fallback path, which tests exercise
     /// this way).
     pub no_subgroups: bool,
+    /// Where q8 states look their maps up; `None`: what suits the adapter
+    /// ([`Q8Lookups::for_adapter`]). Tests set the other to exercise both.
+    pub q8_lookups: Option<Q8Lookups>,
 }
 
 /// One adapter as `adapters` and the reports show it.
@@ -309,25 +313,29 @@ impl GpuContext {
             adapter: info.name.clone(),
             source,
         })?;
+        let q8_lookups = options
+            .q8_lookups
+            .unwrap_or_else(|| Q8Lookups::for_adapter(&info));
         Ok(Self {
             device,
             queue,
             info,
             limits,
             features,
-            kernels: Arc::default(),
+            kernels: Arc::new(KernelCache::new(q8_lookups)),
         })
     }
 
     /// Wraps a device the caller already opened (interop with another wgpu-based framework).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = device.adapter_info();
         Self {
-            info: device.adapter_info(),
+            kernels: Arc::new(KernelCache::new(Q8Lookups::for_adapter(&info))),
+            info,
             limits: device.limits(),
             features: device.features(),
             device,
             queue,
-            kernels: Arc::default(),
         }
     }
 
@@ -377,6 +385,14 @@ impl GpuContext {
     /// Whether kernels may use subgroup operations (q8 states' block maxima do).
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// What this device's optimizer kernels are compiled for.
+    pub fn kernel_target(&self) -> KernelTarget {
+        KernelTarget {
+            subgroups: self.has_subgroups(),
+            q8_lookups: self.kernels.q8_lookups,
+        }
     }
 
     /// The most iterations a shader's loops may make in one invocation on this adapter

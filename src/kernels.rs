@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{AccessorBindings, Format, GradAccess, QMap, Rounding, Storage};
+use crate::storage::{AccessorBindings, Format, GradAccess, Q8Lookups, QMap, Rounding, Storage};
 
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
@@ -289,14 +289,14 @@ impl Kernel {
         self.states.iter().map(|slot| slot.name)
     }
 
-    /// The complete WGSL for one element type and way of receiving the per-step values;
-    /// `subgroups` where the device has subgroup operations (q8 states use them).
+    /// The complete WGSL for one element type and way of receiving the per-step values, for
+    /// a device as `target` describes it.
     pub fn assemble(
         &self,
         element: Element,
         scalars: ScalarsVia,
         storage: &Storage,
-        subgroups: bool,
+        target: KernelTarget,
     ) -> String {
         let declaration = match scalars {
             ScalarsVia::Immediates => "var<immediate> s",
@@ -305,7 +305,7 @@ impl Kernel {
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
-            self.storage(storage, subgroups, element),
+            self.storage(storage, target, element),
             self.scalars.wgsl(),
             self.pieces.join("\n"),
             self.source,
@@ -320,7 +320,7 @@ impl Kernel {
     /// how its values are stored. Every role is float32 (`V`) today; a storage format (16-bit
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
-    pub fn storage(&self, storage: &Storage, subgroups: bool, element: Element) -> String {
+    pub fn storage(&self, storage: &Storage, target: KernelTarget, element: Element) -> String {
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}{}{}",
             if storage.stochastic() || self.tensor_sums {
@@ -342,11 +342,21 @@ impl Kernel {
                     compensation: COMPENSATION_BINDING,
                     qmaps: QMAP_BINDING,
                 },
-                subgroups,
+                target,
                 element,
             ),
         )
     }
+}
+
+/// What an optimizer kernel is compiled for besides its storage: what the device offers and
+/// what it is fast at. Fixed per [`GpuContext`](crate::GpuContext).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KernelTarget {
+    /// The device has subgroup operations (q8 states' block maxima use them).
+    pub subgroups: bool,
+    /// Where q8 states look their maps up.
+    pub q8_lookups: Q8Lookups,
 }
 
 /// The `override` flags every optimizer kernel declares besides its own ([`Kernel::flags`]):
@@ -555,6 +565,8 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
+    /// Where this device's q8 kernels look their maps up.
+    pub(crate) q8_lookups: Q8Lookups,
     layouts: Mutex<HashMap<(usize, bool, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
@@ -568,6 +580,14 @@ pub(crate) struct KernelCache {
 type EntryKey = (&'static str, &'static str, Vec<(&'static str, bool)>);
 
 impl KernelCache {
+    /// An empty cache for a device whose q8 kernels look their maps up as `q8_lookups` says.
+    pub(crate) fn new(q8_lookups: Q8Lookups) -> Self {
+        Self {
+            q8_lookups,
+            ..Self::default()
+        }
+    }
+
     /// The bind-group layout of a kernel with several entry points, made on first use from
     /// its bindings' kinds.
     pub(crate) fn entry_layout(
@@ -767,7 +787,10 @@ impl KernelCache {
                         element,
                         scalars,
                         &storage,
-                        device.features().contains(wgpu::Features::SUBGROUP),
+                        KernelTarget {
+                            subgroups: device.features().contains(wgpu::Features::SUBGROUP),
+                            q8_lookups: self.q8_lookups,
+                        },
                     )
                     .into(),
             ),

@@ -54,7 +54,7 @@ pub use engine::{GradScaler, StepReport, TrainingOptions};
 pub use error::{Error, Result};
 pub use fill::RandomFill;
 pub use init::{Distribution, FanMode, Init, Nonlinearity};
-pub use kernels::{Element, Kernel, ScalarsVia, StateSlot, StructLayout};
+pub use kernels::{Element, Kernel, KernelTarget, ScalarsVia, StateSlot, StructLayout};
 pub use optim::lbfgs::{Lbfgs, LineSearch};
 pub use optim::{
     Adadelta, Adafactor, Adagrad, Adam, AdamConfig, AdamW, Adamax, Asgd, Decoupled,
@@ -64,7 +64,7 @@ pub use optim::{
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
 pub use shaped::{ShapedConfig, ShapedOptimizer, ShapedReference};
-pub use storage::{Format, HostValue, Rounding, Storage};
+pub use storage::{Format, HostValue, Q8Lookups, Rounding, Storage};
 pub use vectors::{DeviceVectors, GpuLbfgs};
 
 /// The `half` crate this one is built against: its `bf16` and `f16` are the 16-bit host types

@@ -217,6 +217,37 @@ fn q8_block_maxima_without_subgroups_pass_too() {
 }
 
 #[test]
+fn q8_maps_in_workgroup_memory_pass_too() {
+    // A GPU's q8 kernels copy the maps into workgroup memory (lavapipe's read them from the
+    // uniform): every formats case passes that way too.
+    let ctx = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
+        q8_lookups: Some(wgpu_optim::Q8Lookups::Workgroup),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        ctx.kernel_target().q8_lookups,
+        wgpu_optim::Q8Lookups::Workgroup
+    );
+    assert_eq!(
+        context().kernel_target().q8_lookups,
+        wgpu_optim::Q8Lookups::Uniform,
+        "lavapipe reads the uniform: both paths are tested"
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
+    let report = conformance::run(&ctx, &Fixture::load(&path).unwrap());
+    assert!(report.passed(), "{:?}", report.cases);
+    assert_eq!(
+        report
+            .cases
+            .iter()
+            .filter(|c| c.status == Status::Pass)
+            .count(),
+        14
+    );
+}
+
+#[test]
 fn asgd_cases_check_the_averaged_parameters_too() {
     let ctx = context();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/more-optimizers.json");

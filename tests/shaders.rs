@@ -8,12 +8,18 @@ use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarsVia};
 use wgpu_optim::tools::shaders::{
     STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, standalone_kernels, utility_kernels,
 };
-use wgpu_optim::{Format, Storage};
+use wgpu_optim::{Format, KernelTarget, Q8Lookups, Storage};
 
 const BINDINGS: [ScalarsVia; 2] = [ScalarsVia::Immediates, ScalarsVia::UniformBuffer];
 
 fn module(kernel: &Kernel, element: Element, scalars: ScalarsVia) -> naga::Module {
-    stored_module(kernel, element, scalars, &Storage::F32, false)
+    stored_module(
+        kernel,
+        element,
+        scalars,
+        &Storage::F32,
+        KernelTarget::default(),
+    )
 }
 
 fn stored_module(
@@ -21,9 +27,9 @@ fn stored_module(
     element: Element,
     scalars: ScalarsVia,
     storage: &Storage,
-    subgroups: bool,
+    target: KernelTarget,
 ) -> naga::Module {
-    let source = kernel.assemble(element, scalars, storage, subgroups);
+    let source = kernel.assemble(element, scalars, storage, target);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
             "{} ({element:?}, {scalars:?}): {}",
@@ -79,11 +85,20 @@ fn every_kernel_validates_in_every_storage_format() {
     let storages = Storage::all();
     for kernel in all_kernels() {
         for storage in &storages {
-            // With subgroup operations too where q8 states use them.
-            let variants: &[bool] = if storage.q8() {
-                &[false, true]
+            // With and without subgroup operations, and with either place for the maps, where
+            // q8 states use them.
+            let variants: Vec<KernelTarget> = if storage.q8() {
+                [false, true]
+                    .into_iter()
+                    .flat_map(|subgroups| {
+                        [Q8Lookups::Workgroup, Q8Lookups::Uniform].map(|q8_lookups| KernelTarget {
+                            subgroups,
+                            q8_lookups,
+                        })
+                    })
+                    .collect()
             } else {
-                &[false]
+                vec![KernelTarget::default()]
             };
             // Whole vec4s, and a caller's tensor ending inside one (packed storages only).
             let elements: &[Element] = if storage.packed() {
@@ -91,13 +106,13 @@ fn every_kernel_validates_in_every_storage_format() {
             } else {
                 &[Element::Vec4]
             };
-            for (&subgroups, &element) in variants
+            for (&target, &element) in variants
                 .iter()
                 .flat_map(|s| elements.iter().map(move |e| (s, e)))
             {
                 let module =
-                    stored_module(kernel, element, ScalarsVia::Immediates, storage, subgroups);
-                let capabilities = if subgroups {
+                    stored_module(kernel, element, ScalarsVia::Immediates, storage, target);
+                let capabilities = if target.subgroups {
                     Capabilities::IMMEDIATES | Capabilities::SUBGROUP
                 } else {
                     Capabilities::IMMEDIATES
@@ -107,7 +122,7 @@ fn every_kernel_validates_in_every_storage_format() {
                     .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                     .validate(&module)
                     .unwrap_or_else(|e| {
-                        panic!("{} {storage:?} {element:?} {subgroups}: {e:?}", kernel.name)
+                        panic!("{} {storage:?} {element:?} {target:?}: {e:?}", kernel.name)
                     });
             }
             let module = stored_module(
@@ -115,7 +130,7 @@ fn every_kernel_validates_in_every_storage_format() {
                 Element::Vec4,
                 ScalarsVia::Immediates,
                 storage,
-                false,
+                KernelTarget::default(),
             );
             let model_copy = module
                 .global_variables

@@ -14,8 +14,8 @@ mod common;
 use common::*;
 use wgpu_optim::optim::*;
 use wgpu_optim::{
-    Format, GroupId, Optimizer, OptimizerConfig, ReferenceGroup, Role, Storage, TensorId,
-    TrainingOptions,
+    Format, GroupId, Optimizer, OptimizerConfig, Q8Lookups, ReferenceGroup, Role, Storage,
+    TensorId, TrainingOptions,
 };
 
 const SIZES: [usize; 7] = [1, 3, 4, 5, 257, 4_099, 65_537];
@@ -1405,10 +1405,18 @@ fn nearest_even_stalls_where_stochastic_rounding_and_kahan_track_float32() {
 /// kernel quantizes the gradients. Each block of 256 starts with a 1 (absmax 1, so each value
 /// is its own `x`); the others probe every code of the signed map, every midpoint between two
 /// codes (ties go to the lower code) and the float32s either side of both, then random values.
+/// On both paths of the maps: read from the uniform (lavapipe's default) and from workgroup
+/// memory (a GPU's).
 #[test]
 fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
+    assert_eq!(context().kernel_target().q8_lookups, Q8Lookups::Uniform);
+    for ctx in [context(), context_with_q8_lookups(Q8Lookups::Workgroup)] {
+        quantizer_picks_the_nearest_code_exactly(&ctx);
+    }
+}
+
+fn quantizer_picks_the_nearest_code_exactly(ctx: &wgpu_optim::GpuContext) {
     use wgpu_optim::storage::q8::QMap;
-    let ctx = context();
     let map = QMap::Signed;
     let values = map.values();
     let mut probes = Vec::new();
@@ -1442,7 +1450,7 @@ fn the_kernels_quantizer_picks_the_nearest_code_exactly() {
     grad.extend((0..256).map(|k| if k == 100 { f32::NAN } else { 0.5 }));
     let n = grad.len();
     let mut opt = one_tensor(
-        &ctx,
+        ctx,
         Sgd {
             lr: 0.0,
             momentum: 0.9,

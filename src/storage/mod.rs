@@ -14,12 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{Element, StateSlot};
+use crate::kernels::{Element, KernelTarget, StateSlot};
 
 pub mod q8;
 mod qmaps;
 
-pub use q8::QMap;
+pub use q8::{Q8Lookups, QMap};
 
 /// How the values of one role are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -779,7 +779,7 @@ impl Storage {
         &self,
         states: &[StateSlot],
         bindings: &AccessorBindings,
-        subgroups: bool,
+        target: KernelTarget,
         element: Element,
     ) -> String {
         let AccessorBindings {
@@ -879,9 +879,9 @@ impl Storage {
         } else {
             wgsl.push_str(&format!(
                 "@group(0) @binding({qmaps_binding}) var<uniform> qmaps: QMaps;\n{}",
-                q8::WGSL
+                q8::wgsl(target.q8_lookups)
             ));
-            wgsl.push_str(&q8::block_absmax_wgsl(q8_states.len(), subgroups));
+            wgsl.push_str(&q8::block_absmax_wgsl(q8_states.len(), target.subgroups));
             wgsl.push_str(&q8_state_accessors(&q8_states));
         }
         for (slot, name) in states.iter().map(|s| s.name).enumerate() {
@@ -1037,7 +1037,7 @@ pub(crate) struct AccessorBindings {
 /// time). A rule stores each of its states in every invocation or in none.
 fn q8_state_accessors(states: &[(u32, &StateSlot, bool)]) -> String {
     let mut wgsl = String::from(
-        "fn prepare_workgroup(lid: u32) {\n    q8_load_maps(lid);\n    workgroupBarrier();\n}\n",
+        "fn prepare_workgroup(lid: u32) {\n    q8_prepare(lid);\n    workgroupBarrier();\n}\n",
     );
     let mut gather = String::new();
     let mut store = String::new();

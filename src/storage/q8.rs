@@ -243,7 +243,7 @@ pub fn uniform_values() -> Vec<f32> {
 /// The WGSL of `q8_block_absmax(magnitudes, lid)`: the largest magnitude of each of `states`
 /// q8 states (components x, y, z, w) in the block of invocation `lid`, taken over the 64
 /// invocations (of four elements) that hold the block. Every invocation of the workgroup calls
-/// it once, after `q8_load_maps` has cleared the maxima.
+/// it once, after `q8_prepare` has cleared the maxima.
 ///
 /// Each invocation takes an atomic max into workgroup memory, then all wait at one barrier and
 /// read their block's. With `subgroups` (where the adapter has them), a subgroup that lies
@@ -290,37 +290,83 @@ pub fn buffer_bytes(elems: u64) -> u64 {
     elems.next_multiple_of(4) + 4 * elems.div_ceil(BLOCK)
 }
 
-/// The WGSL of q8 states, for the kernels that have them: both maps and their thresholds in
-/// workgroup memory (from a small uniform, `QMAP_BINDING`: [`uniform_values`]), decoding, and
+/// Where a q8 kernel reads the maps and their thresholds from, per value: a lookup at an
+/// address that differs between neighbouring invocations (a code, a guess).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Q8Lookups {
+    /// Each workgroup copies them from the uniform into workgroup memory first, as
+    /// bitsandbytes keeps its map in shared memory: a GPU's uniform (constant) cache serves
+    /// one address per cycle and serializes a warp's divergent reads, its workgroup memory
+    /// does not.
+    #[default]
+    Workgroup,
+    /// Straight from the uniform. On a CPU adapter (llvmpipe) a read of workgroup memory at a
+    /// per-invocation address is a loop over the SIMD lanes, a uniform's one gather: AdamW
+    /// bf16+q8 steps in about half the time there (BENCHMARKS.md, "q8 lookups").
+    Uniform,
+}
+
+impl Q8Lookups {
+    /// What suits the adapter: [`Uniform`](Self::Uniform) on a CPU, else
+    /// [`Workgroup`](Self::Workgroup).
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        match info.device_type {
+            wgpu::DeviceType::Cpu => Self::Uniform,
+            _ => Self::Workgroup,
+        }
+    }
+}
+
+/// The WGSL of q8 states, for the kernels that have them: both maps and their thresholds
+/// (`QMAP_BINDING`, a small uniform: [`uniform_values`]) read as `lookups` says, decoding, and
 /// encoding by a guess and two thresholds. The block absmax is [`block_absmax_wgsl`]'s.
-pub(crate) const WGSL: &str = "
+pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
+    let tables = match lookups {
+        Q8Lookups::Workgroup => {
+            "// Both maps and their thresholds, copied from the uniform by every workgroup.\n\
+             var<workgroup> q8_maps: array<f32, 1024>;\n\
+             fn q8_table(k: u32) -> f32 { return q8_maps[k]; }\n\
+             // Every invocation copies four values; the caller then waits at a barrier.\n\
+             fn q8_copy_tables(lid: u32) {\n\
+             \x20   let word = qmaps.values[lid];\n\
+             \x20   q8_maps[4u * lid] = word.x;\n\
+             \x20   q8_maps[4u * lid + 1u] = word.y;\n\
+             \x20   q8_maps[4u * lid + 2u] = word.z;\n\
+             \x20   q8_maps[4u * lid + 3u] = word.w;\n\
+             }\n"
+        }
+        Q8Lookups::Uniform => {
+            "// Both maps and their thresholds, read from the uniform where they are.\n\
+             fn q8_table(k: u32) -> f32 { return qmaps.values[k >> 2u][k & 3u]; }\n\
+             fn q8_copy_tables(lid: u32) {}\n"
+        }
+    };
+    format!("{Q8_WGSL}{tables}")
+}
+
+const Q8_WGSL: &str = "
 struct QMaps { values: array<vec4<f32>, 256> }
-// Both maps (signed from 0, unsigned from 256), then their thresholds (from 512).
-var<workgroup> q8_maps: array<f32, 1024>;
+// In `q8_table`: the signed map from 0, the unsigned from 256, then their thresholds.
+const Q8_SIGNED: u32 = 0u;
+const Q8_UNSIGNED: u32 = 256u;
+const Q8_THRESHOLDS: u32 = 512u;
 // The absmax of each of the workgroup's four blocks for each of up to four states (block b,
 // state k at 4b + k), as float32 bits: for non-negative floats (and NaN above infinity) the
 // order of the bits is the order of the values, so an atomic max of the bits takes the max.
 var<workgroup> q8_absmax_bits: array<atomic<u32>, 16>;
-const Q8_SIGNED: u32 = 0u;
-const Q8_UNSIGNED: u32 = 256u;
-const Q8_THRESHOLDS: u32 = 512u;
 
-// Every invocation copies four values (and the first 16 clear the block maxima); the caller
-// then waits at a barrier.
-fn q8_load_maps(lid: u32) {
+// The first 16 invocations clear the block maxima, and the tables are copied where they are
+// read from (`q8_copy_tables`); the caller then waits at a barrier.
+fn q8_prepare(lid: u32) {
     if (lid < 16u) {
         atomicStore(&q8_absmax_bits[lid], 0u);
     }
-    let word = qmaps.values[lid];
-    q8_maps[4u * lid] = word.x;
-    q8_maps[4u * lid + 1u] = word.y;
-    q8_maps[4u * lid + 2u] = word.z;
-    q8_maps[4u * lid + 3u] = word.w;
+    q8_copy_tables(lid);
 }
 
 fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
-    return vec4<f32>(q8_maps[map + (codes & 0xffu)], q8_maps[map + ((codes >> 8u) & 0xffu)],
-                     q8_maps[map + ((codes >> 16u) & 0xffu)], q8_maps[map + (codes >> 24u)]) * absmax;
+    return vec4<f32>(q8_table(map + (codes & 0xffu)), q8_table(map + ((codes >> 8u) & 0xffu)),
+                     q8_table(map + ((codes >> 16u) & 0xffu)), q8_table(map + (codes >> 24u))) * absmax;
 }
 
 // A guess at each value's code from the structure of the map (see `guess` in q8.rs, which
@@ -352,7 +398,7 @@ fn q8_guess(x: vec4<f32>, map: u32) -> vec4<u32> {
 fn q8_nearest(x: f32, guess: u32, map: u32) -> u32 {
     let first = min(max(guess, 1u), 254u) - 1u;
     let above = Q8_THRESHOLDS + map + first;
-    return first + select(0u, 1u, x >= q8_maps[above]) + select(0u, 1u, x >= q8_maps[above + 1u]);
+    return first + select(0u, 1u, x >= q8_table(above)) + select(0u, 1u, x >= q8_table(above + 1u));
 }
 
 // The codes of four values, `keep_positive` as `Q8Encoding::code` (a positive value whose

@@ -25,6 +25,16 @@ pub fn context() -> GpuContext {
         .clone()
 }
 
+/// A device whose q8 kernels look their maps up as `lookups` says (the default context takes
+/// what suits the adapter: the uniform on lavapipe).
+pub fn context_with_q8_lookups(lookups: wgpu_optim::Q8Lookups) -> GpuContext {
+    GpuContext::new(&ContextOptions {
+        q8_lookups: Some(lookups),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A device whose limits are lowered to `binding_bytes` per storage binding and buffer, so
 /// that small vectors cross many segment boundaries.
 pub fn context_with_binding_limit(binding_bytes: u32) -> GpuContext {

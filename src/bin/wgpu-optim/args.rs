@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use wgpu_optim::{ContextOptions, GpuContext};
+use wgpu_optim::{ContextOptions, GpuContext, Q8Lookups};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,32 @@ pub(crate) struct AdapterArgs {
     /// Only consider adapters whose name contains this (case-insensitive).
     #[arg(long, value_name = "SUBSTRING", global = true)]
     pub(crate) adapter: Option<String>,
+    /// Where q8 kernels read their maps: workgroup memory (a GPU's default) or the uniform
+    /// they come in (a CPU adapter's). Default: what suits the adapter.
+    #[arg(long, value_enum, global = true)]
+    pub(crate) q8_lookups: Option<Q8LookupsArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Q8LookupsArg {
+    Workgroup,
+    Uniform,
+}
+
+impl Q8LookupsArg {
+    fn lookups(self) -> Q8Lookups {
+        match self {
+            Q8LookupsArg::Workgroup => Q8Lookups::Workgroup,
+            Q8LookupsArg::Uniform => Q8Lookups::Uniform,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Q8LookupsArg::Workgroup => "workgroup",
+            Q8LookupsArg::Uniform => "uniform",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,6 +94,7 @@ impl AdapterArgs {
         Ok(GpuContext::new(&ContextOptions {
             backends: self.backend.map(Backend::backends),
             adapter_name: self.adapter.clone(),
+            q8_lookups: self.q8_lookups.map(Q8LookupsArg::lookups),
             ..Default::default()
         })?)
     }
@@ -80,6 +107,9 @@ impl AdapterArgs {
         }
         if let Some(a) = &self.adapter {
             given.push(format!("--adapter {a}"));
+        }
+        if let Some(l) = self.q8_lookups {
+            given.push(format!("--q8-lookups {}", l.name()));
         }
         given
     }

@@ -177,6 +177,8 @@ pub struct BenchReport {
     /// The segment cap asked for with `--segment-mib`, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_segment_bytes: Option<u64>,
+    /// Where q8 kernels read their maps (`--q8-lookups`, else what suits the adapter).
+    pub q8_lookups: crate::Q8Lookups,
     /// One per configuration and workload, in the order measured.
     pub results: Vec<BenchResult>,
 }
@@ -196,6 +198,12 @@ impl BenchReport {
             self.copy.median_ms,
             self.timing,
         );
+        if self.results.iter().any(|r| r.storage.contains("q8")) {
+            out.push_str(&format!(
+                "q8 maps read from: {:?} (--q8-lookups)\n",
+                self.q8_lookups
+            ));
+        }
         // The first column as wide as the longest label (storages like `bf16+q8,nonzero`).
         let width = self
             .results
@@ -341,6 +349,7 @@ pub fn run(
         },
         copy,
         max_segment_bytes: options.max_segment_bytes,
+        q8_lookups: ctx.kernel_target().q8_lookups,
         results,
     })
 }

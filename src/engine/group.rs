@@ -426,7 +426,7 @@ impl Group {
             })
         });
         let qmaps = spec.storage.q8().then(|| {
-            let maps = q8::uniform_values();
+            let maps = q8::uniform_words(ctx.kernel_target().q8_lookups);
             let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("q8 maps"),
                 size: (maps.len() * 4) as u64,

@@ -881,7 +881,11 @@ impl Storage {
                 "@group(0) @binding({qmaps_binding}) var<uniform> qmaps: QMaps;\n{}",
                 q8::wgsl(target.q8_lookups)
             ));
-            wgsl.push_str(&q8::block_absmax_wgsl(q8_states.len(), target.subgroups));
+            let kept: Vec<&str> = q8_states
+                .iter()
+                .map(|(_, state, _)| state.kept_with.unwrap_or("true"))
+                .collect();
+            wgsl.push_str(&q8::block_absmax_wgsl(&kept, target.subgroups));
             wgsl.push_str(&q8_state_accessors(&q8_states));
         }
         for (slot, name) in states.iter().map(|s| s.name).enumerate() {

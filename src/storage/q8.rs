@@ -164,6 +164,80 @@ pub fn nearest_around(x: f32, map: QMap, thresholds: &[f32; 256]) -> u8 {
     (first + (x >= thresholds[first]) as usize + (x >= thresholds[first + 1]) as usize) as u8
 }
 
+/// The encoding table of [`Q8Lookups::Uniform`]: the magnitudes from 2^-25 to 1 cut into
+/// cells of 1/128 of a binade (the float32 bits of `|x|` shifted right by 16), per map and
+/// sign. A cell holds at most one threshold of its map (the tests check every cell), so the
+/// code of `x` is its cell's code, moved one code on (up for positive `x`, down for negative)
+/// where `|x|`'s low 16 bits reach the cell's threshold: one lookup, where
+/// [`nearest_around`] takes a guess and two.
+pub mod cells {
+    use super::QMap;
+
+    /// The first cell: the bits of 2^-25 shifted right by 16. Every magnitude below it takes
+    /// the first cell, which holds no threshold and the code that stands for 0.
+    pub const FIRST: u32 = 102 << 7;
+    /// The last cell: 1.0's.
+    pub const LAST: u32 = 127 << 7;
+    /// Cells per map and sign.
+    pub const COUNT: usize = (LAST - FIRST + 1) as usize;
+    /// A cell's threshold where it has none: above every 16-bit remainder.
+    const NONE: u32 = 1 << 16;
+
+    /// The table of one map: `COUNT` cells for non-negative `x`, then `COUNT` for negative;
+    /// each `code | threshold << 8`, `threshold` the least 16-bit remainder of `|x|`'s bits at
+    /// which the next code is nearer (`1 << 16`: none in this cell).
+    pub fn table(map: QMap) -> Vec<u32> {
+        let mut table = Vec::with_capacity(2 * COUNT);
+        for negative in [false, true] {
+            let value = |bits: u32| {
+                let x = f32::from_bits(bits);
+                if negative { -x } else { x }
+            };
+            for cell in FIRST..=LAST {
+                let bottom = cell << 16;
+                let code = map.nearest(value(bottom));
+                // The least remainder whose code differs (codes are monotone in |x|).
+                let top = if cell == LAST {
+                    bottom
+                } else {
+                    bottom | 0xffff
+                };
+                let threshold = if map.nearest(value(top)) == code {
+                    NONE
+                } else {
+                    let (mut lo, mut hi) = (0u32, 0xffffu32);
+                    while lo < hi {
+                        let mid = (lo + hi) / 2;
+                        if map.nearest(value(bottom | mid)) == code {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    lo
+                };
+                table.push(code as u32 | threshold << 8);
+            }
+        }
+        table
+    }
+
+    /// The code of `x` (in [-1, 1], or NaN) as the kernel finds it in `table` ([`table`]).
+    pub fn code(x: f32, table: &[u32]) -> u8 {
+        let magnitude = x.to_bits() & 0x7fff_ffff;
+        let negative = x.is_sign_negative();
+        let cell = (magnitude >> 16).clamp(FIRST, LAST) - FIRST;
+        let entry = table[cell as usize + negative as usize * COUNT];
+        let base = entry & 0xff;
+        let crossed = ((magnitude & 0xffff) >= entry >> 8) as u32;
+        (if negative {
+            base - crossed
+        } else {
+            base + crossed
+        }) as u8
+    }
+}
+
 /// One block's values quantized: a code per value (into `codes`) and the block's absmax.
 pub fn quantize_block(values: &[f32], encoding: Q8Encoding, codes: &mut [u8]) -> f32 {
     debug_assert_eq!(values.len(), codes.len());
@@ -227,34 +301,49 @@ pub fn round_trip(values: &mut [f64], encoding: impl Into<Q8Encoding>) {
     }
 }
 
-/// What the kernels' `QMaps` uniform holds: the signed and unsigned maps, then the signed and
-/// unsigned thresholds (1,024 float32).
-pub fn uniform_values() -> Vec<f32> {
-    let mut values = Vec::with_capacity(1024);
+/// What the kernels' `QMaps` uniform holds, as 32-bit words: the signed and unsigned maps,
+/// then the signed and unsigned thresholds (1,024 float32's bits); with
+/// [`Q8Lookups::Uniform`] then the signed and the unsigned map's [`cells::table`], padded to
+/// whole vec4s.
+pub fn uniform_words(lookups: Q8Lookups) -> Vec<u32> {
+    let mut words = Vec::with_capacity(1024 + 4 * cells::COUNT);
     for map in [QMap::Signed, QMap::Unsigned] {
-        values.extend_from_slice(map.values());
+        words.extend(map.values().iter().map(|v| v.to_bits()));
     }
     for map in [QMap::Signed, QMap::Unsigned] {
-        values.extend_from_slice(&map.thresholds());
+        words.extend(map.thresholds().iter().map(|v| v.to_bits()));
     }
-    values
+    if lookups == Q8Lookups::Uniform {
+        for map in [QMap::Signed, QMap::Unsigned] {
+            words.extend(cells::table(map));
+        }
+    }
+    words.resize(words.len().next_multiple_of(4), 0);
+    words
 }
 
-/// The WGSL of `q8_block_absmax(magnitudes, lid)`: the largest magnitude of each of `states`
-/// q8 states (components x, y, z, w) in the block of invocation `lid`, taken over the 64
-/// invocations (of four elements) that hold the block. Every invocation of the workgroup calls
-/// it once, after `q8_prepare` has cleared the maxima.
+/// The WGSL of `q8_block_absmax(magnitudes, lid)`: the largest magnitude of each q8 state
+/// (components x, y, z, w; `kept[k]` the WGSL condition under which state k is kept, `true`
+/// or a flag like `AMSGRAD`) in the block of invocation `lid`, taken over the 64 invocations
+/// (of four elements) that hold the block. Every invocation of the workgroup calls it once,
+/// after `q8_prepare` has cleared the maxima.
 ///
-/// Each invocation takes an atomic max into workgroup memory, then all wait at one barrier and
-/// read their block's. With `subgroups` (where the adapter has them), a subgroup that lies
-/// within one block first reduces its magnitudes and only one of its invocations takes the
-/// atomics: on lavapipe (subgroups of 8) AdamW bf16+q8 steps in 0.71x the time of the tree
-/// reduction it replaces (7 barriers), atomics alone 0.86x. A subgroup that spans blocks (or
+/// Each invocation takes an atomic max into workgroup memory and waits at a barrier; four
+/// invocations copy the workgroup's four blocks' maxima into plain workgroup memory, and
+/// after a second barrier every invocation reads all four at the same addresses and keeps its
+/// block's. (llvmpipe loads an atomic, or a value at a per-invocation address, lane by lane; a
+/// value at one address once: 0.90x the step time of each invocation loading its block's
+/// atomics, AdamW bf16+q8 on lavapipe.) With `subgroups` (where the adapter has them), a
+/// subgroup that lies within one block first reduces its magnitudes and only one of its
+/// invocations takes the atomics: on lavapipe (subgroups of 8) 0.71x the time of the tree
+/// reduction this replaced (7 barriers), atomics alone 0.86x. A subgroup that spans blocks (or
 /// lanes in an order the check cannot see) is never merged: each lane then takes its own.
-pub(crate) fn block_absmax_wgsl(states: usize, subgroups: bool) -> String {
-    let components = &["x", "y", "z", "w"][..states];
+pub(crate) fn block_absmax_wgsl(kept: &[&str], subgroups: bool) -> String {
+    let components = &["x", "y", "z", "w"][..kept.len()];
     let mut wgsl = String::from(
-        "fn q8_block_absmax(magnitudes: vec4<f32>, lid: u32) -> vec4<f32> {\n\
+        "// The absmax of each of the workgroup's four blocks, once all have taken their atomics.\n\
+         var<workgroup> q8_block_maxima: array<vec4<u32>, 4>;\n\
+         fn q8_block_absmax(magnitudes: vec4<f32>, lid: u32) -> vec4<f32> {\n\
          \x20   let at = 4u * (lid >> 6u);\n\
          \x20   var bits = bitcast<vec4<u32>>(magnitudes);\n\
          \x20   var takes = true;\n",
@@ -269,18 +358,32 @@ pub(crate) fn block_absmax_wgsl(states: usize, subgroups: bool) -> String {
         );
     }
     wgsl.push_str("    if (takes) {\n");
-    for (k, c) in components.iter().enumerate() {
+    for (k, (c, kept)) in components.iter().zip(kept).enumerate() {
         wgsl.push_str(&format!(
-            "        atomicMax(&q8_absmax_bits[at + {k}u], bits.{c});\n"
+            "        if ({kept}) {{ atomicMax(&q8_absmax_bits[at + {k}u], bits.{c}); }}\n"
         ));
     }
-    wgsl.push_str("    }\n    workgroupBarrier();\n    var absmax = vec4<u32>(0u);\n");
-    for (k, c) in components.iter().enumerate() {
+    wgsl.push_str(
+        "    }\n\
+         \x20   workgroupBarrier();\n\
+         \x20   if (lid < 4u) {\n\
+         \x20       var block = vec4<u32>(0u);\n",
+    );
+    for (k, (c, kept)) in components.iter().zip(kept).enumerate() {
         wgsl.push_str(&format!(
-            "    absmax.{c} = atomicLoad(&q8_absmax_bits[at + {k}u]);\n"
+            "        if ({kept}) {{ block.{c} = atomicLoad(&q8_absmax_bits[4u * lid + {k}u]); }}\n"
         ));
     }
-    wgsl.push_str("    return bitcast<vec4<f32>>(absmax);\n}\n");
+    wgsl.push_str(
+        "        q8_block_maxima[lid] = block;\n\
+         \x20   }\n\
+         \x20   workgroupBarrier();\n\
+         \x20   let b = lid >> 6u;\n\
+         \x20   let low = select(q8_block_maxima[0], q8_block_maxima[1], b == 1u);\n\
+         \x20   let high = select(q8_block_maxima[2], q8_block_maxima[3], b == 3u);\n\
+         \x20   return bitcast<vec4<f32>>(select(low, high, b >= 2u));\n\
+         }\n",
+    );
     wgsl
 }
 
@@ -317,10 +420,12 @@ impl Q8Lookups {
     }
 }
 
-/// The WGSL of q8 states, for the kernels that have them: both maps and their thresholds
-/// (`QMAP_BINDING`, a small uniform: [`uniform_values`]) read as `lookups` says, decoding, and
-/// encoding by a guess and two thresholds. The block absmax is [`block_absmax_wgsl`]'s.
+/// The WGSL of q8 states, for the kernels that have them: the maps, their thresholds and (with
+/// [`Q8Lookups::Uniform`]) the encoding cells in a small uniform (`QMAP_BINDING`:
+/// [`uniform_words`]), read as `lookups` says; decoding; encoding, by the cells or by a guess
+/// and two thresholds. The block absmax is [`block_absmax_wgsl`]'s.
 pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
+    let vec4s = uniform_words(lookups).len() / 4;
     let tables = match lookups {
         Q8Lookups::Workgroup => {
             "// Both maps and their thresholds, copied from the uniform by every workgroup.\n\
@@ -328,24 +433,55 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
              fn q8_table(k: u32) -> f32 { return q8_maps[k]; }\n\
              // Every invocation copies four values; the caller then waits at a barrier.\n\
              fn q8_copy_tables(lid: u32) {\n\
-             \x20   let word = qmaps.values[lid];\n\
+             \x20   let word = bitcast<vec4<f32>>(qmaps.words[lid]);\n\
              \x20   q8_maps[4u * lid] = word.x;\n\
              \x20   q8_maps[4u * lid + 1u] = word.y;\n\
              \x20   q8_maps[4u * lid + 2u] = word.z;\n\
              \x20   q8_maps[4u * lid + 3u] = word.w;\n\
+             }\n\
+             // The codes of four values by a guess and the two thresholds around it.\n\
+             fn q8_codes(x: vec4<f32>, map: u32) -> vec4<u32> {\n\
+             \x20   let g = q8_guess(x, map);\n\
+             \x20   return vec4<u32>(q8_nearest(x.x, g.x, map), q8_nearest(x.y, g.y, map),\n\
+             \x20                    q8_nearest(x.z, g.z, map), q8_nearest(x.w, g.w, map));\n\
              }\n"
         }
         Q8Lookups::Uniform => {
             "// Both maps and their thresholds, read from the uniform where they are.\n\
-             fn q8_table(k: u32) -> f32 { return qmaps.values[k >> 2u][k & 3u]; }\n\
-             fn q8_copy_tables(lid: u32) {}\n"
+             fn q8_table(k: u32) -> f32 { return bitcast<f32>(qmaps.words[k >> 2u][k & 3u]); }\n\
+             fn q8_copy_tables(lid: u32) {}\n\
+             // The codes of four values by their cells (`cells::code` in q8.rs mirrors it): the\n\
+             // cell's code, one on (down for a negative value) where the cell's threshold is reached.\n\
+             fn q8_codes(x: vec4<f32>, map: u32) -> vec4<u32> {\n\
+             \x20   let bits = bitcast<vec4<u32>>(x);\n\
+             \x20   let magnitude = bits & vec4<u32>(0x7fffffffu);\n\
+             \x20   let negative = bits >> vec4<u32>(31u);\n\
+             \x20   let table = Q8_CELL_TABLES + select(0u, 2u * Q8_CELLS, map == Q8_UNSIGNED);\n\
+             \x20   let cell = table + clamp(magnitude >> vec4<u32>(16u), vec4<u32>(Q8_FIRST_CELL), vec4<u32>(Q8_LAST_CELL))\n\
+             \x20       - Q8_FIRST_CELL + negative * Q8_CELLS;\n\
+             \x20   let entry = vec4<u32>(q8_word(cell.x), q8_word(cell.y), q8_word(cell.z), q8_word(cell.w));\n\
+             \x20   let base = entry & vec4<u32>(0xffu);\n\
+             \x20   let crossed = select(vec4<u32>(0u), vec4<u32>(1u), (magnitude & vec4<u32>(0xffffu)) >= (entry >> vec4<u32>(8u)));\n\
+             \x20   return select(base + crossed, base - crossed, negative == vec4<u32>(1u));\n\
+             }\n\
+             fn q8_word(k: u32) -> u32 { return qmaps.words[k >> 2u][k & 3u]; }\n"
         }
     };
-    format!("{Q8_WGSL}{tables}")
+    format!(
+        "struct QMaps {{ words: array<vec4<u32>, {vec4s}> }}\n\
+         // The encoding cells (`cells` in q8.rs), after the maps and thresholds.\n\
+         const Q8_CELL_TABLES: u32 = 1024u;\n\
+         const Q8_CELLS: u32 = {}u;\n\
+         const Q8_FIRST_CELL: u32 = {}u;\n\
+         const Q8_LAST_CELL: u32 = {}u;\n\
+         {Q8_WGSL}{tables}",
+        cells::COUNT,
+        cells::FIRST,
+        cells::LAST,
+    )
 }
 
 const Q8_WGSL: &str = "
-struct QMaps { values: array<vec4<f32>, 256> }
 // In `q8_table`: the signed map from 0, the unsigned from 256, then their thresholds.
 const Q8_SIGNED: u32 = 0u;
 const Q8_UNSIGNED: u32 = 256u;
@@ -408,9 +544,7 @@ fn q8_encode(value: vec4<f32>, absmax: f32, map: u32, keep_positive: bool) -> u3
         return 0u;
     }
     let x = clamp(value * (1.0 / absmax), vec4<f32>(-1.0), vec4<f32>(1.0));
-    let g = q8_guess(x, map);
-    var codes = vec4<u32>(q8_nearest(x.x, g.x, map), q8_nearest(x.y, g.y, map),
-                          q8_nearest(x.z, g.z, map), q8_nearest(x.w, g.w, map));
+    var codes = q8_codes(x, map);
     if (keep_positive) {
         let zero = vec4<u32>(select(127u, 0u, map == Q8_UNSIGNED));
         codes = select(codes, zero + 1u, (codes == zero) & (x > vec4<f32>(0.0)));
@@ -486,7 +620,10 @@ mod tests {
         for map in [QMap::Signed, QMap::Unsigned] {
             let values = map.values();
             let thresholds = map.thresholds();
-            let mut points: Vec<f32> = vec![-1.0, 1.0, 0.0, 1e-7, -1e-7, 9.9e-8, 1e-38];
+            let table = cells::table(map);
+            let mut points: Vec<f32> = vec![
+                -1.0, 1.0, 0.0, -0.0, 1e-7, -1e-7, 9.9e-8, 1e-38, -1e-38, 3e-8, -3e-8, 1e-45,
+            ];
             // Every code's value, every midpoint, and a few units in the last place around each.
             for k in 0..256 {
                 let mut around = vec![values[k]];
@@ -517,6 +654,43 @@ mod tests {
                     n,
                     "{map:?} {x:e}"
                 );
+                assert_eq!(cells::code(x, &table) as i32, n, "{map:?} {x:e} by cells");
+            }
+        }
+    }
+
+    /// Each cell's codes change at most once, so one threshold per cell finds the nearest;
+    /// the first cell, where every smaller magnitude lands, stands for 0 throughout; and the
+    /// code of every float32 in a wide sweep of cells is the nearest.
+    #[test]
+    fn encoding_cells_hold_at_most_one_threshold_and_find_the_nearest_code() {
+        for map in [QMap::Signed, QMap::Unsigned] {
+            let table = cells::table(map);
+            assert_eq!(table.len(), 2 * cells::COUNT);
+            for (side, sign) in [(0, 1.0f32), (1, -1.0)] {
+                for cell in cells::FIRST..=cells::LAST {
+                    let bottom = sign * f32::from_bits(cell << 16);
+                    let top = sign * f32::from_bits((cell << 16) | 0xffff).min(1.0);
+                    let (b, t) = (map.nearest(bottom) as i32, map.nearest(top) as i32);
+                    assert!(
+                        (b - t).abs() <= 1,
+                        "{map:?} cell {cell:#x}: codes {b} to {t}"
+                    );
+                }
+                let first = table[side * cells::COUNT];
+                assert_eq!(
+                    first,
+                    map.zero_code() as u32 | 1 << 24,
+                    "{map:?} side {side}"
+                );
+            }
+            // Every 2,369th float32 from 2^-26 to 1, both signs: 900,000 values per map.
+            let mut bits = (101u32 << 23) | 0x1234;
+            while bits <= 1.0f32.to_bits() {
+                for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                    assert_eq!(cells::code(x, &table), map.nearest(x), "{map:?} {x:e}");
+                }
+                bits += 37 * 64 + 1;
             }
         }
     }

@@ -313,9 +313,20 @@ impl GpuContext {
             adapter: info.name.clone(),
             source,
         })?;
-        let q8_lookups = options
-            .q8_lookups
-            .unwrap_or_else(|| Q8Lookups::for_adapter(&info));
+        let q8_lookups = match options.q8_lookups {
+            Some(lookups) if !lookups.fits(&limits) => {
+                return Err(Error::DoesNotFit(format!(
+                    "q8 lookups {lookups:?} need a uniform binding of {} bytes; adapter `{}` \
+                     allows {} (Q8Lookups::Workgroup needs {})",
+                    lookups.uniform_bytes(),
+                    info.name,
+                    limits.max_uniform_buffer_binding_size,
+                    Q8Lookups::Workgroup.uniform_bytes(),
+                )));
+            }
+            Some(lookups) => lookups,
+            None => Q8Lookups::for_adapter(&info, &limits),
+        };
         Ok(Self {
             device,
             queue,
@@ -329,10 +340,11 @@ impl GpuContext {
     /// Wraps a device the caller already opened (interop with another wgpu-based framework).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
+        let limits = device.limits();
         Self {
-            kernels: Arc::new(KernelCache::new(Q8Lookups::for_adapter(&info))),
+            kernels: Arc::new(KernelCache::new(Q8Lookups::for_adapter(&info, &limits))),
             info,
-            limits: device.limits(),
+            limits,
             features: device.features(),
             device,
             queue,

@@ -1474,6 +1474,53 @@ fn quantizer_picks_the_nearest_code_exactly(ctx: &wgpu_optim::GpuContext) {
     }
 }
 
+/// The uniform path's tables (54 KiB) need a uniform binding that large: a device that allows
+/// less takes the workgroup path by itself, and asking it for the uniform path is a clear
+/// error. Both paths store the same codes: AdamW's states after five steps are bit-identical.
+#[test]
+fn q8_lookups_follow_the_uniform_limit_and_store_the_same_codes() {
+    let small = wgpu::Limits {
+        max_uniform_buffer_binding_size: 16 << 10,
+        ..context().limits.clone()
+    };
+    let options = |q8_lookups| wgpu_optim::ContextOptions {
+        limits: Some(small.clone()),
+        q8_lookups,
+        ..Default::default()
+    };
+    let err = wgpu_optim::GpuContext::new(&options(Some(Q8Lookups::Uniform))).unwrap_err();
+    assert!(
+        matches!(err, wgpu_optim::Error::DoesNotFit(_)) && err.to_string().contains("16384"),
+        "{err}"
+    );
+    let ctx = wgpu_optim::GpuContext::new(&options(None)).unwrap();
+    assert_eq!(ctx.kernel_target().q8_lookups, Q8Lookups::Workgroup);
+    assert_eq!(context().kernel_target().q8_lookups, Q8Lookups::Uniform);
+    let mut rng = rng(91);
+    let n = 70_001;
+    let scales = grad_scales(&mut rng, n);
+    let start = grads(&mut rng, &scales);
+    let steps: Vec<Vec<f32>> = (0..5).map(|_| grads(&mut rng, &scales)).collect();
+    let states = |ctx: &wgpu_optim::GpuContext| {
+        let mut opt = one_tensor(
+            ctx,
+            AdamW::default(),
+            storage(Format::Bf16, Format::Bf16, Format::Q8, false),
+            &start,
+        );
+        for g in &steps {
+            opt.step_with_grads(&[g]).unwrap();
+        }
+        ["exp_avg", "exp_avg_sq"].map(|name| {
+            let values = opt.read_state(TensorId(0), name).unwrap();
+            values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        })
+    };
+    let (workgroup, uniform) = (states(&ctx), states(&context()));
+    assert!(workgroup[0].iter().any(|&b| b != 0));
+    assert_eq!(workgroup, uniform);
+}
+
 /// `nonzero` q8: the kernel's codes are the host's `Q8Encoding::code`, exactly: a positive value
 /// of a never-negative state that the nearest code would store as 0 takes the smallest positive
 /// code, in the unsigned map (Adam's `exp_avg_sq`) and in the signed one (Adagrad's `sum`);

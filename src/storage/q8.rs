@@ -410,13 +410,25 @@ pub enum Q8Lookups {
 }
 
 impl Q8Lookups {
-    /// What suits the adapter: [`Uniform`](Self::Uniform) on a CPU, else
+    /// What suits the adapter: [`Uniform`](Self::Uniform) on a CPU whose uniform bindings hold
+    /// the tables ([`uniform_words`]: 54 KiB with the encoding cells), else
     /// [`Workgroup`](Self::Workgroup).
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
-        match info.device_type {
-            wgpu::DeviceType::Cpu => Self::Uniform,
-            _ => Self::Workgroup,
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Self {
+        if info.device_type == wgpu::DeviceType::Cpu && Self::Uniform.fits(limits) {
+            Self::Uniform
+        } else {
+            Self::Workgroup
         }
+    }
+
+    /// Bytes of the q8 maps' uniform on this path.
+    pub fn uniform_bytes(self) -> u64 {
+        4 * uniform_words(self).len() as u64
+    }
+
+    /// Whether a device with these limits can bind the uniform of this path.
+    pub fn fits(self, limits: &wgpu::Limits) -> bool {
+        self.uniform_bytes() <= limits.max_uniform_buffer_binding_size
     }
 }
 

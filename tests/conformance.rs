@@ -177,16 +177,27 @@ fn the_uniform_buffer_fallback_passes_too() {
         context().scalars_via(),
         wgpu_optim::kernels::ScalarsVia::Immediates
     );
-    let report = conformance::run(&ctx, &Fixture::builtin());
-    assert!(report.passed());
+    every_case_passes(&ctx, &Fixture::builtin(), 22);
+}
+
+/// Every case of `fixture` passes on `ctx`, and there are `cases` of them.
+fn every_case_passes(ctx: &wgpu_optim::GpuContext, fixture: &Fixture, cases: usize) {
+    let report = conformance::run(ctx, fixture);
+    assert!(report.passed(), "{:?}", report.cases);
     assert_eq!(
         report
             .cases
             .iter()
             .filter(|c| c.status == Status::Pass)
             .count(),
-        22
+        cases
     );
+}
+
+/// The 14 cases of the formats fixture (seven with q8 states) on `ctx`.
+fn every_formats_case_passes(ctx: &wgpu_optim::GpuContext) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
+    every_case_passes(ctx, &Fixture::load(&path).unwrap(), 14);
 }
 
 #[test]
@@ -203,17 +214,7 @@ fn q8_block_maxima_without_subgroups_pass_too() {
         context().has_subgroups(),
         "lavapipe has subgroups: both paths are tested"
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
-    let report = conformance::run(&ctx, &Fixture::load(&path).unwrap());
-    assert!(report.passed(), "{:?}", report.cases);
-    assert_eq!(
-        report
-            .cases
-            .iter()
-            .filter(|c| c.status == Status::Pass)
-            .count(),
-        14
-    );
+    every_formats_case_passes(&ctx);
 }
 
 #[test]
@@ -234,17 +235,7 @@ fn q8_maps_in_workgroup_memory_pass_too() {
         wgpu_optim::Q8Lookups::Uniform,
         "lavapipe reads the uniform: both paths are tested"
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/formats.json");
-    let report = conformance::run(&ctx, &Fixture::load(&path).unwrap());
-    assert!(report.passed(), "{:?}", report.cases);
-    assert_eq!(
-        report
-            .cases
-            .iter()
-            .filter(|c| c.status == Status::Pass)
-            .count(),
-        14
-    );
+    every_formats_case_passes(&ctx);
 }
 
 #[test]

@@ -117,13 +117,8 @@ fn eval_and_train_move_the_parameters_as_the_reference_does_in_every_storage() {
             .max_segment_bytes(1028 * 4)
             .build()
             .unwrap();
-        let mut reference = ReferenceGroup::with_storage(
-            config(),
-            TrainingOptions::default(),
-            storage,
-            params.iter().map(|p| to_f64(p)).collect(),
-        )
-        .unwrap();
+        let mut reference =
+            stored_reference(config(), TrainingOptions::default(), storage, &params);
         reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
         let group = GroupId(0);
         for round in 0..2 {

@@ -663,13 +663,7 @@ fn parameters_and_gradients_in_one_shared_page_rebound_every_step() {
             )
             .build()
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let mut reference = ReferenceGroup::with_storage(
-            config,
-            TrainingOptions::default(),
-            storage,
-            params.iter().map(|p| to_f64(p)).collect(),
-        )
-        .unwrap();
+        let mut reference = stored_reference(config, TrainingOptions::default(), storage, &params);
         for step in 1..=5u64 {
             // Real gradients have whole blocks of zeros (units a ReLU switched off): tensor 1
             // entirely, and tensor 2's second q8 block.
@@ -809,13 +803,7 @@ fn callers_tensors_of_any_length_in_storages_that_pack_four_values() {
             )
             .build()
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let mut reference = ReferenceGroup::with_storage(
-            config,
-            options.clone(),
-            storage,
-            params.iter().map(|p| to_f64(p)).collect(),
-        )
-        .unwrap();
+        let mut reference = stored_reference(config, options.clone(), storage, &params);
         for step in 1..=4u64 {
             let grads: Vec<Vec<f32>> = params
                 .iter()

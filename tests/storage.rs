@@ -223,13 +223,8 @@ fn setup(
         .max_segment_bytes(1028 * 4)
         .build()
         .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let mut reference = ReferenceGroup::with_storage(
-        config.clone(),
-        TrainingOptions::default(),
-        storage,
-        params.iter().map(|p| to_f64(p)).collect(),
-    )
-    .unwrap();
+    let mut reference =
+        stored_reference(config.clone(), TrainingOptions::default(), storage, &params);
     reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
     (label, opt, reference, scales, rng)
 }
@@ -871,13 +866,7 @@ fn clipping_and_loss_scaling_work_on_sixteen_bit_gradients() {
             .max_segment_bytes(4096)
             .build()
             .unwrap();
-        let mut reference = ReferenceGroup::with_storage(
-            config,
-            options.clone(),
-            storage,
-            params.iter().map(|p| to_f64(p)).collect(),
-        )
-        .unwrap();
+        let mut reference = stored_reference(config, options.clone(), storage, &params);
         for step in 0..6 {
             let scale = reference.loss_scale as f32;
             let mut grads: Vec<Vec<f32>> = scales
@@ -1175,13 +1164,12 @@ fn q8_states_move_through_the_host_block_by_block() {
     }
     // A step from these states follows the reference, which starts from the same values.
     let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
-    let mut reference = ReferenceGroup::with_storage(
-        Adam::default().into(),
+    let mut reference = stored_reference(
+        Adam::default(),
         TrainingOptions::default(),
         storage,
-        params.iter().map(|p| to_f64(p)).collect(),
-    )
-    .unwrap();
+        &params,
+    );
     for t in 0..sizes.len() {
         for (slot, name) in ["exp_avg", "exp_avg_sq"].iter().enumerate() {
             reference.states[t][slot] = to_f64(&opt.read_state(TensorId(t), name).unwrap());
@@ -1299,13 +1287,8 @@ fn stochastic_rounding_is_reproducible_and_mirrored() {
             let mut opt = build(storage);
             let mut again = build(storage);
             let mut other = build(stochastic(param, 8));
-            let mut reference = ReferenceGroup::with_storage(
-                config.clone(),
-                TrainingOptions::default(),
-                storage,
-                params.iter().map(|p| to_f64(p)).collect(),
-            )
-            .unwrap();
+            let mut reference =
+                stored_reference(config.clone(), TrainingOptions::default(), storage, &params);
             reference.positions = opt.rounding_positions(GroupId(0)).unwrap();
             for step in 1..=4 {
                 let grads: Vec<Vec<f32>> = scales.iter().map(|s| grads(&mut rng, s)).collect();

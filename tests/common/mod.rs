@@ -102,6 +102,22 @@ pub fn to_f64(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&v| v as f64).collect()
 }
 
+/// The float64 reference of a group stored as `storage`, starting from `params`.
+pub fn stored_reference(
+    config: impl Into<OptimizerConfig>,
+    options: TrainingOptions,
+    storage: Storage,
+    params: &[Vec<f32>],
+) -> ReferenceGroup {
+    ReferenceGroup::with_storage(
+        config.into(),
+        options,
+        storage,
+        params.iter().map(|p| to_f64(p)).collect(),
+    )
+    .unwrap()
+}
+
 /// Element-wise comparison of a float32 GPU result with the float64 reference:
 /// |gpu - ref| <= rtol * scale + 2 * slack, where, per element, `scale` is the size of the terms
 /// that made the value (so values that cancel towards zero are judged against the size of what

@@ -434,7 +434,7 @@ impl Group {
                 mapped_at_creation: false,
             });
             ctx.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&maps));
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(maps));
             buffer
         });
         let pipelines = compile_pipelines(ctx, &spec, &segments, scalars_via);

@@ -14,6 +14,8 @@
 //! reduction has found each block's absmax (`wgsl_accessors`, `WGSL`). Here is the same
 //! arithmetic on the host, for copies, checkpoints and the float64 reference.
 
+use std::sync::OnceLock;
+
 use super::qmaps;
 
 /// Elements per quantization block.
@@ -304,8 +306,18 @@ pub fn round_trip(values: &mut [f64], encoding: impl Into<Q8Encoding>) {
 /// What the kernels' `QMaps` uniform holds, as 32-bit words: the signed and unsigned maps,
 /// then the signed and unsigned thresholds (1,024 float32's bits); with
 /// [`Q8Lookups::Uniform`] then the signed and the unsigned map's [`cells::table`], padded to
-/// whole vec4s.
-pub fn uniform_words(lookups: Q8Lookups) -> Vec<u32> {
+/// whole vec4s. Built once per path.
+pub fn uniform_words(lookups: Q8Lookups) -> &'static [u32] {
+    static WORKGROUP: OnceLock<Vec<u32>> = OnceLock::new();
+    static UNIFORM: OnceLock<Vec<u32>> = OnceLock::new();
+    let words = match lookups {
+        Q8Lookups::Workgroup => &WORKGROUP,
+        Q8Lookups::Uniform => &UNIFORM,
+    };
+    words.get_or_init(|| build_uniform_words(lookups))
+}
+
+fn build_uniform_words(lookups: Q8Lookups) -> Vec<u32> {
     let mut words = Vec::with_capacity(1024 + 4 * cells::COUNT);
     for map in [QMap::Signed, QMap::Unsigned] {
         words.extend(map.values().iter().map(|v| v.to_bits()));
@@ -459,8 +471,9 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
              }\n"
         }
         Q8Lookups::Uniform => {
-            "// Both maps and their thresholds, read from the uniform where they are.\n\
-             fn q8_table(k: u32) -> f32 { return bitcast<f32>(qmaps.words[k >> 2u][k & 3u]); }\n\
+            "// Both maps, their thresholds and the cells, read from the uniform where they are.\n\
+             fn q8_word(k: u32) -> u32 { return qmaps.words[k >> 2u][k & 3u]; }\n\
+             fn q8_table(k: u32) -> f32 { return bitcast<f32>(q8_word(k)); }\n\
              fn q8_copy_tables(lid: u32) {}\n\
              // The codes of four values by their cells (`cells::code` in q8.rs mirrors it): the\n\
              // cell's code, one on (down for a negative value) where the cell's threshold is reached.\n\
@@ -475,8 +488,7 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
              \x20   let base = entry & vec4<u32>(0xffu);\n\
              \x20   let crossed = select(vec4<u32>(0u), vec4<u32>(1u), (magnitude & vec4<u32>(0xffffu)) >= (entry >> vec4<u32>(8u)));\n\
              \x20   return select(base + crossed, base - crossed, negative == vec4<u32>(1u));\n\
-             }\n\
-             fn q8_word(k: u32) -> u32 { return qmaps.words[k >> 2u][k & 3u]; }\n"
+             }\n"
         }
     };
     format!(

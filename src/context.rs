@@ -333,7 +333,10 @@ impl GpuContext {
             info,
             limits,
             features,
-            kernels: Arc::new(KernelCache::new(q8_lookups)),
+            kernels: Arc::new(KernelCache::new(KernelTarget {
+                subgroups: features.contains(wgpu::Features::SUBGROUP),
+                q8_lookups,
+            })),
         })
     }
 
@@ -342,7 +345,10 @@ impl GpuContext {
         let info = device.adapter_info();
         let limits = device.limits();
         Self {
-            kernels: Arc::new(KernelCache::new(Q8Lookups::for_adapter(&info, &limits))),
+            kernels: Arc::new(KernelCache::new(KernelTarget {
+                subgroups: device.features().contains(wgpu::Features::SUBGROUP),
+                q8_lookups: Q8Lookups::for_adapter(&info, &limits),
+            })),
             info,
             limits,
             features: device.features(),
@@ -401,10 +407,7 @@ impl GpuContext {
 
     /// What this device's optimizer kernels are compiled for.
     pub fn kernel_target(&self) -> KernelTarget {
-        KernelTarget {
-            subgroups: self.has_subgroups(),
-            q8_lookups: self.kernels.q8_lookups,
-        }
+        self.kernels.target
     }
 
     /// The most iterations a shader's loops may make in one invocation on this adapter

@@ -565,8 +565,8 @@ type UtilityPipeline = (wgpu::BindGroupLayout, wgpu::ComputePipeline);
 /// [`GpuContext`]: crate::GpuContext
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    /// Where this device's q8 kernels look their maps up.
-    pub(crate) q8_lookups: Q8Lookups,
+    /// What this device's optimizer kernels are compiled for.
+    pub(crate) target: KernelTarget,
     layouts: Mutex<HashMap<(usize, bool, ScalarsVia, Storage), wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     utilities: Mutex<HashMap<(&'static str, Element, Format), UtilityPipeline>>,
@@ -580,10 +580,10 @@ pub(crate) struct KernelCache {
 type EntryKey = (&'static str, &'static str, Vec<(&'static str, bool)>);
 
 impl KernelCache {
-    /// An empty cache for a device whose q8 kernels look their maps up as `q8_lookups` says.
-    pub(crate) fn new(q8_lookups: Q8Lookups) -> Self {
+    /// An empty cache for a device whose optimizer kernels are compiled for `target`.
+    pub(crate) fn new(target: KernelTarget) -> Self {
         Self {
-            q8_lookups,
+            target,
             ..Self::default()
         }
     }
@@ -783,15 +783,7 @@ impl KernelCache {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(
                 kernel
-                    .assemble(
-                        element,
-                        scalars,
-                        &storage,
-                        KernelTarget {
-                            subgroups: device.features().contains(wgpu::Features::SUBGROUP),
-                            q8_lookups: self.q8_lookups,
-                        },
-                    )
+                    .assemble(element, scalars, &storage, self.target)
                     .into(),
             ),
         });

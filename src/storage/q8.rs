@@ -469,6 +469,8 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
              \x20   return vec4<u32>(q8_nearest(x.x, g.x, map), q8_nearest(x.y, g.y, map),\n\
              \x20                    q8_nearest(x.z, g.z, map), q8_nearest(x.w, g.w, map));\n\
              }\n"
+            .to_owned()
+                + Q8_GUESS_WGSL
         }
         Q8Lookups::Uniform => {
             "// Both maps, their thresholds and the cells, read from the uniform where they are.\n\
@@ -489,6 +491,7 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
              \x20   let crossed = select(vec4<u32>(0u), vec4<u32>(1u), (magnitude & vec4<u32>(0xffffu)) >= (entry >> vec4<u32>(8u)));\n\
              \x20   return select(base + crossed, base - crossed, negative == vec4<u32>(1u));\n\
              }\n"
+            .to_owned()
         }
     };
     format!(
@@ -505,30 +508,8 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
     )
 }
 
-const Q8_WGSL: &str = "
-// In `q8_table`: the signed map from 0, the unsigned from 256, then their thresholds.
-const Q8_SIGNED: u32 = 0u;
-const Q8_UNSIGNED: u32 = 256u;
-const Q8_THRESHOLDS: u32 = 512u;
-// The absmax of each of the workgroup's four blocks for each of up to four states (block b,
-// state k at 4b + k), as float32 bits: for non-negative floats (and NaN above infinity) the
-// order of the bits is the order of the values, so an atomic max of the bits takes the max.
-var<workgroup> q8_absmax_bits: array<atomic<u32>, 16>;
-
-// The first 16 invocations clear the block maxima, and the tables are copied where they are
-// read from (`q8_copy_tables`); the caller then waits at a barrier.
-fn q8_prepare(lid: u32) {
-    if (lid < 16u) {
-        atomicStore(&q8_absmax_bits[lid], 0u);
-    }
-    q8_copy_tables(lid);
-}
-
-fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
-    return vec4<f32>(q8_table(map + (codes & 0xffu)), q8_table(map + ((codes >> 8u) & 0xffu)),
-                     q8_table(map + ((codes >> 16u) & 0xffu)), q8_table(map + (codes >> 24u))) * absmax;
-}
-
+/// The workgroup path's encoding helpers (the uniform path encodes by the cells instead).
+const Q8_GUESS_WGSL: &str = "
 // A guess at each value's code from the structure of the map (see `guess` in q8.rs, which
 // mirrors it), within one code of the nearest.
 fn q8_guess(x: vec4<f32>, map: u32) -> vec4<u32> {
@@ -559,6 +540,31 @@ fn q8_nearest(x: f32, guess: u32, map: u32) -> u32 {
     let first = min(max(guess, 1u), 254u) - 1u;
     let above = Q8_THRESHOLDS + map + first;
     return first + select(0u, 1u, x >= q8_table(above)) + select(0u, 1u, x >= q8_table(above + 1u));
+}
+";
+
+const Q8_WGSL: &str = "
+// In `q8_table`: the signed map from 0, the unsigned from 256, then their thresholds.
+const Q8_SIGNED: u32 = 0u;
+const Q8_UNSIGNED: u32 = 256u;
+const Q8_THRESHOLDS: u32 = 512u;
+// The absmax of each of the workgroup's four blocks for each of up to four states (block b,
+// state k at 4b + k), as float32 bits: for non-negative floats (and NaN above infinity) the
+// order of the bits is the order of the values, so an atomic max of the bits takes the max.
+var<workgroup> q8_absmax_bits: array<atomic<u32>, 16>;
+
+// The first 16 invocations clear the block maxima, and the tables are copied where they are
+// read from (`q8_copy_tables`); the caller then waits at a barrier.
+fn q8_prepare(lid: u32) {
+    if (lid < 16u) {
+        atomicStore(&q8_absmax_bits[lid], 0u);
+    }
+    q8_copy_tables(lid);
+}
+
+fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
+    return vec4<f32>(q8_table(map + (codes & 0xffu)), q8_table(map + ((codes >> 8u) & 0xffu)),
+                     q8_table(map + ((codes >> 16u) & 0xffu)), q8_table(map + (codes >> 24u))) * absmax;
 }
 
 // The codes of four values, `keep_positive` as `Q8Encoding::code` (a positive value whose

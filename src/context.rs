@@ -37,6 +37,19 @@ pub struct ContextOptions {
     /// Where q8 states look their maps up; `None`: what suits the adapter
     /// ([`Q8Lookups::for_adapter`]). Tests set the other to exercise both.
     pub q8_lookups: Option<Q8Lookups>,
+    /// Whether kernels read and write their buffers as 64-bit words
+    /// ([`KernelTarget::wide_words`]); `None`: on CPU adapters that have 64-bit integers in
+    /// shaders ([`wide_words_suit`]). Tests set the other to exercise both. `Some(true)` on
+    /// an adapter without them is an error.
+    pub wide_words: Option<bool>,
+}
+
+/// Whether 64-bit words suit this adapter by default: a CPU adapter (lavapipe, llvmpipe,
+/// WARP, SwiftShader), where every component of a storage access is paid for one invocation
+/// at a time, with `SHADER_INT64`. GPUs move the same bytes in fewer, wider transactions
+/// whatever the WGSL type, so they keep 32-bit words (and need no extra feature).
+pub fn wide_words_suit(info: &wgpu::AdapterInfo, features: wgpu::Features) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu && features.contains(wgpu::Features::SHADER_INT64)
 }
 
 /// One adapter as `adapters` and the reports show it.
@@ -264,7 +277,8 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 }
 
 /// The features this crate uses when the adapter has them: immediates for the per-step values,
-/// GPU timestamps for the benchmarks, subgroup operations for q8 states' block maxima.
+/// GPU timestamps for the benchmarks, subgroup operations for q8 states' block maxima, 64-bit
+/// integers for wide words on CPU adapters ([`wide_words_suit`]).
 fn wanted_features(available: wgpu::Features, options: &ContextOptions) -> wgpu::Features {
     let mut wanted = wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
@@ -274,6 +288,9 @@ fn wanted_features(available: wgpu::Features, options: &ContextOptions) -> wgpu:
     }
     if !options.no_subgroups {
         wanted |= wgpu::Features::SUBGROUP;
+    }
+    if options.wide_words != Some(false) {
+        wanted |= wgpu::Features::SHADER_INT64;
     }
     available & wanted
 }
@@ -327,6 +344,17 @@ impl GpuContext {
             Some(lookups) => lookups,
             None => Q8Lookups::for_adapter(&info, &limits),
         };
+        let wide_words = match options.wide_words {
+            Some(true) if !features.contains(wgpu::Features::SHADER_INT64) => {
+                return Err(Error::DoesNotFit(format!(
+                    "64-bit words need 64-bit integers in shaders (SHADER_INT64), which \
+                     adapter `{}` does not offer",
+                    info.name
+                )));
+            }
+            Some(wide) => wide,
+            None => wide_words_suit(&info, features),
+        };
         Ok(Self {
             device,
             queue,
@@ -336,6 +364,7 @@ impl GpuContext {
             kernels: Arc::new(KernelCache::new(KernelTarget {
                 subgroups: features.contains(wgpu::Features::SUBGROUP),
                 q8_lookups,
+                wide_words,
             })),
         })
     }
@@ -348,6 +377,7 @@ impl GpuContext {
             kernels: Arc::new(KernelCache::new(KernelTarget {
                 subgroups: device.features().contains(wgpu::Features::SUBGROUP),
                 q8_lookups: Q8Lookups::for_adapter(&info, &limits),
+                wide_words: wide_words_suit(&info, device.features()),
             })),
             info,
             limits,

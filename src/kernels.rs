@@ -357,6 +357,12 @@ pub struct KernelTarget {
     pub subgroups: bool,
     /// Where q8 states look their maps up.
     pub q8_lookups: Q8Lookups,
+    /// Parameters, gradients and 16-bit or float32 states are read and written as 64-bit
+    /// words (`vec2<u64>` per four float32, `u64` per four 16-bit values; needs
+    /// `Features::SHADER_INT64`): the same bytes in half the components. A CPU adapter
+    /// (lavapipe) pays per component for every storage access of every invocation, so a plain
+    /// float32 AdamW step takes 0.57x the time there; a GPU moves the same bytes either way.
+    pub wide_words: bool,
 }
 
 /// The `override` flags every optimizer kernel declares besides its own ([`Kernel::flags`]):

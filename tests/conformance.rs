@@ -218,17 +218,24 @@ fn q8_block_maxima_without_subgroups_pass_too() {
 }
 
 #[test]
-fn q8_maps_in_workgroup_memory_pass_too() {
-    // A GPU's q8 kernels copy the maps into workgroup memory (lavapipe's read them from the
-    // uniform): every formats case passes that way too.
+fn q8_maps_in_workgroup_memory_and_32_bit_words_pass_too() {
+    // A GPU's q8 kernels copy the maps into workgroup memory, and its kernels read 32-bit
+    // words (lavapipe's read the maps from the uniform, and 64-bit words): every formats case
+    // passes that way too.
     let ctx = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
         q8_lookups: Some(wgpu_optim::Q8Lookups::Workgroup),
+        wide_words: Some(false),
         ..Default::default()
     })
     .unwrap();
     assert_eq!(
         ctx.kernel_target().q8_lookups,
         wgpu_optim::Q8Lookups::Workgroup
+    );
+    assert!(!ctx.kernel_target().wide_words);
+    assert!(
+        context().kernel_target().wide_words,
+        "lavapipe reads 64-bit words: both paths are tested"
     );
     assert_eq!(
         context().kernel_target().q8_lookups,

@@ -86,20 +86,29 @@ fn every_kernel_validates_in_every_storage_format() {
     for kernel in all_kernels() {
         for storage in &storages {
             // With and without subgroup operations, and with either place for the maps, where
-            // q8 states use them.
-            let variants: Vec<KernelTarget> = if storage.q8() {
+            // q8 states use them; in 32-bit and in 64-bit words.
+            let mut variants: Vec<KernelTarget> = if storage.q8() {
                 [false, true]
                     .into_iter()
                     .flat_map(|subgroups| {
                         [Q8Lookups::Workgroup, Q8Lookups::Uniform].map(|q8_lookups| KernelTarget {
                             subgroups,
                             q8_lookups,
+                            wide_words: false,
                         })
                     })
                     .collect()
             } else {
                 vec![KernelTarget::default()]
             };
+            let wide: Vec<KernelTarget> = variants
+                .iter()
+                .map(|&target| KernelTarget {
+                    wide_words: true,
+                    ..target
+                })
+                .collect();
+            variants.extend(wide);
             // Whole vec4s, and a caller's tensor ending inside one (packed storages only).
             let elements: &[Element] = if storage.packed() {
                 &[Element::Vec4, Element::Vec4Tail]
@@ -112,11 +121,13 @@ fn every_kernel_validates_in_every_storage_format() {
             {
                 let module =
                     stored_module(kernel, element, ScalarsVia::Immediates, storage, target);
-                let capabilities = if target.subgroups {
-                    Capabilities::IMMEDIATES | Capabilities::SUBGROUP
-                } else {
-                    Capabilities::IMMEDIATES
-                };
+                let mut capabilities = Capabilities::IMMEDIATES;
+                if target.subgroups {
+                    capabilities |= Capabilities::SUBGROUP;
+                }
+                if target.wide_words {
+                    capabilities |= Capabilities::SHADER_INT64;
+                }
                 Validator::new(ValidationFlags::all(), capabilities)
                     .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
                     .subgroup_operations(naga::valid::SubgroupOperationSet::all())

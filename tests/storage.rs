@@ -1671,3 +1671,84 @@ fn nonzero_q8_keeps_adam_on_a_rare_feature_where_nearest_codes_diverge() {
         "nonzero moved {nonzero:e}, float32 {float32:e}"
     );
 }
+
+/// 64-bit words (the default on a CPU adapter) and 32-bit words (a GPU's) are two ways of
+/// reading the same bytes: every optimizer, in float32, in each 16-bit storage, with master
+/// weights, Kahan summation, stochastic rounding and q8 states, stores the same bits either
+/// way after three steps (parameters, master, compensation and every state). The rest of the
+/// suite runs on the default context, so this is what keeps 32-bit words checked on lavapipe.
+#[test]
+fn wide_and_narrow_words_store_the_same_bits() {
+    let options = |wide_words| wgpu_optim::ContextOptions {
+        wide_words: Some(wide_words),
+        ..Default::default()
+    };
+    let narrow = wgpu_optim::GpuContext::new(&options(false)).unwrap();
+    let wide = wgpu_optim::GpuContext::new(&options(true)).unwrap();
+    assert!(!narrow.kernel_target().wide_words && wide.kernel_target().wide_words);
+    assert_eq!(
+        context().kernel_target().wide_words,
+        wgpu_optim::context::wide_words_suit(&context().info, context().features)
+    );
+    let mut storages = vec![Storage::F32];
+    storages.extend(storages_all_roles());
+    let sizes = [5usize, 1_029, 4_099];
+    for config in configs() {
+        for &storage in &storages {
+            let mut rng = rng(47);
+            let params = stored_params(&mut rng, &sizes, storage.param);
+            let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
+            let steps: Vec<Vec<Vec<f32>>> = (0..3)
+                .map(|_| scales.iter().map(|s| grads(&mut rng, s)).collect())
+                .collect();
+            let bits = |ctx: &wgpu_optim::GpuContext| {
+                let mut opt = Optimizer::builder(ctx)
+                    .group_stored(
+                        config.clone(),
+                        storage,
+                        TrainingOptions::default(),
+                        params.iter(),
+                    )
+                    .build()
+                    .unwrap();
+                for g in &steps {
+                    let refs: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+                    opt.step_with_grads(&refs).unwrap();
+                }
+                let mut roles = vec![Role::Param];
+                if storage.master_weights {
+                    roles.push(Role::Master);
+                }
+                if storage.rounding == wgpu_optim::Rounding::Kahan {
+                    roles.push(Role::Compensation);
+                }
+                let names = config.state_names();
+                roles.extend(names.iter().map(|name| Role::State(name)));
+                let mut out: Vec<u32> = Vec::new();
+                for (t, &n) in sizes.iter().enumerate() {
+                    for &role in &roles {
+                        let values = opt.read(TensorId(t), role, 0..n as u64).unwrap();
+                        out.extend(values.iter().map(|v| v.to_bits()));
+                    }
+                }
+                out
+            };
+            let label = format!("{} {}", config.name(), storage.label());
+            let (a, b) = (bits(&narrow), bits(&wide));
+            assert!(a.iter().any(|&x| x != 0), "{label}: all zero");
+            assert!(a == b, "{label}: 32-bit and 64-bit words differ");
+        }
+    }
+}
+
+/// [`storages`] and the storages it leaves out: stochastic rounding, q8 states.
+fn storages_all_roles() -> Vec<Storage> {
+    let mut all = storages();
+    all.push(Storage {
+        rounding: wgpu_optim::Rounding::Stochastic { seed: 7 },
+        ..storage(Format::Bf16, Format::F16, Format::F32, false)
+    });
+    all.push(storage(Format::Bf16, Format::Bf16, Format::Q8, false));
+    all.push(storage(Format::F16, Format::F16, Format::Q8, true));
+    all
+}

@@ -141,19 +141,26 @@ impl Format {
     }
 
     /// The WGSL type of one array element of a buffer in this format: `V` for float32, a
-    /// `vec2<u32>` (four 16-bit values) for the others.
-    fn wgsl_array_element(self) -> &'static str {
-        match self {
-            Format::F32 => "V",
-            Format::Bf16 | Format::F16 => "vec2<u32>",
-            Format::Q8 => "u32",
+    /// `vec2<u32>` (four 16-bit values) for the others; as 64-bit words with [`Words::Wide`].
+    fn wgsl_array_element(self, words: Words) -> &'static str {
+        match (self, words == Words::Wide) {
+            (Format::F32, false) => "V",
+            (Format::F32, true) => "vec2<u64>",
+            (Format::Bf16 | Format::F16, false) => "vec2<u32>",
+            (Format::Bf16 | Format::F16, true) => "u64",
+            (Format::Q8, _) => "u32",
         }
     }
 
     /// A WGSL expression of type `V` (float32) for the stored word(s) `raw`.
-    fn wgsl_load(self, raw: &str) -> String {
+    fn wgsl_load(self, raw: &str, words: Words) -> String {
+        let raw = match (self, words == Words::Wide) {
+            (Format::F32, true) => return format!("f32x4_from_wide({raw})"),
+            (_, true) => format!("words_from_wide({raw})"),
+            (_, false) => raw.to_string(),
+        };
         match self {
-            Format::F32 => raw.to_string(),
+            Format::F32 => raw,
             Format::Bf16 => format!("bf16x4_to_f32({raw})"),
             Format::F16 => format!("f16x4_to_f32({raw})"),
             Format::Q8 => unreachable!("q8 states have their own accessors"),
@@ -161,15 +168,54 @@ impl Format {
     }
 
     /// A WGSL expression of the stored type for the float32 value `value` (of type `V`).
-    fn wgsl_store(self, value: &str) -> String {
-        match self {
-            Format::F32 => value.to_string(),
+    fn wgsl_store(self, value: &str, words: Words) -> String {
+        let packed = match self {
+            Format::F32 if words == Words::Wide => return format!("f32x4_to_wide({value})"),
+            Format::F32 => return value.to_string(),
             Format::Bf16 => format!("f32_to_bf16x4({value})"),
             Format::F16 => format!("f32_to_f16x4({value})"),
             Format::Q8 => unreachable!("q8 states have their own accessors"),
-        }
+        };
+        wide_words_of(packed, words)
     }
 }
+
+/// The 16-bit words `packed` (a `vec2<u32>` expression) as the array element of `words`.
+fn wide_words_of(packed: String, words: Words) -> String {
+    if words == Words::Wide {
+        format!("words_to_wide({packed})")
+    } else {
+        packed
+    }
+}
+
+/// How a kernel declares and reads a role's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Words {
+    /// One array element per kernel element: a `V` of float32, or the `vec2<u32>` of four
+    /// 16-bit values.
+    Element,
+    /// The same bytes as 64-bit words (`vec2<u64>` per four float32, `u64` per four 16-bit
+    /// values; [`KernelTarget::wide_words`]).
+    Wide,
+    /// A caller's tensor of a [`Element::Vec4Tail`] segment: by the value (float32) or by the
+    /// `u32` word (16-bit), so that the binding may end inside the last vec4.
+    Tail,
+}
+
+/// Conversions between float32 vec4s (or four 16-bit values' `vec2<u32>`) and the 64-bit words
+/// of [`Words::Wide`]; little-endian, so the low half is the lower element.
+const WIDE_WORDS_WGSL: &str = "
+fn f32x4_from_wide(w: vec2<u64>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(u32(w.x), u32(w.x >> 32u), u32(w.y), u32(w.y >> 32u)));
+}
+fn f32x4_to_wide(v: vec4<f32>) -> vec2<u64> {
+    let u = vec4<u64>(bitcast<vec4<u32>>(v));
+    return vec2<u64>(u.x | (u.y << 32u), u.z | (u.w << 32u));
+}
+fn words_from_wide(w: u64) -> vec2<u32> { return vec2<u32>(u32(w), u32(w >> 32u)); }
+fn words_to_wide(v: vec2<u32>) -> u64 { return u64(v.x) | (u64(v.y) << 32u); }
+";
 
 /// How a helper kernel reaches a segment's gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -790,11 +836,27 @@ impl Storage {
         } = *bindings;
         let param = self.updated_param();
         // The caller's roles (a `Vec4Tail` segment's parameters, or its model copy, and its
-        // gradients) may end inside a vec4; the master is ours, padded like the arena.
-        let tail = element == Element::Vec4Tail;
-        let mut wgsl = role_array("param", 1, param, tail && !self.master_weights);
+        // gradients) may end inside a vec4; the master is ours, padded like the arena. Whole
+        // vec4s are read as 64-bit words where the target says so.
+        let words = if element == Element::Vec4 && target.wide_words {
+            Words::Wide
+        } else {
+            Words::Element
+        };
+        let callers = if element == Element::Vec4Tail {
+            Words::Tail
+        } else {
+            words
+        };
+        let mut wgsl = if words == Words::Wide {
+            WIDE_WORDS_WGSL.to_string()
+        } else {
+            String::new()
+        };
+        let param_words = if self.master_weights { words } else { callers };
+        wgsl.push_str(&role_array("param", 1, param, param_words));
         wgsl.push_str("// Read-write though only read: see the layout (`KernelCache::layout`).\n");
-        wgsl.push_str(&role_array("grad", 2, self.grad, tail));
+        wgsl.push_str(&role_array("grad", 2, self.grad, callers));
         wgsl.push_str(&format!(
             "fn element_count() -> u32 {{ return grad_count(); }}\n\
              fn load_param(i: u32) -> V {{ return {}; }}\n\
@@ -804,20 +866,21 @@ impl Storage {
              if (GRAD_MULTIPLIER) {{ return g * control.grad_multiplier; }}\n\
              return g;\n\
              }}\n",
-            param.wgsl_load("param_get(i)"),
-            self.grad.wgsl_load("grad_get(i)"),
+            param.wgsl_load("param_get(i)", param_words),
+            self.grad.wgsl_load("grad_get(i)", callers),
         ));
         if self.master_weights {
             wgsl.push_str(&role_array(
                 "model_param",
                 model_copy_binding,
                 self.param,
-                tail,
+                callers,
             ));
             wgsl.push_str(&format!(
                 "// The master is updated; the model's copy is the master rounded.\n\
-                 fn store_param(i: u32, value: V) {{ param_put(i, value); model_param_put(i, {}); }}\n",
-                self.param.wgsl_store("value"),
+                 fn store_param(i: u32, value: V) {{ param_put(i, {}); model_param_put(i, {}); }}\n",
+                param.wgsl_store("value", param_words),
+                self.param.wgsl_store("value", callers),
             ));
         } else if let Rounding::Stochastic { seed } = self.rounding {
             let store = match self.param {
@@ -836,11 +899,13 @@ impl Storage {
                  return vec4<u32>(pcg_hash(first ^ stream), pcg_hash((first + 1u) ^ stream),\n\
                  pcg_hash((first + 2u) ^ stream), pcg_hash((first + 3u) ^ stream));\n\
                  }}\n\
-                 fn store_param(i: u32, value: V) {{ param_put(i, {store}(value, rounding_bits(i))); }}\n"
+                 fn store_param(i: u32, value: V) {{ param_put(i, {}); }}\n",
+                wide_words_of(format!("{store}(value, rounding_bits(i))"), param_words),
             ));
         } else if self.rounding == Rounding::Kahan {
-            let element = param.wgsl_array_element();
-            let load = |raw: &str| param.wgsl_load(raw);
+            // The compensation is ours, padded like the arena: never by the value.
+            let own = words;
+            let element = param.wgsl_array_element(own);
             wgsl.push_str(&format!(
                 "// Kahan summation: `compensation` holds what rounding the stored parameter lost;\n\
                  // it joins the next update, and what that store loses replaces it.\n\
@@ -852,15 +917,18 @@ impl Storage {
                  param_put(i, stored);\n\
                  compensation[i] = {};\n\
                  }}\n",
-                load("param_get(i)"),
-                load("compensation[i]"),
-                param.wgsl_store("p + y"),
-                param.wgsl_store(&format!("y - ({} - p)", load("stored"))),
+                param.wgsl_load("param_get(i)", param_words),
+                param.wgsl_load("compensation[i]", own),
+                param.wgsl_store("p + y", param_words),
+                param.wgsl_store(
+                    &format!("y - ({} - p)", param.wgsl_load("stored", param_words)),
+                    own
+                ),
             ));
         } else {
             wgsl.push_str(&format!(
                 "fn store_param(i: u32, value: V) {{ param_put(i, {}); }}\n",
-                param.wgsl_store("value")
+                param.wgsl_store("value", param_words)
             ));
         }
         // q8 states share the workgroup's maps and block reduction; the others are plain.
@@ -898,9 +966,9 @@ impl Storage {
                 "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{}>;\n\
                  fn load_{name}(i: u32) -> V {{ return {}; }}\n\
                  fn store_{name}(i: u32, value: V) {{ {name}[i] = {}; }}\n",
-                format.wgsl_array_element(),
-                format.wgsl_load(&format!("{name}[i]")),
-                format.wgsl_store("value"),
+                format.wgsl_array_element(words),
+                format.wgsl_load(&format!("{name}[i]"), words),
+                format.wgsl_store("value", words),
             ));
         }
         wgsl
@@ -916,20 +984,24 @@ impl Storage {
             GradAccess::Read => (0, true),
             GradAccess::ReadWrite => (1, false),
         };
-        let tail = element == Element::Vec4Tail;
-        let mut wgsl = if read_only {
-            role_array_read_only("grad", binding, self.grad, tail)
+        let words = if element == Element::Vec4Tail {
+            Words::Tail
         } else {
-            role_array("grad", binding, self.grad, tail)
+            Words::Element
+        };
+        let mut wgsl = if read_only {
+            role_array_read_only("grad", binding, self.grad, words)
+        } else {
+            role_array("grad", binding, self.grad, words)
         };
         wgsl.push_str(&format!(
             "fn load_raw_grad(i: u32) -> V {{ return {}; }}\n",
-            self.grad.wgsl_load("grad_get(i)"),
+            self.grad.wgsl_load("grad_get(i)", words),
         ));
         if access == GradAccess::ReadWrite {
             wgsl.push_str(&format!(
                 "fn store_raw_grad(i: u32, value: V) {{ grad_put(i, {}); }}\n",
-                self.grad.wgsl_store("value")
+                self.grad.wgsl_store("value", words)
             ));
         }
         wgsl
@@ -938,34 +1010,35 @@ impl Storage {
 
 /// A read-write role's binding `name` at `binding`, and its raw accessors: `{name}_count()`
 /// elements (of type `V`), `{name}_get(i)` and `{name}_put(i, raw)`, the stored word(s) of
-/// element `i` (`V` for float32, `vec2<u32>` for four 16-bit values). With `tail` (a
-/// caller's tensor in a [`Element::Vec4Tail`] segment) the array holds values (float32) or
-/// words (16-bit: an even number of values), so the binding may end inside the last vec4:
-/// its lanes past the end read 0 and are not written.
-fn role_array(name: &str, binding: u32, format: Format, tail: bool) -> String {
+/// element `i` (`V` for float32, `vec2<u32>` for four 16-bit values; 64-bit words with
+/// [`Words::Wide`]). With [`Words::Tail`] (a caller's tensor in a [`Element::Vec4Tail`]
+/// segment) the array holds values (float32) or words (16-bit: an even number of values), so
+/// the binding may end inside the last vec4: its lanes past the end read 0 and are not
+/// written.
+fn role_array(name: &str, binding: u32, format: Format, words: Words) -> String {
     format!(
         "{}{}",
-        role_get(name, binding, format, tail, "read_write"),
-        role_put(name, format, tail)
+        role_get(name, binding, format, words, "read_write"),
+        role_put(name, format, words)
     )
 }
 
 /// [`role_array`] without `{name}_put`, bound read-only.
-fn role_array_read_only(name: &str, binding: u32, format: Format, tail: bool) -> String {
-    role_get(name, binding, format, tail, "read")
+fn role_array_read_only(name: &str, binding: u32, format: Format, words: Words) -> String {
+    role_get(name, binding, format, words, "read")
 }
 
 /// The binding (access `mode`), `{name}_count()` and `{name}_get(i)` of [`role_array`].
-fn role_get(name: &str, binding: u32, format: Format, tail: bool, mode: &str) -> String {
+fn role_get(name: &str, binding: u32, format: Format, words: Words, mode: &str) -> String {
     let declare = |element: &str| {
         format!("@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{element}>;\n")
     };
-    match (tail, format) {
+    match (words == Words::Tail, format) {
         (false, _) => format!(
             "{}fn {name}_count() -> u32 {{ return arrayLength(&{name}); }}\n\
              fn {name}_get(i: u32) -> {element} {{ return {name}[i]; }}\n",
-            declare(format.wgsl_array_element()),
-            element = format.wgsl_array_element(),
+            declare(format.wgsl_array_element(words)),
+            element = format.wgsl_array_element(words),
         ),
         (true, Format::F32) => format!(
             "{}fn {name}_count() -> u32 {{ return (arrayLength(&{name}) + 3u) / 4u; }}\n\
@@ -992,11 +1065,11 @@ fn role_get(name: &str, binding: u32, format: Format, tail: bool, mode: &str) ->
 }
 
 /// `{name}_put(i, raw)` of [`role_array`].
-fn role_put(name: &str, format: Format, tail: bool) -> String {
-    match (tail, format) {
+fn role_put(name: &str, format: Format, words: Words) -> String {
+    match (words == Words::Tail, format) {
         (false, _) => format!(
             "fn {name}_put(i: u32, raw: {}) {{ {name}[i] = raw; }}\n",
-            format.wgsl_array_element()
+            format.wgsl_array_element(words)
         ),
         (true, Format::F32) => format!(
             "fn {name}_put(i: u32, raw: vec4<f32>) {{\n\

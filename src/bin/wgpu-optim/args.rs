@@ -37,6 +37,10 @@ pub(crate) struct AdapterArgs {
     /// they come in (a CPU adapter's). Default: what suits the adapter.
     #[arg(long, value_enum, global = true)]
     pub(crate) q8_lookups: Option<Q8LookupsArg>,
+    /// Whether kernels read and write buffers as 64-bit words (fewer components per access:
+    /// what a CPU adapter pays for). Default: true on CPU adapters with 64-bit integers.
+    #[arg(long, value_name = "BOOL", global = true)]
+    pub(crate) wide_words: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -95,6 +99,7 @@ impl AdapterArgs {
             backends: self.backend.map(Backend::backends),
             adapter_name: self.adapter.clone(),
             q8_lookups: self.q8_lookups.map(Q8LookupsArg::lookups),
+            wide_words: self.wide_words,
             ..Default::default()
         })?)
     }
@@ -110,6 +115,9 @@ impl AdapterArgs {
         }
         if let Some(l) = self.q8_lookups {
             given.push(format!("--q8-lookups {}", l.name()));
+        }
+        if let Some(w) = self.wide_words {
+            given.push(format!("--wide-words {w}"));
         }
         given
     }

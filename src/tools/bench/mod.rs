@@ -179,6 +179,10 @@ pub struct BenchReport {
     pub max_segment_bytes: Option<u64>,
     /// Where q8 kernels read their maps (`--q8-lookups`, else what suits the adapter).
     pub q8_lookups: crate::Q8Lookups,
+    /// Whether kernels read their buffers as 64-bit words (`--wide-words`, else what suits
+    /// the adapter); absent in reports from before the option (32-bit words).
+    #[serde(default)]
+    pub wide_words: bool,
     /// One per configuration and workload, in the order measured.
     pub results: Vec<BenchResult>,
 }
@@ -198,6 +202,10 @@ impl BenchReport {
             self.copy.median_ms,
             self.timing,
         );
+        out.push_str(&format!(
+            "buffers read as {}-bit words (--wide-words)\n",
+            if self.wide_words { 64 } else { 32 }
+        ));
         if self.results.iter().any(|r| r.storage.contains("q8")) {
             out.push_str(&format!(
                 "q8 maps read from: {:?} (--q8-lookups)\n",
@@ -350,6 +358,7 @@ pub fn run(
         copy,
         max_segment_bytes: options.max_segment_bytes,
         q8_lookups: ctx.kernel_target().q8_lookups,
+        wide_words: ctx.kernel_target().wide_words,
         results,
     })
 }

@@ -271,7 +271,8 @@ fn helper_kernels_validate_and_bind_what_the_host_binds() {
             let source = kernel.assemble(element, grad);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
-            Validator::new(ValidationFlags::all(), Capabilities::empty())
+            // 64-bit integers only for the copy in 64-bit words.
+            Validator::new(ValidationFlags::all(), Capabilities::SHADER_INT64)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{} ({element:?}): {e:?}", kernel.name));
             let mut bound: Vec<(u32, AddressSpace)> = module

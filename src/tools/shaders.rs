@@ -9,8 +9,8 @@ pub fn optimizer_kernels() -> Vec<&'static Kernel> {
 }
 
 /// The helper kernels: gradient norm, step finalize, gradient accumulation, random fill (for
-/// float32, bfloat16 and binary16 runs), bandwidth copy.
-pub fn utility_kernels() -> [&'static UtilityKernel; 7] {
+/// float32, bfloat16 and binary16 runs), bandwidth copy (32-bit and 64-bit words).
+pub fn utility_kernels() -> [&'static UtilityKernel; 8] {
     [
         &crate::engine::control::NORM_KERNEL,
         &crate::engine::control::FINALIZE_KERNEL,
@@ -19,6 +19,7 @@ pub fn utility_kernels() -> [&'static UtilityKernel; 7] {
         &crate::fill::FILL_BF16_KERNEL,
         &crate::fill::FILL_F16_KERNEL,
         &super::bench::COPY_KERNEL,
+        &super::bench::COPY_WIDE_KERNEL,
     ]
 }
 

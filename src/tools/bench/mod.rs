@@ -19,7 +19,7 @@ mod workload;
 
 pub use footprint::{DeviceFacts, Footprint, check_fits, footprint};
 pub use prepared::PreparedSteps;
-pub use timing::{COPY_KERNEL, measure_copy};
+pub use timing::{COPY_KERNEL, COPY_WIDE_KERNEL, measure_copy};
 pub use workload::{Workload, gpt2_small_shapes};
 
 use self::timing::median;

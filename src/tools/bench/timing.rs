@@ -10,11 +10,11 @@ use crate::kernels::{BindingKind, Element, UtilityKernel, workgroups_for};
 use crate::storage::{Format, GradAccess};
 use crate::transfer::{self, View};
 
-/// The copy kernel that measures the ceiling.
+/// The copy kernel that measures the ceiling, in 32-bit words.
 pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
     name: "copy",
     source: include_str!("../../../shaders/copy.wgsl"),
-    pieces: &[],
+    pieces: &["alias CopyWord = vec4<f32>;"],
     elementwise: false,
     uniform: None,
     grad: GradAccess::None,
@@ -22,6 +22,14 @@ pub static COPY_KERNEL: UtilityKernel = UtilityKernel {
         BindingKind::Storage { read_only: true },
         BindingKind::Storage { read_only: false },
     ],
+};
+
+/// [`COPY_KERNEL`] in 64-bit words, for a device whose optimizer kernels read them
+/// ([`KernelTarget::wide_words`](crate::KernelTarget::wide_words)).
+pub static COPY_WIDE_KERNEL: UtilityKernel = UtilityKernel {
+    name: "copy_wide",
+    pieces: &["alias CopyWord = vec2<u64>;"],
+    ..COPY_KERNEL
 };
 
 /// Times `passes` compute passes, each recorded by `record` into its own submission; returns
@@ -107,9 +115,14 @@ pub(super) fn median(times: &mut [f64]) -> f64 {
 pub fn measure_copy(ctx: &GpuContext, options: &BenchOptions) -> Result<CopyResult> {
     let bytes = ctx.max_binding_bytes().min(options.max_copy_bytes) / 16 * 16;
     let pairs = (options.min_working_set_bytes.div_ceil(2 * bytes)).clamp(1, 8) as usize;
-    let (layout, pipeline) =
-        ctx.kernels
-            .utility(&ctx.device, &COPY_KERNEL, Element::Vec4, Format::F32);
+    let kernel = if ctx.kernel_target().wide_words {
+        &COPY_WIDE_KERNEL
+    } else {
+        &COPY_KERNEL
+    };
+    let (layout, pipeline) = ctx
+        .kernels
+        .utility(&ctx.device, kernel, Element::Vec4, Format::F32);
     let make = |label: &str| {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -903,9 +903,8 @@ impl Storage {
                 wide_words_of(format!("{store}(value, rounding_bits(i))"), param_words),
             ));
         } else if self.rounding == Rounding::Kahan {
-            // The compensation is ours, padded like the arena: never by the value.
-            let own = words;
-            let element = param.wgsl_array_element(own);
+            // The compensation is ours, padded like the arena: `words`, never by the value.
+            let element = param.wgsl_array_element(words);
             wgsl.push_str(&format!(
                 "// Kahan summation: `compensation` holds what rounding the stored parameter lost;\n\
                  // it joins the next update, and what that store loses replaces it.\n\
@@ -918,11 +917,11 @@ impl Storage {
                  compensation[i] = {};\n\
                  }}\n",
                 param.wgsl_load("param_get(i)", param_words),
-                param.wgsl_load("compensation[i]", own),
+                param.wgsl_load("compensation[i]", words),
                 param.wgsl_store("p + y", param_words),
                 param.wgsl_store(
                     &format!("y - ({} - p)", param.wgsl_load("stored", param_words)),
-                    own
+                    words
                 ),
             ));
         } else {

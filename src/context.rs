@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::{IMMEDIATE_BYTES, KernelCache, KernelTarget, ScalarsVia};
-use crate::storage::Q8Lookups;
+use crate::storage::{Q8Blocks, Q8Lookups};
 
 /// Vulkan addresses a binding with signed 32-bit offsets: whatever a driver reports, one binding
 /// holds at most 2 GiB - 1 byte.
@@ -42,6 +42,11 @@ pub struct ContextOptions {
     /// shaders ([`wide_words_suit`]). Tests set the other to exercise both. `Some(true)` on
     /// an adapter without them is an error.
     pub wide_words: Option<bool>,
+    /// Whether a subgroup holds each q8 block in the update kernels
+    /// ([`Q8Blocks::Subgroup`]); `None`: on CPU adapters whose subgroups have one size
+    /// ([`Q8Blocks::for_adapter`]). Tests set the other to exercise both. `Some(true)` where
+    /// the device has no subgroups of one size dividing 64 is an error.
+    pub q8_subgroup_blocks: Option<bool>,
 }
 
 /// Whether 64-bit words suit this adapter by default: a CPU adapter (lavapipe, llvmpipe,
@@ -355,6 +360,24 @@ impl GpuContext {
             Some(wide) => wide,
             None => wide_words_suit(&info, features),
         };
+        let q8_blocks = match options.q8_subgroup_blocks {
+            Some(true) => Q8Blocks::subgroup_of(&info, features).ok_or_else(|| {
+                Error::DoesNotFit(format!(
+                    "q8 blocks in subgroups need subgroup operations and one subgroup size \
+                     dividing 64; adapter `{}` has {} (sizes {} to {})",
+                    info.name,
+                    if features.contains(wgpu::Features::SUBGROUP) {
+                        "subgroups"
+                    } else {
+                        "no subgroups on this device"
+                    },
+                    info.subgroup_min_size,
+                    info.subgroup_max_size,
+                ))
+            })?,
+            Some(false) => Q8Blocks::Workgroup,
+            None => Q8Blocks::for_adapter(&info, features),
+        };
         Ok(Self {
             device,
             queue,
@@ -365,6 +388,7 @@ impl GpuContext {
                 subgroups: features.contains(wgpu::Features::SUBGROUP),
                 q8_lookups,
                 wide_words,
+                q8_blocks,
             })),
         })
     }
@@ -378,6 +402,7 @@ impl GpuContext {
                 subgroups: device.features().contains(wgpu::Features::SUBGROUP),
                 q8_lookups: Q8Lookups::for_adapter(&info, &limits),
                 wide_words: wide_words_suit(&info, device.features()),
+                q8_blocks: Q8Blocks::for_adapter(&info, device.features()),
             })),
             info,
             limits,

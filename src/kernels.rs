@@ -25,7 +25,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{AccessorBindings, Format, GradAccess, Q8Lookups, QMap, Rounding, Storage};
+use crate::storage::{
+    AccessorBindings, Format, GradAccess, Q8Blocks, Q8Lookups, QMap, Rounding, Storage,
+};
 
 /// Shared helpers prepended to every kernel.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
@@ -302,6 +304,11 @@ impl Kernel {
             ScalarsVia::Immediates => "var<immediate> s",
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
         };
+        let target = self.target_for(target, element);
+        let entry_point = match target.q8_blocks {
+            Q8Blocks::Subgroup { .. } if storage.q8() => Q8_SUBGROUP_ENTRY_POINT_WGSL,
+            _ => ENTRY_POINT_WGSL,
+        };
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
             element.prelude(),
@@ -310,8 +317,22 @@ impl Kernel {
             self.pieces.join("\n"),
             self.source,
             self.scalars.name,
-            ENTRY_POINT_WGSL,
+            entry_point,
         )
+    }
+
+    /// `target` as this kernel takes it: q8 blocks in subgroups only where the kernel has no
+    /// per-tensor sums (their reduction is over the 256 invocations of the other entry point)
+    /// and its elements are vec4s (a q8 code word is four elements).
+    fn target_for(&self, target: KernelTarget, element: Element) -> KernelTarget {
+        if self.tensor_sums || element.width() != 4 {
+            KernelTarget {
+                q8_blocks: Q8Blocks::Workgroup,
+                ..target
+            }
+        } else {
+            target
+        }
     }
 
     /// The storage layer of the kernel: one binding per role and the accessors the update rule
@@ -321,6 +342,7 @@ impl Kernel {
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
     pub fn storage(&self, storage: &Storage, target: KernelTarget, element: Element) -> String {
+        let target = self.target_for(target, element);
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}{}{}",
             if storage.stochastic() || self.tensor_sums {
@@ -363,6 +385,9 @@ pub struct KernelTarget {
     /// (lavapipe) pays per component for every storage access of every invocation, so a plain
     /// float32 AdamW step takes 0.57x the time there; a GPU moves the same bytes either way.
     pub wide_words: bool,
+    /// Which invocations hold a q8 block, and so how its new absmax is found (a subgroup
+    /// each on CPU adapters: no barrier).
+    pub q8_blocks: Q8Blocks,
 }
 
 /// The `override` flags every optimizer kernel declares besides its own ([`Kernel::flags`]):
@@ -469,6 +494,33 @@ fn reduce_workgroup(lid: u32, workgroup: u32) {}
 /// storage layer may gather the workgroup at barriers before and after the update (q8 states
 /// load their maps into workgroup memory, and take each block's new absmax by a reduction);
 /// `prepare_workgroup` and `finish_workgroup` are empty for the other formats.
+// With q8 states held a subgroup per block (`Q8Blocks::Subgroup`, the storage layer's
+// `q8_subgroup_state_accessors`): the workgroup holds the same 1,024 elements as above, in
+// four blocks of 64 vec4s, one per subgroup; each invocation updates its vec4s of the block
+// in turn, the subgroup's invocations side by side, and then the subgroup quantizes the
+// block. No barrier (where the maps are read from the uniform).
+const Q8_SUBGROUP_ENTRY_POINT_WGSL: &str = "
+@compute @workgroup_size(Q8_WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) subgroup: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
+    if (SKIPPABLE && control.skip != 0u) {
+        return;
+    }
+    prepare_workgroup(lid);
+    let block = (wg.y * nwg.x + wg.x) * (WORKGROUP_SIZE / 64u) + subgroup;
+    q8_begin_block(block);
+    for (var k = 0u; k < Q8_LANE_VEC4S; k++) {
+        q8_slot = k;
+        let i = 64u * block + k * Q8_SUBGROUP_SIZE + lane;
+        if (i < element_count()) {
+            update(i);
+        }
+    }
+    q8_finish_block(block, lane);
+}
+";
+
 const ENTRY_POINT_WGSL: &str = "
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -64,7 +64,7 @@ pub use optim::{
 pub use reference::ReferenceGroup;
 pub use schedule::Schedule;
 pub use shaped::{ShapedConfig, ShapedOptimizer, ShapedReference};
-pub use storage::{Format, HostValue, Q8Lookups, Rounding, Storage};
+pub use storage::{Format, HostValue, Q8Blocks, Q8Lookups, Rounding, Storage};
 pub use vectors::{DeviceVectors, GpuLbfgs};
 
 /// The `half` crate this one is built against: its `bf16` and `f16` are the 16-bit host types

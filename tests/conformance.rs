@@ -219,12 +219,14 @@ fn q8_block_maxima_without_subgroups_pass_too() {
 
 #[test]
 fn q8_maps_in_workgroup_memory_and_32_bit_words_pass_too() {
-    // A GPU's q8 kernels copy the maps into workgroup memory, and its kernels read 32-bit
-    // words (lavapipe's read the maps from the uniform, and 64-bit words): every formats case
-    // passes that way too.
+    // A GPU's q8 kernels copy the maps into workgroup memory and hold a block in 64
+    // invocations of a workgroup, and its kernels read 32-bit words (lavapipe's read the maps
+    // from the uniform, hold a block in one subgroup, and read 64-bit words): every formats
+    // case passes that way too.
     let ctx = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
         q8_lookups: Some(wgpu_optim::Q8Lookups::Workgroup),
         wide_words: Some(false),
+        q8_subgroup_blocks: Some(false),
         ..Default::default()
     })
     .unwrap();
@@ -232,6 +234,14 @@ fn q8_maps_in_workgroup_memory_and_32_bit_words_pass_too() {
         ctx.kernel_target().q8_lookups,
         wgpu_optim::Q8Lookups::Workgroup
     );
+    assert_eq!(
+        ctx.kernel_target().q8_blocks,
+        wgpu_optim::Q8Blocks::Workgroup
+    );
+    assert!(matches!(
+        context().kernel_target().q8_blocks,
+        wgpu_optim::Q8Blocks::Subgroup { .. }
+    ));
     assert!(!ctx.kernel_target().wide_words);
     assert!(
         context().kernel_target().wide_words,

@@ -8,7 +8,7 @@ use wgpu_optim::kernels::{BindingKind, Element, Kernel, ScalarsVia};
 use wgpu_optim::tools::shaders::{
     STEP_CONTROL_LAYOUT, optimizer_kernels as all_kernels, standalone_kernels, utility_kernels,
 };
-use wgpu_optim::{Format, KernelTarget, Q8Lookups, Storage};
+use wgpu_optim::{Format, KernelTarget, Q8Blocks, Q8Lookups, Storage};
 
 const BINDINGS: [ScalarsVia; 2] = [ScalarsVia::Immediates, ScalarsVia::UniformBuffer];
 
@@ -85,16 +85,25 @@ fn every_kernel_validates_in_every_storage_format() {
     let storages = Storage::all();
     for kernel in all_kernels() {
         for storage in &storages {
-            // With and without subgroup operations, and with either place for the maps, where
-            // q8 states use them; in 32-bit and in 64-bit words.
+            // With and without subgroup operations (and with them, q8 blocks in a workgroup or
+            // in subgroups of 4 to 64), and with either place for the maps, where q8 states use
+            // them; in 32-bit and in 64-bit words.
             let mut variants: Vec<KernelTarget> = if storage.q8() {
-                [false, true]
+                let blocks = [
+                    (false, Q8Blocks::Workgroup),
+                    (true, Q8Blocks::Workgroup),
+                    (true, Q8Blocks::Subgroup { size: 4 }),
+                    (true, Q8Blocks::Subgroup { size: 8 }),
+                    (true, Q8Blocks::Subgroup { size: 64 }),
+                ];
+                blocks
                     .into_iter()
-                    .flat_map(|subgroups| {
+                    .flat_map(|(subgroups, q8_blocks)| {
                         [Q8Lookups::Workgroup, Q8Lookups::Uniform].map(|q8_lookups| KernelTarget {
                             subgroups,
                             q8_lookups,
                             wide_words: false,
+                            q8_blocks,
                         })
                     })
                     .collect()

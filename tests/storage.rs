@@ -1692,11 +1692,96 @@ fn wide_and_narrow_words_store_the_same_bits() {
     );
     let mut storages = vec![Storage::F32];
     storages.extend(storages_all_roles());
-    let sizes = [5usize, 1_029, 4_099];
+    assert_same_bits(
+        (&narrow, "32-bit words"),
+        (&wide, "64-bit words"),
+        &storages,
+        &[5, 1_029, 4_099],
+    );
+}
+
+/// On a CPU adapter a subgroup holds each q8 block (no barrier); on a GPU 64 invocations of a
+/// workgroup do, their maxima through workgroup memory. Lavapipe runs both: every optimizer
+/// with q8 states (float32, bf16 and f16 parameters, master weights, Kahan summation; the
+/// maps from the uniform and from workgroup memory) stores the same bits either way, over
+/// three tensors with partial last blocks and, with bindings lowered to 64 KiB, across
+/// segment boundaries. Asking for subgroup blocks where subgroups are switched off is a clear
+/// error.
+#[test]
+fn q8_blocks_in_subgroups_and_in_workgroups_store_the_same_bits() {
+    let options = |q8_subgroup_blocks, q8_lookups, limits: Option<wgpu::Limits>| {
+        wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
+            q8_subgroup_blocks: Some(q8_subgroup_blocks),
+            q8_lookups,
+            limits,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        context().kernel_target().q8_blocks,
+        wgpu_optim::Q8Blocks::for_adapter(&context().info, context().features)
+    );
+    assert!(matches!(
+        context().kernel_target().q8_blocks,
+        wgpu_optim::Q8Blocks::Subgroup { size: 4.. }
+    ));
+    let err = wgpu_optim::GpuContext::new(&wgpu_optim::ContextOptions {
+        q8_subgroup_blocks: Some(true),
+        no_subgroups: true,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, wgpu_optim::Error::DoesNotFit(_)) && err.to_string().contains("subgroup"),
+        "{err}"
+    );
+    let mut storages = vec![
+        storage(Format::F32, Format::F32, Format::Q8, false),
+        Storage {
+            rounding: wgpu_optim::Rounding::Kahan,
+            ..storage(Format::Bf16, Format::F32, Format::Q8, false)
+        },
+    ];
+    storages.extend(storages_all_roles().into_iter().filter(Storage::q8));
+    let small = wgpu::Limits {
+        max_storage_buffer_binding_size: 64 << 10,
+        max_buffer_size: 64 << 10,
+        ..context().limits.clone()
+    };
+    for (lookups, limits, sizes) in [
+        (None, None, &[5usize, 1_029, 4_099][..]),
+        (Some(Q8Lookups::Workgroup), None, &[257, 70_001][..]),
+        (None, Some(small), &[40_003, 1, 70_001][..]),
+    ] {
+        let workgroup = options(false, lookups, limits.clone());
+        let subgroup = options(true, lookups, limits);
+        assert_eq!(
+            workgroup.kernel_target().q8_blocks,
+            wgpu_optim::Q8Blocks::Workgroup
+        );
+        assert_same_bits(
+            (&workgroup, "workgroup blocks"),
+            (&subgroup, "subgroup blocks"),
+            &storages,
+            sizes,
+        );
+    }
+}
+
+/// Every optimizer of [`configs`] in each storage, over tensors of `sizes`, stepped three
+/// times on two devices: the parameters, master, compensation and every state are
+/// bit-identical (and not all zero).
+fn assert_same_bits(
+    (a, a_name): (&wgpu_optim::GpuContext, &str),
+    (b, b_name): (&wgpu_optim::GpuContext, &str),
+    storages: &[Storage],
+    sizes: &[usize],
+) {
     for config in configs() {
-        for &storage in &storages {
+        for &storage in storages {
             let mut rng = rng(47);
-            let params = stored_params(&mut rng, &sizes, storage.param);
+            let params = stored_params(&mut rng, sizes, storage.param);
             let scales: Vec<Vec<f32>> = sizes.iter().map(|&n| grad_scales(&mut rng, n)).collect();
             let steps: Vec<Vec<Vec<f32>>> = (0..3)
                 .map(|_| scales.iter().map(|s| grads(&mut rng, s)).collect())
@@ -1734,9 +1819,9 @@ fn wide_and_narrow_words_store_the_same_bits() {
                 out
             };
             let label = format!("{} {}", config.name(), storage.label());
-            let (a, b) = (bits(&narrow), bits(&wide));
-            assert!(a.iter().any(|&x| x != 0), "{label}: all zero");
-            assert!(a == b, "{label}: 32-bit and 64-bit words differ");
+            let (x, y) = (bits(a), bits(b));
+            assert!(x.iter().any(|&v| v != 0), "{label}: all zero");
+            assert!(x == y, "{label}: {a_name} and {b_name} differ");
         }
     }
 }

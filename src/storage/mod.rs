@@ -19,7 +19,7 @@ use crate::kernels::{Element, KernelTarget, StateSlot};
 pub mod q8;
 mod qmaps;
 
-pub use q8::{Q8Lookups, QMap};
+pub use q8::{Q8Blocks, Q8Lookups, QMap};
 
 /// How the values of one role are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -952,8 +952,17 @@ impl Storage {
                 .iter()
                 .map(|(_, state, _)| state.kept_with.unwrap_or("true"))
                 .collect();
-            wgsl.push_str(&q8::block_absmax_wgsl(&kept, target.subgroups));
-            wgsl.push_str(&q8_state_accessors(&q8_states));
+            match target.q8_blocks {
+                Q8Blocks::Workgroup => {
+                    wgsl.push_str(&q8::block_absmax_wgsl(&kept, target.subgroups));
+                    wgsl.push_str(&q8_state_accessors(&q8_states));
+                }
+                Q8Blocks::Subgroup { size } => wgsl.push_str(&q8_subgroup_state_accessors(
+                    &q8_states,
+                    size,
+                    target.q8_lookups,
+                )),
+            }
         }
         for (slot, name) in states.iter().map(|s| s.name).enumerate() {
             let format = self.state_format(name);
@@ -1157,6 +1166,102 @@ fn q8_state_accessors(states: &[(u32, &StateSlot, bool)]) -> String {
          \x20   if (in_range) {{\n{gather}    }}\n\
          \x20   let absmax = q8_block_absmax(magnitudes, lid);\n\
          \x20   if (in_range) {{\n{store}    }}\n\
+         }}\n"
+    ));
+    wgsl
+}
+
+/// The accessors of q8 states when a subgroup holds each block ([`Q8Blocks::Subgroup`]; the
+/// entry point is the kernel's `Q8_SUBGROUP_ENTRY_POINT_WGSL`): `q8_begin_block` reads the
+/// block's absmax once per state; each invocation then updates its `Q8_LANE_VEC4S` vec4s in
+/// turn (`q8_slot`), `store_<name>` keeping each new value in a register and the largest
+/// magnitude so far; `q8_finish_block` takes the block's absmax as one `subgroupMax` and
+/// stores the codes and the absmax. The same codes as [`q8_state_accessors`], the same rule
+/// for a state the rule did not store.
+fn q8_subgroup_state_accessors(
+    states: &[(u32, &StateSlot, bool)],
+    size: u32,
+    lookups: Q8Lookups,
+) -> String {
+    let per_lane = q8::BLOCK as u32 / 4 / size;
+    // Maps copied into workgroup memory must be there before anyone reads them; from the
+    // uniform nothing waits (and a kernel without a barrier is what this path is for).
+    let prepare = match lookups {
+        Q8Lookups::Workgroup => {
+            "fn prepare_workgroup(lid: u32) {\n\
+             \x20   q8_copy_tables(lid, Q8_WORKGROUP_SIZE);\n\
+             \x20   workgroupBarrier();\n\
+             }\n"
+        }
+        Q8Lookups::Uniform => "fn prepare_workgroup(lid: u32) {}\n",
+    };
+    let mut wgsl = format!(
+        "const Q8_SUBGROUP_SIZE: u32 = {size}u;\n\
+         // Each invocation's vec4s of its block, and the invocations of a workgroup (which holds\n\
+         // WORKGROUP_SIZE vec4s, as in the other entry point).\n\
+         const Q8_LANE_VEC4S: u32 = {per_lane}u;\n\
+         const Q8_WORKGROUP_SIZE: u32 = WORKGROUP_SIZE / Q8_LANE_VEC4S;\n\
+         // Which of the invocation's vec4s the update is at.\n\
+         var<private> q8_slot: u32;\n\
+         // Per q8 state (x, y, z, w in order): the block's absmax before the step, and the bits of\n\
+         // the largest magnitude stored since (for non-negative floats, and NaN above infinity,\n\
+         // the order of the bits is the order of the values).\n\
+         var<private> q8_old_absmax: vec4<f32>;\n\
+         var<private> q8_new_magnitudes: vec4<u32>;\n\
+         {prepare}"
+    );
+    let mut begin = String::new();
+    let mut encode = String::new();
+    let mut absmax = String::new();
+    for (component, &(binding, state, keep_positive)) in ["x", "y", "z", "w"].iter().zip(states) {
+        let name = state.name;
+        let map = match state.q8_map {
+            QMap::Signed => "Q8_SIGNED",
+            QMap::Unsigned => "Q8_UNSIGNED",
+        };
+        wgsl.push_str(&format!(
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;\n\
+             var<private> {name}_new: array<V, Q8_LANE_VEC4S>;\n\
+             var<private> {name}_stored: bool;\n\
+             fn load_{name}(i: u32) -> V {{ return q8_decode({name}[i], q8_old_absmax.{component}, {map}); }}\n\
+             fn store_{name}(i: u32, value: V) {{\n\
+             \x20   {name}_new[q8_slot] = value;\n\
+             \x20   {name}_stored = true;\n\
+             \x20   q8_new_magnitudes.{component} = max(q8_new_magnitudes.{component}, hmax_u(bitcast<VU>(abs(value))));\n\
+             }}\n"
+        ));
+        // A state kept only with a flag is read and quantized only with it (else its binding
+        // is a placeholder).
+        let kept = state.kept_with.unwrap_or("true");
+        begin.push_str(&format!(
+            "        if ({kept}) {{ q8_old_absmax.{component} = bitcast<f32>({name}[n + block]); }}\n"
+        ));
+        encode.push_str(&format!(
+            "            if ({kept} && {name}_stored) {{\n\
+             \x20               {name}[i] = q8_encode({name}_new[k], absmax.{component}, {map}, {keep_positive});\n\
+             \x20           }}\n"
+        ));
+        absmax.push_str(&format!(
+            "        if ({kept} && {name}_stored) {{ {name}[n + block] = bitcast<u32>(absmax.{component}); }}\n"
+        ));
+    }
+    wgsl.push_str(&format!(
+        "// The absmax of each state's block before the step (a subgroup past the last block\n\
+         // reads none).\n\
+         fn q8_begin_block(block: u32) {{\n\
+         \x20   let n = element_count();\n\
+         \x20   if (64u * block < n) {{\n{begin}    }}\n\
+         }}\n\
+         // The block's new absmax from the whole subgroup, then its codes, and the absmax by its\n\
+         // first invocation. Every invocation of the subgroup calls it.\n\
+         fn q8_finish_block(block: u32, lane: u32) {{\n\
+         \x20   let n = element_count();\n\
+         \x20   let absmax = bitcast<vec4<f32>>(subgroupMax(q8_new_magnitudes));\n\
+         \x20   for (var k = 0u; k < Q8_LANE_VEC4S; k++) {{\n\
+         \x20       let i = 64u * block + k * Q8_SUBGROUP_SIZE + lane;\n\
+         \x20       if (i < n) {{\n{encode}        }}\n\
+         \x20   }}\n\
+         \x20   if (lane == 0u && 64u * block < n) {{\n{absmax}    }}\n\
          }}\n"
     ));
     wgsl

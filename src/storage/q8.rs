@@ -10,9 +10,10 @@
 //!
 //! On the GPU a state's buffer holds, per segment, the codes (four per `u32`, one word per
 //! `vec4` element) and then one absmax per block; the update kernel dequantizes on load,
-//! keeps the new values in registers, and quantizes after the update, once a workgroup
-//! reduction has found each block's absmax (`wgsl_accessors`, `WGSL`). Here is the same
-//! arithmetic on the host, for copies, checkpoints and the float64 reference.
+//! keeps the new values in registers, and quantizes after the update, once a reduction over
+//! the invocations that hold the block (64 of a workgroup, or one subgroup: [`Q8Blocks`]) has
+//! found its absmax (`wgsl_accessors`, `WGSL`). Here is the same arithmetic on the host, for
+//! copies, checkpoints and the float64 reference.
 
 use std::sync::OnceLock;
 
@@ -334,7 +335,8 @@ fn build_uniform_words(lookups: Q8Lookups) -> Vec<u32> {
     words
 }
 
-/// The WGSL of `q8_block_absmax(magnitudes, lid)`: the largest magnitude of each q8 state
+/// The WGSL of [`Q8Blocks::Workgroup`]: `q8_prepare(lid)`, which clears the block maxima, and
+/// `q8_block_absmax(magnitudes, lid)`, the largest magnitude of each q8 state
 /// (components x, y, z, w; `kept[k]` the WGSL condition under which state k is kept, `true`
 /// or a flag like `AMSGRAD`) in the block of invocation `lid`, taken over the 64 invocations
 /// (of four elements) that hold the block. Every invocation of the workgroup calls it once,
@@ -353,7 +355,19 @@ fn build_uniform_words(lookups: Q8Lookups) -> Vec<u32> {
 pub(crate) fn block_absmax_wgsl(kept: &[&str], subgroups: bool) -> String {
     let components = &["x", "y", "z", "w"][..kept.len()];
     let mut wgsl = String::from(
-        "// The absmax of each of the workgroup's four blocks, once all have taken their atomics.\n\
+        "// The absmax of each of the workgroup's four blocks for each of up to four states (block b,\n\
+         // state k at 4b + k), as float32 bits: for non-negative floats (and NaN above infinity) the\n\
+         // order of the bits is the order of the values, so an atomic max of the bits takes the max.\n\
+         var<workgroup> q8_absmax_bits: array<atomic<u32>, 16>;\n\
+         // The first 16 invocations clear the block maxima, and the tables are copied where they are\n\
+         // read from (`q8_copy_tables`); the caller then waits at a barrier.\n\
+         fn q8_prepare(lid: u32) {\n\
+         \x20   if (lid < 16u) {\n\
+         \x20       atomicStore(&q8_absmax_bits[lid], 0u);\n\
+         \x20   }\n\
+         \x20   q8_copy_tables(lid, WORKGROUP_SIZE);\n\
+         }\n\
+         // The absmax of each of the workgroup's four blocks, once all have taken their atomics.\n\
          var<workgroup> q8_block_maxima: array<vec4<u32>, 4>;\n\
          fn q8_block_absmax(magnitudes: vec4<f32>, lid: u32) -> vec4<f32> {\n\
          \x20   let at = 4u * (lid >> 6u);\n\
@@ -444,6 +458,52 @@ impl Q8Lookups {
     }
 }
 
+/// Which invocations hold a q8 block in the update kernel, and so how its new absmax (the
+/// largest magnitude of its 256 new values, which every code of the block waits for) is found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Q8Blocks {
+    /// 64 invocations of the workgroup, one `vec4` each (an invocation per four elements, as
+    /// every other kernel): the block's maximum through workgroup memory, atomics and two
+    /// barriers ([`block_absmax_wgsl`]). A GPU's way: its invocations are cheap, its barriers
+    /// too.
+    #[default]
+    Workgroup,
+    /// One subgroup of `size` invocations (a divisor of 64): each steps `64 / size` of the
+    /// block's vec4s in turn (`size` apart, so that the subgroup reads consecutive words),
+    /// keeps their new values in registers, and one `subgroupMax` gives the absmax: no
+    /// barrier, no atomics. llvmpipe runs a kernel that has a barrier as coroutines, one per
+    /// SIMD group, suspended at each barrier; without one the same step takes 0.71x the time
+    /// (AdamW f32+q8 at 2^22 on lavapipe, BENCHMARKS.md "q8 blocks in one subgroup"). Needs
+    /// subgroups of one fixed size: the kernel maps blocks to subgroups by `subgroup_id`.
+    Subgroup {
+        /// Invocations per subgroup, the adapter's one subgroup size.
+        size: u32,
+    },
+}
+
+impl Q8Blocks {
+    /// What suits the adapter: [`Subgroup`](Self::Subgroup) on a CPU adapter whose subgroups
+    /// have one size ([`subgroup_of`](Self::subgroup_of)) when the device has subgroup
+    /// operations, else [`Workgroup`](Self::Workgroup).
+    pub fn for_adapter(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Self {
+        match Self::subgroup_of(info, features) {
+            Some(blocks) if info.device_type == wgpu::DeviceType::Cpu => blocks,
+            _ => Self::Workgroup,
+        }
+    }
+
+    /// [`Subgroup`](Self::Subgroup) where the device can take it: subgroup operations, and a
+    /// subgroup size that is fixed (the adapter's least and largest agree) and divides 64.
+    pub fn subgroup_of(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Option<Self> {
+        let size = info.subgroup_min_size;
+        (features.contains(wgpu::Features::SUBGROUP)
+            && size == info.subgroup_max_size
+            && size > 0
+            && (BLOCK as u32 / 4).is_multiple_of(size))
+        .then_some(Self::Subgroup { size })
+    }
+}
+
 /// The WGSL of q8 states, for the kernels that have them: the maps, their thresholds and (with
 /// [`Q8Lookups::Uniform`]) the encoding cells in a small uniform (`QMAP_BINDING`:
 /// [`uniform_words`]), read as `lookups` says; decoding; encoding, by the cells or by a guess
@@ -455,13 +515,16 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
             "// Both maps and their thresholds, copied from the uniform by every workgroup.\n\
              var<workgroup> q8_maps: array<f32, 1024>;\n\
              fn q8_table(k: u32) -> f32 { return q8_maps[k]; }\n\
-             // Every invocation copies four values; the caller then waits at a barrier.\n\
-             fn q8_copy_tables(lid: u32) {\n\
-             \x20   let word = bitcast<vec4<f32>>(qmaps.words[lid]);\n\
-             \x20   q8_maps[4u * lid] = word.x;\n\
-             \x20   q8_maps[4u * lid + 1u] = word.y;\n\
-             \x20   q8_maps[4u * lid + 2u] = word.z;\n\
-             \x20   q8_maps[4u * lid + 3u] = word.w;\n\
+             // The workgroup's `invocations` copy four values at a time; the caller then waits\n\
+             // at a barrier.\n\
+             fn q8_copy_tables(lid: u32, invocations: u32) {\n\
+             \x20   for (var w = lid; w < 256u; w += invocations) {\n\
+             \x20       let word = bitcast<vec4<f32>>(qmaps.words[w]);\n\
+             \x20       q8_maps[4u * w] = word.x;\n\
+             \x20       q8_maps[4u * w + 1u] = word.y;\n\
+             \x20       q8_maps[4u * w + 2u] = word.z;\n\
+             \x20       q8_maps[4u * w + 3u] = word.w;\n\
+             \x20   }\n\
              }\n\
              // The codes of four values by a guess and the two thresholds around it.\n\
              fn q8_codes(x: vec4<f32>, map: u32) -> vec4<u32> {\n\
@@ -476,7 +539,7 @@ pub(crate) fn wgsl(lookups: Q8Lookups) -> String {
             "// Both maps, their thresholds and the cells, read from the uniform where they are.\n\
              fn q8_word(k: u32) -> u32 { return qmaps.words[k >> 2u][k & 3u]; }\n\
              fn q8_table(k: u32) -> f32 { return bitcast<f32>(q8_word(k)); }\n\
-             fn q8_copy_tables(lid: u32) {}\n\
+             fn q8_copy_tables(lid: u32, invocations: u32) {}\n\
              // The codes of four values by their cells (`cells::code` in q8.rs mirrors it): the\n\
              // cell's code, one on (down for a negative value) where the cell's threshold is reached.\n\
              fn q8_codes(x: vec4<f32>, map: u32) -> vec4<u32> {\n\
@@ -548,20 +611,6 @@ const Q8_WGSL: &str = "
 const Q8_SIGNED: u32 = 0u;
 const Q8_UNSIGNED: u32 = 256u;
 const Q8_THRESHOLDS: u32 = 512u;
-// The absmax of each of the workgroup's four blocks for each of up to four states (block b,
-// state k at 4b + k), as float32 bits: for non-negative floats (and NaN above infinity) the
-// order of the bits is the order of the values, so an atomic max of the bits takes the max.
-var<workgroup> q8_absmax_bits: array<atomic<u32>, 16>;
-
-// The first 16 invocations clear the block maxima, and the tables are copied where they are
-// read from (`q8_copy_tables`); the caller then waits at a barrier.
-fn q8_prepare(lid: u32) {
-    if (lid < 16u) {
-        atomicStore(&q8_absmax_bits[lid], 0u);
-    }
-    q8_copy_tables(lid);
-}
-
 fn q8_decode(codes: u32, absmax: f32, map: u32) -> vec4<f32> {
     return vec4<f32>(q8_table(map + (codes & 0xffu)), q8_table(map + ((codes >> 8u) & 0xffu)),
                      q8_table(map + ((codes >> 16u) & 0xffu)), q8_table(map + (codes >> 24u))) * absmax;

@@ -41,6 +41,11 @@ pub(crate) struct AdapterArgs {
     /// what a CPU adapter pays for). Default: true on CPU adapters with 64-bit integers.
     #[arg(long, value_name = "BOOL", global = true)]
     pub(crate) wide_words: Option<bool>,
+    /// Whether a subgroup holds each q8 block in the update kernels (no barrier: what a CPU
+    /// adapter is fast at) rather than 64 invocations of a workgroup. Default: true on CPU
+    /// adapters whose subgroups have one size.
+    #[arg(long, value_name = "BOOL", global = true)]
+    pub(crate) q8_subgroup_blocks: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -100,6 +105,7 @@ impl AdapterArgs {
             adapter_name: self.adapter.clone(),
             q8_lookups: self.q8_lookups.map(Q8LookupsArg::lookups),
             wide_words: self.wide_words,
+            q8_subgroup_blocks: self.q8_subgroup_blocks,
             ..Default::default()
         })?)
     }
@@ -118,6 +124,9 @@ impl AdapterArgs {
         }
         if let Some(w) = self.wide_words {
             given.push(format!("--wide-words {w}"));
+        }
+        if let Some(b) = self.q8_subgroup_blocks {
+            given.push(format!("--q8-subgroup-blocks {b}"));
         }
         given
     }

@@ -183,6 +183,8 @@ pub struct BenchReport {
     /// the adapter); absent in reports from before the option (32-bit words).
     #[serde(default)]
     pub wide_words: bool,
+    /// Which invocations hold a q8 block (`--q8-subgroup-blocks`, else what suits the adapter).
+    pub q8_blocks: crate::Q8Blocks,
     /// One per configuration and workload, in the order measured.
     pub results: Vec<BenchResult>,
 }
@@ -208,8 +210,12 @@ impl BenchReport {
         ));
         if self.results.iter().any(|r| r.storage.contains("q8")) {
             out.push_str(&format!(
-                "q8 maps read from: {:?} (--q8-lookups)\n",
-                self.q8_lookups
+                "q8 maps read from: {:?} (--q8-lookups); a block held by: {} (--q8-subgroup-blocks)\n",
+                self.q8_lookups,
+                match self.q8_blocks {
+                    crate::Q8Blocks::Workgroup => "64 invocations of a workgroup".to_string(),
+                    crate::Q8Blocks::Subgroup { size } => format!("a subgroup of {size}"),
+                }
             ));
         }
         // The first column as wide as the longest label (storages like `bf16+q8,nonzero`).
@@ -359,6 +365,7 @@ pub fn run(
         max_segment_bytes: options.max_segment_bytes,
         q8_lookups: ctx.kernel_target().q8_lookups,
         wide_words: ctx.kernel_target().wide_words,
+        q8_blocks: ctx.kernel_target().q8_blocks,
         results,
     })
 }

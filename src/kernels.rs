@@ -305,8 +305,14 @@ impl Kernel {
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
         };
         let target = self.target_for(target, element);
+        // The storage's states may be q8 while none of this kernel's is (`+q8,momentum_buffer=f32`
+        // for SGD): its accessors are then plain.
+        let has_q8_state = self
+            .states
+            .iter()
+            .any(|slot| storage.state_format(slot.name) == Format::Q8);
         let entry_point = match target.q8_blocks {
-            Q8Blocks::Subgroup { .. } if storage.q8() => Q8_SUBGROUP_ENTRY_POINT_WGSL,
+            Q8Blocks::Subgroup { .. } if has_q8_state => Q8_SUBGROUP_ENTRY_POINT_WGSL,
             _ => ENTRY_POINT_WGSL,
         };
         format!(
@@ -488,17 +494,12 @@ const NO_TENSOR_SUMS_WGSL: &str = "
 fn reduce_workgroup(lid: u32, workgroup: u32) {}
 ";
 
-/// The entry point of every optimizer kernel: one element per invocation, the rule's `update`
-/// on the elements of a step that is not skipped. A skipped step returns at once (the whole
-/// dispatch: `control` is uniform); otherwise every invocation reaches the end, so that the
-/// storage layer may gather the workgroup at barriers before and after the update (q8 states
-/// load their maps into workgroup memory, and take each block's new absmax by a reduction);
-/// `prepare_workgroup` and `finish_workgroup` are empty for the other formats.
-// With q8 states held a subgroup per block (`Q8Blocks::Subgroup`, the storage layer's
-// `q8_subgroup_state_accessors`): the workgroup holds the same 1,024 elements as above, in
-// four blocks of 64 vec4s, one per subgroup; each invocation updates its vec4s of the block
-// in turn, the subgroup's invocations side by side, and then the subgroup quantizes the
-// block. No barrier (where the maps are read from the uniform).
+/// The entry point of kernels with q8 states held a subgroup per block (`Q8Blocks::Subgroup`,
+/// the storage layer's `q8_subgroup_state_accessors`): the workgroup holds the same 1,024
+/// elements as [`ENTRY_POINT_WGSL`]'s, in four blocks of 64 vec4s, one per subgroup; each
+/// invocation updates its vec4s of the block in turn, the subgroup's invocations side by
+/// side, and then the subgroup quantizes the block. No barrier (where the maps are read from
+/// the uniform).
 const Q8_SUBGROUP_ENTRY_POINT_WGSL: &str = "
 @compute @workgroup_size(Q8_WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -521,6 +522,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 ";
 
+/// The entry point of every other optimizer kernel: one element per invocation, the rule's
+/// `update` on the elements of a step that is not skipped. A skipped step returns at once (the
+/// whole dispatch: `control` is uniform); otherwise every invocation reaches the end, so that
+/// the storage layer may gather the workgroup at barriers before and after the update (q8
+/// states load their maps into workgroup memory, and take each block's new absmax by a
+/// reduction); `prepare_workgroup` and `finish_workgroup` are empty for the other formats.
 const ENTRY_POINT_WGSL: &str = "
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

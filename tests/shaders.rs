@@ -169,6 +169,60 @@ fn every_kernel_validates_in_every_storage_format() {
     }
 }
 
+/// A storage whose states are q8 but whose every state of this kernel is in a format of its
+/// own (`f32+q8,momentum_buffer=f32` for SGD) has no q8 state: the kernel is the plain one,
+/// whatever the target's q8 path, and one with some states left in q8 takes that path.
+#[test]
+fn kernels_whose_states_all_left_q8_are_plain() {
+    let target = KernelTarget {
+        subgroups: true,
+        q8_lookups: Q8Lookups::Uniform,
+        wide_words: true,
+        q8_blocks: Q8Blocks::Subgroup { size: 8 },
+    };
+    for kernel in all_kernels() {
+        let names: Vec<&str> = kernel.state_names().collect();
+        let q8 = Storage {
+            states: Format::Q8,
+            ..Storage::F32
+        };
+        let mut none_left = q8;
+        for name in &names {
+            none_left = none_left.with_state(name, Format::F32).unwrap();
+        }
+        let mut variants = vec![(none_left, false)];
+        if let [first, _, ..] = names[..] {
+            variants.push((q8.with_state(first, Format::F32).unwrap(), true));
+        }
+        for (storage, has_q8) in variants {
+            let source = kernel.assemble(Element::Vec4, ScalarsVia::Immediates, &storage, target);
+            // LAMB's per-tensor sums keep it on the workgroup path.
+            let label = format!("{} {}", kernel.name, storage.label());
+            assert_eq!(source.contains("fn q8_decode"), has_q8, "{label}");
+            assert_eq!(
+                source.contains("fn q8_begin_block"),
+                has_q8 && !kernel.tensor_sums,
+                "{label}"
+            );
+            let module = stored_module(
+                kernel,
+                Element::Vec4,
+                ScalarsVia::Immediates,
+                &storage,
+                target,
+            );
+            Validator::new(
+                ValidationFlags::all(),
+                Capabilities::IMMEDIATES | Capabilities::SUBGROUP | Capabilities::SHADER_INT64,
+            )
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+        }
+    }
+}
+
 #[test]
 fn uniform_structs_fit_the_immediates_requested() {
     for kernel in all_kernels() {

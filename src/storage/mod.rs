@@ -1129,10 +1129,7 @@ fn q8_state_accessors(states: &[(u32, &StateSlot, bool)]) -> String {
     // Each q8 state's block magnitude is one component of a vec4 (at most four q8 states).
     for (component, &(binding, state, keep_positive)) in ["x", "y", "z", "w"].iter().zip(states) {
         let name = state.name;
-        let map = match state.q8_map {
-            QMap::Signed => "Q8_SIGNED",
-            QMap::Unsigned => "Q8_UNSIGNED",
-        };
+        let map = state.q8_map.wgsl_name();
         wgsl.push_str(&format!(
             "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;\n\
              var<private> {name}_new: V;\n\
@@ -1215,10 +1212,7 @@ fn q8_subgroup_state_accessors(
     let mut absmax = String::new();
     for (component, &(binding, state, keep_positive)) in ["x", "y", "z", "w"].iter().zip(states) {
         let name = state.name;
-        let map = match state.q8_map {
-            QMap::Signed => "Q8_SIGNED",
-            QMap::Unsigned => "Q8_UNSIGNED",
-        };
+        let map = state.q8_map.wgsl_name();
         wgsl.push_str(&format!(
             "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;\n\
              var<private> {name}_new: array<V, Q8_LANE_VEC4S>;\n\

@@ -40,6 +40,14 @@ impl QMap {
         }
     }
 
+    /// The WGSL constant that names the map in `q8_table` (its offset there).
+    pub(crate) fn wgsl_name(self) -> &'static str {
+        match self {
+            QMap::Signed => "Q8_SIGNED",
+            QMap::Unsigned => "Q8_UNSIGNED",
+        }
+    }
+
     /// The code that stores an exact 0 (the value padding keeps).
     pub fn zero_code(self) -> u8 {
         match self {

@@ -480,7 +480,7 @@ pub enum Q8Blocks {
     /// block's vec4s in turn (`size` apart, so that the subgroup reads consecutive words),
     /// keeps their new values in registers, and one `subgroupMax` gives the absmax: no
     /// barrier, no atomics. llvmpipe runs a kernel that has a barrier as coroutines, one per
-    /// SIMD group, suspended at each barrier; without one the same step takes 0.71x the time
+    /// SIMD group, suspended at each barrier; without one the same step takes 0.70x the time
     /// (AdamW f32+q8 at 2^22 on lavapipe, BENCHMARKS.md "q8 blocks in one subgroup"). Needs
     /// subgroups of one fixed size: the kernel maps blocks to subgroups by `subgroup_id`.
     Subgroup {

@@ -304,16 +304,9 @@ impl Kernel {
             ScalarsVia::Immediates => "var<immediate> s",
             ScalarsVia::UniformBuffer => "@group(0) @binding(0) var<uniform> s",
         };
-        let target = self.target_for(target, element);
-        // The storage's states may be q8 while none of this kernel's is (`+q8,momentum_buffer=f32`
-        // for SGD): its accessors are then plain.
-        let has_q8_state = self
-            .states
-            .iter()
-            .any(|slot| storage.state_format(slot.name) == Format::Q8);
-        let entry_point = match target.q8_blocks {
-            Q8Blocks::Subgroup { .. } if has_q8_state => Q8_SUBGROUP_ENTRY_POINT_WGSL,
-            _ => ENTRY_POINT_WGSL,
+        let entry_point = match self.target_for(target, element, storage).q8_blocks {
+            Q8Blocks::Subgroup { .. } => Q8_SUBGROUP_ENTRY_POINT_WGSL,
+            Q8Blocks::Workgroup => ENTRY_POINT_WGSL,
         };
         format!(
             "{}{COMMON_WGSL}\n{CONTROL_WGSL}\n{STEP_WGSL}\n{}\n{}\n{}\n{}\n{declaration}: {};\n{}",
@@ -327,11 +320,22 @@ impl Kernel {
         )
     }
 
-    /// `target` as this kernel takes it: q8 blocks in subgroups only where the kernel has no
-    /// per-tensor sums (their reduction is over the 256 invocations of the other entry point)
-    /// and its elements are vec4s (a q8 code word is four elements).
-    fn target_for(&self, target: KernelTarget, element: Element) -> KernelTarget {
-        if self.tensor_sums || element.width() != 4 {
+    /// `target` as this kernel takes it in `storage`: q8 blocks in subgroups only where the
+    /// kernel keeps a q8 state (the storage's states may be q8 while none of this kernel's
+    /// is: SGD in `+q8,momentum_buffer=f32`), has no per-tensor sums (their reduction is over
+    /// the 256 invocations of the other entry point) and its elements are vec4s (a q8 code
+    /// word is four elements). The entry point and the storage layer both follow it.
+    fn target_for(
+        &self,
+        target: KernelTarget,
+        element: Element,
+        storage: &Storage,
+    ) -> KernelTarget {
+        let has_q8_state = self
+            .states
+            .iter()
+            .any(|slot| storage.state_format(slot.name) == Format::Q8);
+        if !has_q8_state || self.tensor_sums || element.width() != 4 {
             KernelTarget {
                 q8_blocks: Q8Blocks::Workgroup,
                 ..target
@@ -348,7 +352,7 @@ impl Kernel {
     /// parameters packed in `u32`, 8-bit blockwise states) is a different body here, not a
     /// different rule.
     pub fn storage(&self, storage: &Storage, target: KernelTarget, element: Element) -> String {
-        let target = self.target_for(target, element);
+        let target = self.target_for(target, element, storage);
         format!(
             "@group(0) @binding({CONTROL_BINDING}) var<uniform> control: StepControl;\n{}{}{}{}",
             if storage.stochastic() || self.tensor_sums {

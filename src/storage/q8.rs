@@ -471,8 +471,9 @@ impl Q8Lookups {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Q8Blocks {
     /// 64 invocations of the workgroup, one `vec4` each (an invocation per four elements, as
-    /// every other kernel): the block's maximum through workgroup memory, atomics and two
-    /// barriers ([`block_absmax_wgsl`]). A GPU's way: its invocations are cheap, its barriers
+    /// every other kernel): the block's maximum through workgroup memory, atomics and three
+    /// barriers in all (clearing the maxima, after the atomics, after their copy;
+    /// [`block_absmax_wgsl`]). A GPU's way: its invocations are cheap, its barriers
     /// too.
     #[default]
     Workgroup,
